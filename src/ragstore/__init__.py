@@ -1,0 +1,69 @@
+"""ragstore: an embedded retrieval engine for RAG.
+
+Point it at documents, search them by meaning, offline::
+
+    import ragstore
+    store = ragstore.open("./ragstore-data")
+    docs = store.collection("docs")
+    docs.upsert([{"id": "a", "text": "Refunds are accepted within 30 days."}])
+    hits = docs.search("how long do I have to return an item?", k=5)
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from ragstore.config import ChunkingConfig, CollectionConfig, IndexConfig
+from ragstore.embed import Embedder, register_embedder
+from ragstore.errors import (
+    Conflict,
+    DimensionMismatch,
+    InvalidConfig,
+    InvalidFilter,
+    InvalidInput,
+    ModelMismatch,
+    NotFound,
+    RagstoreError,
+    SchemaTooNew,
+    StoreError,
+)
+from ragstore.store.local import Collection, CollectionInfo, Store
+from ragstore.types import Document, Hit, IngestReport, StoredDocument
+
+__version__ = "0.1.0"
+
+logging.getLogger(__name__).addHandler(logging.NullHandler())
+
+
+def open(path: str | Path = "./ragstore-data") -> Store:
+    """Open (creating if needed) the store in directory ``path``."""
+    return Store(path)
+
+
+__all__ = [
+    "ChunkingConfig",
+    "Collection",
+    "CollectionConfig",
+    "CollectionInfo",
+    "Conflict",
+    "DimensionMismatch",
+    "Document",
+    "Embedder",
+    "Hit",
+    "IndexConfig",
+    "IngestReport",
+    "InvalidConfig",
+    "InvalidFilter",
+    "InvalidInput",
+    "ModelMismatch",
+    "NotFound",
+    "RagstoreError",
+    "SchemaTooNew",
+    "Store",
+    "StoreError",
+    "StoredDocument",
+    "__version__",
+    "open",
+    "register_embedder",
+]

@@ -1,0 +1,242 @@
+"""The ``ragstore`` command: a thin shell over the Python API, with the same verbs.
+
+Exit codes: 0 success, 1 a ragstore error (unknown collection, model mismatch…),
+2 bad usage or bad input (an invalid filter, option or record).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+import ragstore
+from ragstore.errors import InvalidFilter, InvalidInput, RagstoreError
+from ragstore.ingest.pipeline import ProgressFn
+from ragstore.store.local import Collection, Store
+
+SNIPPET_CHARS = 240
+
+
+def exit_code_for(error: RagstoreError) -> int:
+    """The one mapping from ragstore errors to process exit codes."""
+    return 2 if isinstance(error, InvalidInput) else 1
+
+
+class Context:
+    """What every command needs: where the store is and which collection to use."""
+
+    def __init__(self, store_path: Path, collection: str) -> None:
+        self.store_path = store_path
+        self.collection_name = collection
+        self._store: Store | None = None
+
+    @property
+    def store(self) -> Store:
+        """The store, opened on first use."""
+        if self._store is None:
+            self._store = ragstore.open(self.store_path)
+        return self._store
+
+    def collection(self, *, create: bool = False) -> Collection:
+        """The selected collection (created with defaults when ``create``)."""
+        if create:
+            return self.store.collection(self.collection_name)
+        return self.store.get_collection(self.collection_name)
+
+
+pass_context = click.make_pass_decorator(Context)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--store",
+    "store_path",
+    type=click.Path(path_type=Path, file_okay=False),
+    envvar="RAGSTORE_PATH",
+    default="./ragstore-data",
+    show_default=True,
+    help="Store directory (env RAGSTORE_PATH).",
+)
+@click.option("--collection", default="default", show_default=True, help="Collection name.")
+@click.version_option(ragstore.__version__, prog_name="ragstore")
+@click.pass_context
+def cli(ctx: click.Context, store_path: Path, collection: str) -> None:
+    """ragstore: ingest documents and search them by meaning, offline."""
+    logging.basicConfig(level=logging.WARNING, format="warning: %(message)s", stream=sys.stderr)
+    ctx.obj = Context(store_path, collection)
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--sync", is_flag=True, help="Delete documents whose files are gone.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
+@pass_context
+def ingest(obj: Context, paths: tuple[Path, ...], sync: bool, as_json: bool) -> None:
+    """Ingest files and folders (.txt .md .rst .html .pdf .json .jsonl .csv).
+
+    Unchanged documents are skipped; changed ones re-embed only the chunks whose text
+    changed.
+    """
+    with _failures():
+        col = obj.collection(create=True)
+        with _progress(enabled=not as_json and sys.stderr.isatty()) as progress:
+            report = col.ingest(list(paths), sync=sync, progress=progress)
+    if as_json:
+        _print_json(report.to_dict())
+        return
+    summary = report.to_dict()
+    problems = summary.pop("errors")
+    click.echo(", ".join(f"{key.replace('_', ' ')}: {value}" for key, value in summary.items()))
+    if problems:
+        click.echo(f"{len(problems)} problem(s); see warnings above", err=True)
+
+
+@cli.command()
+@click.argument("text")
+@click.option("-k", "k", default=10, show_default=True, type=int, help="Number of hits.")
+@click.option("--filter", "filter_json", help='Metadata filter as JSON, e.g. \'{"lang": "en"}\'.')
+@click.option("--json", "as_json", is_flag=True, help="Print hits as JSON.")
+@pass_context
+def query(obj: Context, text: str, k: int, filter_json: str | None, as_json: bool) -> None:
+    """Search the collection for the chunks closest in meaning to TEXT."""
+    with _failures():
+        where = _parse_filter_option(filter_json)
+        col = obj.collection()
+        started = time.perf_counter()
+        hits = col.search(text, k=k, where=where)
+        took_ms = round((time.perf_counter() - started) * 1000, 2)
+    if as_json:
+        _print_json({"hits": [hit.to_dict() for hit in hits], "took_ms": took_ms})
+        return
+    for rank, hit in enumerate(hits, start=1):
+        click.echo(f"{rank:>3}. {hit.score:.4f}  {hit.chunk_id}  ({hit.source or hit.doc_id})")
+        click.echo(f"     {_snippet(hit.text)}")
+    click.echo(f"{len(hits)} hit(s) in {took_ms} ms", err=True)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@pass_context
+def collections(obj: Context, as_json: bool) -> None:
+    """List collections with their config and counts."""
+    with _failures():
+        infos = obj.store.list_collections()
+    if as_json:
+        _print_json([info.to_dict() for info in infos])
+        return
+    for info in infos:
+        config = info.config
+        click.echo(
+            f"{info.name}: {info.documents} documents, {info.chunks} chunks; "
+            f"embedder {config.embedder or '(vectors supplied)'} dim {config.dim}, "
+            f"chunks {config.chunking.chunk_size}/{config.chunking.chunk_overlap} tokens, "
+            f"index {config.index.kind}"
+        )
+
+
+@cli.command()
+@click.argument("ids", nargs=-1, required=True)
+@pass_context
+def get(obj: Context, ids: tuple[str, ...]) -> None:
+    """Print stored documents by id, as JSON lines."""
+    with _failures():
+        documents = obj.collection().get(list(ids))
+    for document in documents:
+        click.echo(json.dumps(document.to_dict(), ensure_ascii=False))
+    missing = set(ids) - {d.id for d in documents}
+    if missing:
+        click.echo(f"not found: {', '.join(sorted(missing))}", err=True)
+        sys.exit(1)
+
+
+@cli.command()
+@click.option("--filter", "filter_json", help="Count only documents matching this filter.")
+@pass_context
+def count(obj: Context, filter_json: str | None) -> None:
+    """Print the number of documents."""
+    with _failures():
+        click.echo(obj.collection().count(where=_parse_filter_option(filter_json)))
+
+
+@cli.command()
+@click.argument("ids", nargs=-1)
+@click.option("--filter", "filter_json", help="Delete every document matching this filter.")
+@pass_context
+def delete(obj: Context, ids: tuple[str, ...], filter_json: str | None) -> None:
+    """Delete documents by id, or by --filter."""
+    if bool(ids) == bool(filter_json):
+        raise click.UsageError("give document ids or --filter, not both")
+    with _failures():
+        col = obj.collection()
+        where = _parse_filter_option(filter_json)
+        deleted = col.delete(list(ids)) if ids else col.delete(where=where)
+    click.echo(f"deleted {deleted} document(s)")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="ragstore")
+
+
+@contextmanager
+def _failures() -> Iterator[None]:
+    try:
+        yield
+    except RagstoreError as error:
+        _fail(error)
+
+
+def _fail(error: RagstoreError) -> NoReturn:
+    click.echo(f"error: {error}", err=True)
+    sys.exit(exit_code_for(error))
+
+
+def _parse_filter_option(raw: str | None) -> dict[str, Any] | None:
+    if raw is None:
+        return None
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise InvalidFilter(f"--filter is not valid JSON: {exc}", field="filter") from None
+    if not isinstance(value, dict):
+        raise InvalidFilter("--filter must be a JSON object", field="filter")
+    return value
+
+
+@contextmanager
+def _progress(*, enabled: bool) -> Iterator[ProgressFn | None]:
+    if not enabled:
+        yield None
+        return
+    from rich.progress import Progress
+
+    with Progress(transient=True, console=_stderr_console()) as bar:
+        task = bar.add_task("ingesting", total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update
+
+
+def _stderr_console() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def _snippet(text: str) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= SNIPPET_CHARS else flat[: SNIPPET_CHARS - 1] + "…"
+
+
+def _print_json(value: object) -> None:
+    click.echo(json.dumps(value, ensure_ascii=False, indent=2))

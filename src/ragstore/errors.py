@@ -1,0 +1,74 @@
+"""The one exception hierarchy of ragstore.
+
+Every error ragstore raises on purpose derives from :class:`RagstoreError`::
+
+    RagstoreError
+    ├── InvalidInput            bad input from a caller (CLI exit 2, HTTP 422)
+    │   ├── InvalidFilter       a filter that does not parse or validate
+    │   ├── InvalidConfig       a collection config or setting that is not valid
+    │   └── DimensionMismatch   a vector whose length is not the collection's dim
+    ├── NotFound                an unknown collection or document (HTTP 404)
+    ├── Conflict                the request contradicts stored state (HTTP 409)
+    │   └── ModelMismatch       a collection opened with a different embedder
+    └── StoreError              the store cannot be used as asked
+        └── SchemaTooNew        the store was written by a newer ragstore
+
+The CLI maps these to exit codes in one place (``cli.exit_code_for``).
+"""
+
+from __future__ import annotations
+
+
+class RagstoreError(Exception):
+    """Root of every error ragstore raises on purpose."""
+
+
+class InvalidInput(RagstoreError, ValueError):
+    """The caller passed something ragstore cannot accept.
+
+    ``field`` names the offending field or path when one is known.
+    """
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class InvalidFilter(InvalidInput):
+    """A metadata filter that does not parse or validate."""
+
+
+class InvalidConfig(InvalidInput):
+    """A collection configuration or setting that is not valid."""
+
+
+class DimensionMismatch(InvalidInput):
+    """A vector whose length differs from the collection's dimension."""
+
+    def __init__(self, expected: int, got: int, *, field: str | None = "vector") -> None:
+        super().__init__(f"vector has dimension {got}, collection expects {expected}", field=field)
+        self.expected = expected
+        self.got = got
+
+
+class NotFound(RagstoreError, KeyError):
+    """An unknown collection or document."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; keep it readable
+        return str(self.args[0]) if self.args else ""
+
+
+class Conflict(RagstoreError):
+    """The request contradicts what the store already holds."""
+
+
+class ModelMismatch(Conflict):
+    """A collection was opened with an embedder other than the one it was built with."""
+
+
+class StoreError(RagstoreError):
+    """The store cannot be used as asked."""
+
+
+class SchemaTooNew(StoreError):
+    """The store was written by a newer version of ragstore."""

@@ -1,0 +1,91 @@
+"""Exact search: every query scores every (allowed) vector. Always right, O(n) per query."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ragstore.index.base import Ids, Matrix, Scores, register_index
+
+_INITIAL_CAPACITY = 1024
+
+
+class FlatIndex:
+    """Vectors in one contiguous float32 matrix, scored with one matrix-vector product."""
+
+    def __init__(self, dim: int) -> None:
+        self._dim = dim
+        self._vectors: Matrix = np.empty((_INITIAL_CAPACITY, dim), dtype=np.float32)
+        self._ids: Ids = np.empty(_INITIAL_CAPACITY, dtype=np.int64)
+        self._row_of: dict[int, int] = {}
+
+    @property
+    def dim(self) -> int:
+        """Length of every vector."""
+        return self._dim
+
+    def __len__(self) -> int:
+        return len(self._row_of)
+
+    def add(self, ids: Ids, vectors: Matrix) -> None:
+        """Insert vectors; an id already present is overwritten in place."""
+        for chunk_id, vector in zip(ids.tolist(), vectors, strict=True):
+            row = self._row_of.get(chunk_id)
+            if row is None:
+                row = self._append_row(chunk_id)
+            self._vectors[row] = vector
+
+    def remove(self, ids: Ids) -> None:
+        """Drop ids by moving the last row into each freed slot."""
+        for chunk_id in ids.tolist():
+            row = self._row_of.pop(chunk_id, None)
+            if row is None:
+                continue
+            last = len(self._row_of)
+            if row != last:
+                moved = int(self._ids[last])
+                self._vectors[row] = self._vectors[last]
+                self._ids[row] = moved
+                self._row_of[moved] = row
+
+    def search(self, query: Matrix, k: int, allowed: Ids | None = None) -> tuple[Ids, Scores]:
+        """Exact top-k by inner product, over all vectors or only the allowed ids."""
+        size = len(self._row_of)
+        rows: Ids | None = None
+        if allowed is None:
+            scores = self._vectors[:size] @ query
+        else:
+            rows = np.fromiter(
+                (self._row_of[i] for i in allowed.tolist() if i in self._row_of), dtype=np.int64
+            )
+            scores = self._vectors[rows] @ query
+        if k <= 0 or scores.size == 0:
+            return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
+        top = _top_k(scores, k)
+        positions = top if rows is None else rows[top]
+        return self._ids[positions].copy(), scores[top].astype(np.float32)
+
+    def _append_row(self, chunk_id: int) -> int:
+        row = len(self._row_of)
+        if row == len(self._ids):
+            self._grow()
+        self._ids[row] = chunk_id
+        self._row_of[chunk_id] = row
+        return row
+
+    def _grow(self) -> None:
+        capacity = 2 * len(self._ids)
+        vectors = np.empty((capacity, self._dim), dtype=np.float32)
+        vectors[: len(self._ids)] = self._vectors
+        ids = np.empty(capacity, dtype=np.int64)
+        ids[: len(self._ids)] = self._ids
+        self._vectors, self._ids = vectors, ids
+
+
+def _top_k(scores: Scores, k: int) -> Ids:
+    """Positions of the k largest scores, best first (ties broken by position)."""
+    candidates = np.argpartition(-scores, k - 1)[:k] if k < scores.size else np.arange(scores.size)
+    order = np.lexsort((candidates, -scores[candidates]))
+    return candidates[order].astype(np.int64)
+
+
+register_index("flat", FlatIndex)

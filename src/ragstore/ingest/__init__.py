@@ -1,0 +1,1 @@
+"""Ingestion: load files into documents, split them into chunks, and store them."""

@@ -1,0 +1,250 @@
+"""From documents to stored rows: hash, skip the unchanged, chunk, embed what is new, write.
+
+Documents are written in batches, each batch in one transaction, so a reader (or a crash)
+never sees half a document. Embeddings are reused by chunk hash: a chunk whose text the
+collection already holds is never embedded again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ragstore.config import ChunkingConfig
+from ragstore.embed.base import Embedder
+from ragstore.errors import InvalidInput
+from ragstore.ingest.chunking import chunk_text
+from ragstore.ingest.loaders import LoadedFile, iter_files, load_file
+from ragstore.store import rows
+from ragstore.store.db import Database
+from ragstore.store.rows import ChunkRow, DocumentRow
+from ragstore.types import Document, IngestReport, Span
+
+logger = logging.getLogger(__name__)
+
+ProgressFn = Callable[[int, int], None]
+"""Called as ``progress(done, total)`` while files are ingested."""
+
+BATCH_DOCUMENTS = 64
+BATCH_CHUNKS = 512
+MIN_CHUNK_TOKENS = 32
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where a batch of documents goes: a collection and how it embeds and chunks."""
+
+    db: Database
+    collection_id: int
+    embedder: Embedder
+    chunking: ChunkingConfig
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """A new or changed document with its chunks, waiting for vectors."""
+
+    document: Document
+    origin: str | None
+    content_hash: str
+    spans: list[Span]
+    chunk_hashes: list[str]
+    embed_texts: list[str]
+
+
+def document_hash(doc: Document) -> str:
+    """Hash of everything stored for a document; equal hashes mean nothing to do."""
+    payload = json.dumps(
+        [doc.text, doc.title, doc.metadata, doc.source], sort_keys=True, ensure_ascii=False
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def text_hash(text: str) -> str:
+    """Hash of the exact text a chunk is embedded from."""
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def write_batches(
+    target: Target,
+    documents: Iterable[tuple[Document, str | None]],
+    report: IngestReport,
+) -> None:
+    """Write ``(document, origin)`` pairs batch by batch, counting into ``report``."""
+    for batch in _batches(documents):
+        pending = _pending(target, batch, report)
+        vectors = _vectors(target, pending, report)
+        _write(target, pending, vectors)
+
+
+def write_rows(db: Database, collection_id: int, documents: Sequence[DocumentRow]) -> None:
+    """Write prepared rows in one transaction."""
+    now = time.time()
+    with db.write() as conn:
+        for row in documents:
+            rows.write_document(conn, collection_id, row, now)
+
+
+def ingest_paths(
+    target: Target,
+    paths: Sequence[str | Path],
+    *,
+    sync: bool = False,
+    progress: ProgressFn | None = None,
+) -> IngestReport:
+    """Load every supported file under ``paths`` and write what changed.
+
+    With ``sync``, documents that came from files under ``paths`` that are gone (or no
+    longer hold them) are deleted. Files that fail to load keep their documents.
+    """
+    started = time.perf_counter()
+    roots = _resolve_roots(paths)
+    files = [pair for root in roots for pair in iter_files(root)]
+    report = IngestReport()
+    seen: set[str] = set()
+    failed_origins: set[str] = set()
+
+    def loaded_documents() -> Iterator[tuple[Document, str | None]]:
+        for done, (path, relpath) in enumerate(files, start=1):
+            loaded = load_file(path, relpath)
+            _note_problems(loaded, report, failed_origins)
+            for doc in loaded.documents:
+                seen.add(doc.id)
+                yield doc, str(path)
+            if progress is not None:
+                progress(done, len(files))
+
+    write_batches(target, loaded_documents(), report)
+    if sync:
+        report.documents_deleted = _sync_deletions(target, roots, seen, failed_origins)
+    report.seconds = round(time.perf_counter() - started, 3)
+    return report
+
+
+def _resolve_roots(paths: Sequence[str | Path]) -> list[Path]:
+    if not paths:
+        raise InvalidInput("give at least one file or directory to ingest", field="paths")
+    roots = [Path(p).expanduser().resolve() for p in paths]
+    for given, root in zip(paths, roots, strict=True):
+        if not root.exists():
+            raise InvalidInput(f"no such file or directory: {given}", field="paths")
+    return roots
+
+
+def _note_problems(loaded: LoadedFile, report: IngestReport, failed: set[str]) -> None:
+    for problem in loaded.problems:
+        logger.warning("skipped %s: %s", problem.location, problem.message)
+        report.errors.append(f"{problem.location}: {problem.message}")
+    if loaded.skipped:
+        failed.add(str(loaded.path))
+        report.documents_skipped += 1
+    else:
+        report.documents_skipped += sum(1 for p in loaded.problems if ":" in p.location)
+
+
+def _sync_deletions(
+    target: Target, roots: Sequence[Path], seen: set[str], failed_origins: set[str]
+) -> int:
+    with target.db.write() as conn:
+        stale = [
+            doc_id
+            for doc_id, origin in rows.docs_from_origins(
+                conn, target.collection_id, [str(r) for r in roots]
+            )
+            if doc_id not in seen and origin not in failed_origins
+        ]
+        return rows.delete_documents(conn, target.collection_id, stale)
+
+
+def _batches(
+    documents: Iterable[tuple[Document, str | None]],
+) -> Iterator[list[tuple[Document, str | None]]]:
+    batch: dict[str, tuple[Document, str | None]] = {}
+    size = 0
+    for doc, origin in documents:
+        batch[doc.id] = (doc, origin)  # a later copy of the same id wins
+        size += 1 + len(doc.text) // 1000
+        if len(batch) >= BATCH_DOCUMENTS or size >= BATCH_CHUNKS:
+            yield list(batch.values())
+            batch, size = {}, 0
+    if batch:
+        yield list(batch.values())
+
+
+def _pending(
+    target: Target, batch: list[tuple[Document, str | None]], report: IngestReport
+) -> list[Pending]:
+    with target.db.read() as conn:
+        stored = rows.content_hashes(conn, target.collection_id, [doc.id for doc, _ in batch])
+    pending = []
+    for doc, origin in batch:
+        digest = document_hash(doc)
+        if stored.get(doc.id) == digest:
+            report.documents_unchanged += 1
+            continue
+        if doc.id in stored:
+            report.documents_updated += 1
+        else:
+            report.documents_added += 1
+        pending.append(_chunked(target, doc, origin, digest))
+    return pending
+
+
+def _chunked(target: Target, doc: Document, origin: str | None, digest: str) -> Pending:
+    spans = chunk_document(doc, target.embedder, target.chunking)
+    texts = [embed_text(doc.title, span.text) for span in spans]
+    return Pending(doc, origin, digest, spans, [text_hash(t) for t in texts], texts)
+
+
+def chunk_document(doc: Document, embedder: Embedder, chunking: ChunkingConfig) -> list[Span]:
+    """Cut a document into spans that fit the model together with the document's title."""
+    title_tokens = len(embedder.token_offsets(doc.title)) + 1 if doc.title else 0
+    budget = max(min(chunking.chunk_size, embedder.max_tokens - title_tokens), MIN_CHUNK_TOKENS)
+    overlap = min(chunking.chunk_overlap, budget // 2 - 1)
+    return chunk_text(doc.text, embedder.token_offsets, chunk_size=budget, overlap=overlap)
+
+
+def embed_text(title: str, chunk: str) -> str:
+    """What the model sees for a chunk: the document title, then the chunk's text."""
+    return f"{title}\n{chunk}" if title else chunk
+
+
+def _vectors(target: Target, pending: list[Pending], report: IngestReport) -> dict[str, np.ndarray]:
+    wanted = sorted({h for p in pending for h in p.chunk_hashes})
+    with target.db.read() as conn:
+        stored = rows.vectors_by_hash(conn, target.collection_id, wanted)
+    vectors = {h: np.frombuffer(blob, dtype=np.float32) for h, blob in stored.items()}
+    missing: dict[str, str] = {}
+    for p in pending:
+        for digest, text in zip(p.chunk_hashes, p.embed_texts, strict=True):
+            if digest not in vectors:
+                missing.setdefault(digest, text)
+    report.chunks_reused += sum(len(p.chunk_hashes) for p in pending) - len(missing)
+    if missing:
+        embedded = target.embedder.embed_documents(list(missing.values()))
+        vectors.update(zip(missing.keys(), embedded, strict=True))
+        report.chunks_embedded += len(missing)
+    return vectors
+
+
+def _write(target: Target, pending: list[Pending], vectors: dict[str, np.ndarray]) -> None:
+    if pending:
+        write_rows(target.db, target.collection_id, [_row(p, vectors) for p in pending])
+
+
+def _row(p: Pending, vectors: dict[str, np.ndarray]) -> DocumentRow:
+    doc = p.document
+    chunks = [
+        ChunkRow(ordinal, span.text, span.start, span.end, digest, vectors[digest])
+        for ordinal, (span, digest) in enumerate(zip(p.spans, p.chunk_hashes, strict=True))
+    ]
+    return DocumentRow(
+        doc.id, doc.source, p.origin, doc.title, doc.text, doc.metadata, p.content_hash, chunks
+    )

@@ -1,0 +1,1 @@
+"""Search helpers: ranked-list fusion (RRF, weighted) and diversification (MMR)."""

@@ -1,0 +1,1 @@
+"""Stores: where collections live. The embedded default is one directory with SQLite."""

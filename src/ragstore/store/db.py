@@ -1,0 +1,184 @@
+"""The SQLite file under a store directory: connections, transactions and the schema.
+
+Concurrency model: WAL mode, so readers never block and never see uncommitted rows;
+every write runs in ``BEGIN IMMEDIATE`` so writers queue on the busy timeout instead of
+failing mid-transaction with "database is locked". Each thread gets its own connection.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from ragstore.errors import SchemaTooNew, StoreError
+
+SCHEMA_VERSION = 1
+DB_FILENAME = "ragstore.db"
+BUSY_TIMEOUT_S = 60.0
+
+_SCHEMA = """
+CREATE TABLE collections (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL UNIQUE,
+    config TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    tombstone_floor INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE documents (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    collection_id INTEGER NOT NULL REFERENCES collections(id),
+    doc_id TEXT NOT NULL,
+    source TEXT,
+    origin TEXT,
+    title TEXT NOT NULL,
+    text TEXT NOT NULL,
+    metadata TEXT NOT NULL,
+    content_hash TEXT NOT NULL,
+    updated_at REAL NOT NULL,
+    UNIQUE (collection_id, doc_id)
+);
+CREATE INDEX documents_by_origin ON documents(collection_id, origin);
+CREATE TABLE chunks (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    collection_id INTEGER NOT NULL,
+    document_id INTEGER NOT NULL REFERENCES documents(id),
+    ordinal INTEGER NOT NULL,
+    text TEXT NOT NULL,
+    start_char INTEGER NOT NULL,
+    end_char INTEGER NOT NULL,
+    hash TEXT NOT NULL,
+    vector BLOB NOT NULL,
+    UNIQUE (document_id, ordinal)
+);
+CREATE INDEX chunks_by_hash ON chunks(collection_id, hash);
+CREATE INDEX chunks_by_collection ON chunks(collection_id, id);
+-- Every removed chunk leaves a tombstone, so other processes' in-memory indexes can
+-- catch up by reading only what changed since they last looked.
+CREATE TABLE tombstones (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    collection_id INTEGER NOT NULL,
+    chunk_id INTEGER NOT NULL
+);
+CREATE INDEX tombstones_by_collection ON tombstones(collection_id, seq);
+CREATE TRIGGER chunk_tombstone AFTER DELETE ON chunks BEGIN
+    INSERT INTO tombstones (collection_id, chunk_id) VALUES (old.collection_id, old.id);
+END;
+"""
+
+
+class Database:
+    """One SQLite database file, shared safely by threads and processes."""
+
+    def __init__(self, directory: Path) -> None:
+        self.path = directory / DB_FILENAME
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self._ensure_schema()
+
+    def connection(self) -> sqlite3.Connection:
+        """This thread's connection (autocommit; transactions are explicit)."""
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            self._local.conn = conn
+            with self._lock:
+                self._connections.append(conn)
+        return conn
+
+    @contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction: waits its turn, commits on success, rolls back on error."""
+        conn = self.connection()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    @contextmanager
+    def read(self) -> Iterator[sqlite3.Connection]:
+        """A read transaction: every query inside sees one committed snapshot."""
+        conn = self.connection()
+        conn.execute("BEGIN")
+        try:
+            yield conn
+        finally:
+            conn.execute("COMMIT")
+
+    def close(self) -> None:
+        """Close every connection this object opened."""
+        with self._lock:
+            for conn in self._connections:
+                conn.close()
+            self._connections.clear()
+        self._local = threading.local()
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+        )
+        conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+        _retry_locked(lambda: conn.execute("PRAGMA journal_mode = WAL"))
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        return conn
+
+    def _ensure_schema(self) -> None:
+        conn = self.connection()
+        version = _user_version(conn)
+        if version == SCHEMA_VERSION:
+            return
+        _refuse_newer(version, self.path)
+        with self.write() as tx:
+            version = _user_version(tx)  # another process may have created it meanwhile
+            if version == 0:
+                for statement in _statements(_SCHEMA):
+                    tx.execute(statement)
+                tx.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            _refuse_newer(version, self.path)
+
+
+def _user_version(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+def _refuse_newer(version: int, path: Path) -> None:
+    if version > SCHEMA_VERSION:
+        raise SchemaTooNew(
+            f"{path} has schema version {version}; this ragstore reads up to "
+            f"{SCHEMA_VERSION}. Upgrade ragstore to open it."
+        )
+
+
+def _statements(script: str) -> list[str]:
+    """Split a DDL script into statements, keeping trigger bodies whole."""
+    statements: list[str] = []
+    buffer = ""
+    for line in script.splitlines():
+        if line.strip().startswith("--"):
+            continue
+        buffer += line + "\n"
+        if sqlite3.complete_statement(buffer):
+            statements.append(buffer.strip())
+            buffer = ""
+    return statements
+
+
+def _retry_locked(action: Callable[[], object], attempts: int = 50) -> None:
+    """Run ``action`` again while SQLite reports the file locked (WAL switch races)."""
+    for attempt in range(attempts):
+        try:
+            action()
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise StoreError(str(exc)) from exc
+            time.sleep(min(0.01 * (attempt + 1), 0.2))
+    action()

@@ -1,0 +1,350 @@
+"""The embedded store: one directory holding a SQLite database, no server."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ragstore.config import DEFAULT_EMBEDDER, CollectionConfig
+from ragstore.embed import Embedder, get_embedder
+from ragstore.errors import Conflict, InvalidInput, ModelMismatch, NotFound
+from ragstore.filters import Filter, parse_filter
+from ragstore.ingest import pipeline
+from ragstore.ingest.pipeline import ProgressFn
+from ragstore.records import text_records, unit_vector, vector_records
+from ragstore.store import rows
+from ragstore.store.db import Database
+from ragstore.store.rows import ChunkRow, DocumentRow
+from ragstore.store.vectors import IndexSync
+from ragstore.types import Document, Hit, IngestReport, StoredDocument
+
+MAX_K = 1000
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+@dataclass(frozen=True, slots=True)
+class CollectionInfo:
+    """A collection's name, resolved config and size, as ``ragstore collections`` shows."""
+
+    name: str
+    config: CollectionConfig
+    documents: int
+    chunks: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form."""
+        return {
+            "name": self.name,
+            "config": self.config.model_dump(),
+            "documents": self.documents,
+            "chunks": self.chunks,
+        }
+
+
+class Store:
+    """A directory of collections. Open it with :func:`ragstore.open`."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path).expanduser()
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._db = Database(self.path)
+        self._open: dict[str, Collection] = {}
+
+    def collection(self, name: str, *, embedder: Embedder | None = None) -> Collection:
+        """Get a collection, creating it with the default config if it does not exist."""
+        try:
+            return self.get_collection(name, embedder=embedder)
+        except NotFound:
+            pass
+        try:
+            return self.create_collection(name, embedder=embedder or DEFAULT_EMBEDDER)
+        except Conflict:  # another process created it in between
+            return self.get_collection(name, embedder=embedder)
+
+    def create_collection(
+        self,
+        name: str,
+        *,
+        embedder: Embedder | str | None = DEFAULT_EMBEDDER,
+        dim: int | None = None,
+        chunk_size: int = 256,
+        chunk_overlap: int = 32,
+    ) -> Collection:
+        """Create a collection; ``embedder=None`` with ``dim`` takes caller-supplied vectors."""
+        _check_name(name)
+        model = get_embedder(embedder) if isinstance(embedder, str) else embedder
+        config = _new_config(model, dim, chunk_size, chunk_overlap)
+        with self._db.write() as conn:
+            if _collection_row(conn, name) is not None:
+                raise Conflict(f"collection {name!r} already exists")
+            conn.execute(
+                "INSERT INTO collections (name, config, created_at) VALUES (?, ?, ?)",
+                (name, config.to_json(), time.time()),
+            )
+        return self.get_collection(name, embedder=model)
+
+    def get_collection(self, name: str, *, embedder: Embedder | None = None) -> Collection:
+        """An existing collection; refuses an embedder other than the one it was built with."""
+        with self._db.read() as conn:
+            row = _collection_row(conn, name)
+        if row is None:
+            raise NotFound(f"no collection named {name!r}")
+        collection_id, config = row
+        cached = self._open.get(name)
+        if cached is not None and cached.id == collection_id and embedder is None:
+            return cached
+        if embedder is not None:
+            _check_embedder(config, embedder)
+        collection = Collection(self._db, name, collection_id, config, embedder)
+        self._open[name] = collection
+        return collection
+
+    def list_collections(self) -> list[CollectionInfo]:
+        """Every collection with its config and counts."""
+        with self._db.read() as conn:
+            found = conn.execute(
+                "SELECT c.name, c.config, "
+                "(SELECT count(*) FROM documents d WHERE d.collection_id = c.id), "
+                "(SELECT count(*) FROM chunks k WHERE k.collection_id = c.id) "
+                "FROM collections c ORDER BY c.name"
+            ).fetchall()
+        return [
+            CollectionInfo(name, CollectionConfig.parse(json.loads(config)), docs, chunks)
+            for name, config, docs, chunks in found
+        ]
+
+    def delete_collection(self, name: str) -> None:
+        """Delete a collection with all its documents."""
+        with self._db.write() as conn:
+            row = _collection_row(conn, name)
+            if row is None:
+                raise NotFound(f"no collection named {name!r}")
+            collection_id = row[0]
+            for table in ("chunks", "documents", "tombstones"):
+                conn.execute(f"DELETE FROM {table} WHERE collection_id = ?", (collection_id,))
+            conn.execute("DELETE FROM collections WHERE id = ?", (collection_id,))
+        self._open.pop(name, None)
+
+    def close(self) -> None:
+        """Close the database connections."""
+        self._db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Collection:
+    """Documents that share one embedder and one index: upsert, search, get, delete."""
+
+    def __init__(
+        self,
+        db: Database,
+        name: str,
+        collection_id: int,
+        config: CollectionConfig,
+        embedder: Embedder | None,
+    ) -> None:
+        self._db = db
+        self.name = name
+        self.id = collection_id
+        self.config = config
+        self._embedder = embedder
+        self._index = IndexSync(collection_id, config.dim, config.index)
+
+    @property
+    def embedder(self) -> Embedder | None:
+        """The collection's embedder, loaded on first use; ``None`` for vector collections."""
+        if self._embedder is None and self.config.embedder is not None:
+            self._embedder = get_embedder(self.config.embedder)
+            _check_embedder(self.config, self._embedder)
+        return self._embedder
+
+    def upsert(self, records: Iterable[Mapping[str, Any]]) -> IngestReport:
+        """Insert or replace documents.
+
+        Text collections take ``{"id", "text", "title"?, "metadata"?, "source"?}``;
+        vector collections take ``{"id", "vector", "text"?, "metadata"?, "source"?}``.
+        Every record is validated before anything is written.
+        """
+        started = time.perf_counter()
+        report = IngestReport()
+        if self.config.embedder is None:
+            self._upsert_vectors(records, report)
+        else:
+            docs = text_records(records)
+            pipeline.write_batches(self._target(), ((d, None) for d in docs), report)
+        report.seconds = round(time.perf_counter() - started, 3)
+        return report
+
+    def ingest(
+        self,
+        paths: Sequence[str | Path],
+        *,
+        sync: bool = False,
+        progress: ProgressFn | None = None,
+    ) -> IngestReport:
+        """Load files and folders; only new or changed documents are embedded."""
+        return pipeline.ingest_paths(self._target(), paths, sync=sync, progress=progress)
+
+    def search(
+        self,
+        query: str | None = None,
+        *,
+        vector: Any = None,
+        k: int = 10,
+        where: Mapping[str, Any] | None = None,
+    ) -> list[Hit]:
+        """The ``k`` chunks closest to a text query or a vector, best first.
+
+        ``where`` restricts hits to documents whose metadata match the filter; the search
+        stays exact over the matching chunks, so a filter never costs recall.
+        """
+        _check_k(k)
+        flt = parse_filter(where)
+        query_vector = self._query_vector(query, vector)
+        with self._index.lock, self._db.read() as conn:
+            index = self._index.current(conn)
+            allowed = None if flt is None else rows.allowed_chunk_ids(conn, self.id, flt)
+            ids, scores = index.search(query_vector, k, allowed)
+            return rows.hits_for(conn, ids.tolist(), scores.tolist())
+
+    def get(self, ids: Sequence[str]) -> list[StoredDocument]:
+        """Stored documents by id, in the order asked; unknown ids are left out."""
+        with self._db.read() as conn:
+            return rows.get_documents(conn, self.id, list(ids))
+
+    def count(self, where: Mapping[str, Any] | None = None) -> int:
+        """Number of documents (that match ``where``, if given)."""
+        flt = parse_filter(where)
+        with self._db.read() as conn:
+            return rows.count_documents(conn, self.id, flt)
+
+    def delete(
+        self, ids: Sequence[str] | None = None, *, where: Mapping[str, Any] | None = None
+    ) -> int:
+        """Delete documents by id or by filter; returns how many were deleted."""
+        if (ids is None) == (where is None):
+            raise InvalidInput("give exactly one of ids or where", field="ids")
+        flt: Filter | None = parse_filter(where) if where is not None else None
+        with self._db.write() as conn:
+            doomed = list(ids) if ids is not None else rows.matching_doc_ids(conn, self.id, flt)
+            return rows.delete_documents(conn, self.id, doomed)
+
+    def info(self) -> CollectionInfo:
+        """Config and counts of this collection."""
+        with self._db.read() as conn:
+            chunks = conn.execute(
+                "SELECT count(*) FROM chunks WHERE collection_id = ?", (self.id,)
+            ).fetchone()[0]
+            documents = rows.count_documents(conn, self.id, None)
+        return CollectionInfo(self.name, self.config, documents, chunks)
+
+    def _target(self) -> pipeline.Target:
+        if self.embedder is None:
+            raise InvalidInput(
+                f"collection {self.name!r} has no embedder: upsert records with vectors",
+                field="text",
+            )
+        return pipeline.Target(self._db, self.id, self.embedder, self.config.chunking)
+
+    def _query_vector(self, query: str | None, vector: Any) -> np.ndarray:
+        if (query is None) == (vector is None):
+            raise InvalidInput("give exactly one of query text or vector", field="query")
+        if vector is not None:
+            return unit_vector(vector, self.config.dim, "vector")
+        if not isinstance(query, str) or not query.strip():
+            raise InvalidInput("query text must be a non-empty string", field="query")
+        if self.embedder is None:
+            raise InvalidInput(
+                f"collection {self.name!r} has no embedder: search it with a vector",
+                field="query",
+            )
+        return self.embedder.embed_query(query)
+
+    def _upsert_vectors(self, records: Iterable[Mapping[str, Any]], report: IngestReport) -> None:
+        parsed = vector_records(records, self.config.dim)
+        with self._db.read() as conn:
+            stored = rows.content_hashes(conn, self.id, [r.document.id for r in parsed])
+        changed: dict[str, DocumentRow] = {}
+        for record in parsed:
+            doc = record.document
+            digest = _vector_document_hash(doc, record.vector)
+            if stored.get(doc.id) == digest:
+                report.documents_unchanged += 1
+                continue
+            if doc.id in stored or doc.id in changed:
+                report.documents_updated += 1
+            else:
+                report.documents_added += 1
+            chunk = ChunkRow(0, doc.text, 0, len(doc.text), digest, record.vector)
+            changed[doc.id] = DocumentRow(
+                doc.id, doc.source, None, doc.title, doc.text, doc.metadata, digest, [chunk]
+            )
+        for batch in rows.batched(list(changed.values()), pipeline.BATCH_CHUNKS):
+            pipeline.write_rows(self._db, self.id, batch)
+
+
+def _vector_document_hash(doc: Document, vector: np.ndarray) -> str:
+    digest = hashlib.sha256(pipeline.document_hash(doc).encode())
+    digest.update(np.ascontiguousarray(vector, dtype=np.float32).tobytes())
+    return digest.hexdigest()
+
+
+def _check_name(name: str) -> None:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise InvalidInput(
+            f"invalid collection name {name!r}: use 1-64 letters, digits, '_', '-' or '.'",
+            field="name",
+        )
+
+
+def _check_k(k: int) -> None:
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
+        raise InvalidInput(f"k must be an integer from 1 to {MAX_K}", field="k")
+
+
+def _new_config(
+    model: Embedder | None, dim: int | None, chunk_size: int, chunk_overlap: int
+) -> CollectionConfig:
+    if model is None and dim is None:
+        raise InvalidInput("a collection without an embedder needs dim", field="dim")
+    if model is not None and dim is not None and dim != model.dim:
+        raise InvalidInput(f"dim {dim} differs from the embedder's {model.dim}", field="dim")
+    return CollectionConfig.parse(
+        {
+            "embedder": model.name if model else None,
+            "embedder_version": model.version if model else None,
+            "dim": model.dim if model else dim,
+            "chunking": {"chunk_size": chunk_size, "chunk_overlap": chunk_overlap},
+        }
+    )
+
+
+def _collection_row(conn: Any, name: str) -> tuple[int, CollectionConfig] | None:
+    row = conn.execute("SELECT id, config FROM collections WHERE name = ?", (name,)).fetchone()
+    if row is None:
+        return None
+    return int(row[0]), CollectionConfig.parse(json.loads(row[1]))
+
+
+def _check_embedder(config: CollectionConfig, embedder: Embedder) -> None:
+    if config.embedder is None:
+        raise ModelMismatch("this collection takes caller-supplied vectors, not an embedder")
+    recorded = (config.embedder, config.embedder_version, config.dim)
+    actual = (embedder.name, embedder.version, embedder.dim)
+    if recorded != actual:
+        raise ModelMismatch(
+            f"collection was built with {recorded[0]} ({recorded[1]}, dim {recorded[2]}); "
+            f"refusing {actual[0]} ({actual[1]}, dim {actual[2]})"
+        )

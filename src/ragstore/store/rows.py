@@ -1,0 +1,289 @@
+"""SQL over the documents and chunks tables. Every function takes an open connection;
+the caller owns the transaction."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ragstore.filters import Filter, compile_sql
+from ragstore.index.base import Ids, Matrix
+from ragstore.types import Hit, StoredDocument
+
+# SQLite's default limit on bound parameters is 32766; stay well below it.
+_MAX_PARAMS = 900
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkRow:
+    """A chunk ready to be written: its place in the document, its text and its vector."""
+
+    ordinal: int
+    text: str
+    start: int
+    end: int
+    hash: str
+    vector: Matrix
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentRow:
+    """A document ready to be written, with all its chunks."""
+
+    doc_id: str
+    source: str | None
+    origin: str | None
+    title: str
+    text: str
+    metadata: dict[str, Any]
+    content_hash: str
+    chunks: Sequence[ChunkRow]
+
+
+def batched(items: Sequence[Any], size: int = _MAX_PARAMS) -> Iterable[Sequence[Any]]:
+    """Consecutive slices of at most ``size`` items."""
+    for offset in range(0, len(items), size):
+        yield items[offset : offset + size]
+
+
+def placeholders(count: int) -> str:
+    """``?, ?, ?`` for ``count`` parameters."""
+    return ", ".join("?" * count)
+
+
+def content_hashes(
+    conn: sqlite3.Connection, collection_id: int, doc_ids: Sequence[str]
+) -> dict[str, str]:
+    """Stored content hash of each of ``doc_ids`` that exists."""
+    found: dict[str, str] = {}
+    for part in batched(doc_ids):
+        rows = conn.execute(
+            "SELECT doc_id, content_hash FROM documents "
+            f"WHERE collection_id = ? AND doc_id IN ({placeholders(len(part))})",
+            (collection_id, *part),
+        )
+        found.update(dict(rows.fetchall()))
+    return found
+
+
+def vectors_by_hash(
+    conn: sqlite3.Connection, collection_id: int, hashes: Sequence[str]
+) -> dict[str, bytes]:
+    """Stored vectors (raw float32 bytes) of chunks whose text hash is in ``hashes``."""
+    found: dict[str, bytes] = {}
+    for part in batched(hashes):
+        rows = conn.execute(
+            "SELECT hash, vector FROM chunks "
+            f"WHERE collection_id = ? AND hash IN ({placeholders(len(part))})",
+            (collection_id, *part),
+        )
+        found.update(dict(rows.fetchall()))
+    return found
+
+
+def write_document(
+    conn: sqlite3.Connection, collection_id: int, doc: DocumentRow, now: float
+) -> None:
+    """Insert or replace one document and all its chunks (inside the caller's transaction)."""
+    row = conn.execute(
+        "SELECT id FROM documents WHERE collection_id = ? AND doc_id = ?",
+        (collection_id, doc.doc_id),
+    ).fetchone()
+    values = (
+        doc.source,
+        doc.origin,
+        doc.title,
+        doc.text,
+        json.dumps(doc.metadata, ensure_ascii=False, sort_keys=True),
+        doc.content_hash,
+        now,
+    )
+    if row is None:
+        cursor = conn.execute(
+            "INSERT INTO documents (source, origin, title, text, metadata, content_hash, "
+            "updated_at, collection_id, doc_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (*values, collection_id, doc.doc_id),
+        )
+        document_id = int(cursor.lastrowid or 0)
+    else:
+        document_id = int(row[0])
+        conn.execute("DELETE FROM chunks WHERE document_id = ?", (document_id,))
+        conn.execute(
+            "UPDATE documents SET source = ?, origin = ?, title = ?, text = ?, metadata = ?, "
+            "content_hash = ?, updated_at = ? WHERE id = ?",
+            (*values, document_id),
+        )
+    conn.executemany(
+        "INSERT INTO chunks (collection_id, document_id, ordinal, text, start_char, end_char, "
+        "hash, vector) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            (
+                collection_id,
+                document_id,
+                c.ordinal,
+                c.text,
+                c.start,
+                c.end,
+                c.hash,
+                np.ascontiguousarray(c.vector, dtype=np.float32).tobytes(),
+            )
+            for c in doc.chunks
+        ],
+    )
+
+
+def delete_documents(conn: sqlite3.Connection, collection_id: int, doc_ids: Sequence[str]) -> int:
+    """Delete documents and their chunks; returns how many documents existed."""
+    deleted = 0
+    for part in batched(doc_ids):
+        where = f"collection_id = ? AND doc_id IN ({placeholders(len(part))})"
+        params = (collection_id, *part)
+        conn.execute(
+            f"DELETE FROM chunks WHERE document_id IN (SELECT id FROM documents WHERE {where})",
+            params,
+        )
+        deleted += conn.execute(f"DELETE FROM documents WHERE {where}", params).rowcount
+    return deleted
+
+
+def matching_doc_ids(
+    conn: sqlite3.Connection, collection_id: int, where: Filter | None
+) -> list[str]:
+    """Ids of the documents that match a filter (all documents when ``where`` is None)."""
+    sql, params = _document_filter(collection_id, where)
+    return [row[0] for row in conn.execute(f"SELECT d.doc_id FROM documents d WHERE {sql}", params)]
+
+
+def count_documents(conn: sqlite3.Connection, collection_id: int, where: Filter | None) -> int:
+    """Number of documents that match a filter."""
+    sql, params = _document_filter(collection_id, where)
+    return int(conn.execute(f"SELECT count(*) FROM documents d WHERE {sql}", params).fetchone()[0])
+
+
+def docs_from_origins(
+    conn: sqlite3.Connection, collection_id: int, roots: Sequence[str]
+) -> list[tuple[str, str]]:
+    """``(doc_id, origin)`` of documents loaded from a file at or under any of ``roots``."""
+    found: list[tuple[str, str]] = []
+    for root in roots:
+        prefix = root.rstrip("/") + "/"
+        found.extend(
+            conn.execute(
+                "SELECT doc_id, origin FROM documents WHERE collection_id = ? "
+                "AND (origin = ? OR substr(origin, 1, ?) = ?)",
+                (collection_id, root, len(prefix), prefix),
+            ).fetchall()
+        )
+    return found
+
+
+def allowed_chunk_ids(conn: sqlite3.Connection, collection_id: int, where: Filter) -> Ids:
+    """Ids of every chunk whose document matches the filter."""
+    sql, params = _document_filter(collection_id, where)
+    rows = conn.execute(
+        f"SELECT c.id FROM chunks c JOIN documents d ON d.id = c.document_id WHERE {sql}", params
+    )
+    return np.fromiter((row[0] for row in rows), dtype=np.int64)
+
+
+def chunks_after(
+    conn: sqlite3.Connection, collection_id: int, after_id: int, dim: int
+) -> tuple[Ids, Matrix]:
+    """Ids and vectors of the collection's chunks with id greater than ``after_id``."""
+    rows = conn.execute(
+        "SELECT id, vector FROM chunks WHERE collection_id = ? AND id > ? ORDER BY id",
+        (collection_id, after_id),
+    ).fetchall()
+    ids = np.fromiter((row[0] for row in rows), dtype=np.int64, count=len(rows))
+    vectors = np.frombuffer(b"".join(row[1] for row in rows), dtype=np.float32)
+    return ids, vectors.reshape(len(rows), dim)
+
+
+def tombstones_after(
+    conn: sqlite3.Connection, collection_id: int, after_seq: int
+) -> tuple[Ids, int]:
+    """Chunk ids removed since tombstone ``after_seq``, and the newest seq seen."""
+    rows = conn.execute(
+        "SELECT seq, chunk_id FROM tombstones WHERE collection_id = ? AND seq > ? ORDER BY seq",
+        (collection_id, after_seq),
+    ).fetchall()
+    last = rows[-1][0] if rows else after_seq
+    return np.fromiter((row[1] for row in rows), dtype=np.int64, count=len(rows)), last
+
+
+def last_tombstone(conn: sqlite3.Connection) -> int:
+    """Newest tombstone seq in the whole store (0 when none)."""
+    row = conn.execute("SELECT max(seq) FROM tombstones").fetchone()
+    return int(row[0] or 0)
+
+
+def hits_for(
+    conn: sqlite3.Connection, chunk_ids: Sequence[int], scores: Sequence[float]
+) -> list[Hit]:
+    """Hits for chunk ids, in the given order; chunks that no longer exist are left out."""
+    rows: dict[int, tuple[Any, ...]] = {}
+    for part in batched(list(chunk_ids)):
+        for row in conn.execute(
+            "SELECT c.id, d.doc_id, c.ordinal, c.text, d.source, d.metadata, c.start_char, "
+            "c.end_char FROM chunks c JOIN documents d ON d.id = c.document_id "
+            f"WHERE c.id IN ({placeholders(len(part))})",
+            part,
+        ):
+            rows[row[0]] = row
+    return [
+        _hit(rows[chunk_id], score)
+        for chunk_id, score in zip(chunk_ids, scores, strict=True)
+        if chunk_id in rows
+    ]
+
+
+def get_documents(
+    conn: sqlite3.Connection, collection_id: int, doc_ids: Sequence[str]
+) -> list[StoredDocument]:
+    """Stored documents for ``doc_ids``, in that order; unknown ids are left out."""
+    found: dict[str, StoredDocument] = {}
+    for part in batched(doc_ids):
+        for row in conn.execute(
+            "SELECT d.doc_id, d.text, d.title, d.metadata, d.source, d.content_hash, "
+            "d.updated_at, (SELECT count(*) FROM chunks c WHERE c.document_id = d.id) "
+            f"FROM documents d WHERE d.collection_id = ? AND d.doc_id IN "
+            f"({placeholders(len(part))})",
+            (collection_id, *part),
+        ):
+            found[row[0]] = StoredDocument(
+                id=row[0],
+                text=row[1],
+                title=row[2],
+                metadata=json.loads(row[3]),
+                source=row[4],
+                content_hash=row[5],
+                updated_at=row[6],
+                chunk_count=row[7],
+            )
+    return [found[doc_id] for doc_id in doc_ids if doc_id in found]
+
+
+def _hit(row: tuple[Any, ...], score: float) -> Hit:
+    _, doc_id, ordinal, text, source, metadata, start, end = row
+    return Hit(
+        doc_id=doc_id,
+        chunk_id=f"{doc_id}#{ordinal}",
+        score=float(score),
+        text=text,
+        source=source,
+        metadata=json.loads(metadata),
+        start=start,
+        end=end,
+    )
+
+
+def _document_filter(collection_id: int, where: Filter | None) -> tuple[str, list[object]]:
+    if where is None:
+        return "d.collection_id = ?", [collection_id]
+    sql, params = compile_sql(where, "d.metadata")
+    return f"d.collection_id = ? AND ({sql})", [collection_id, *params]

@@ -1,0 +1,90 @@
+"""Value types shared across ragstore: documents, chunks, hits and reports."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+Metadata = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Document:
+    """A source document as loaded or upserted, before chunking.
+
+    ``source`` is where it came from (a file path for files, ``None`` for records).
+    """
+
+    id: str
+    text: str
+    title: str = ""
+    metadata: Metadata = field(default_factory=dict)
+    source: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    """A chunk of a document's text: ``text == document.text[start:end]``."""
+
+    start: int
+    end: int
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class StoredDocument:
+    """A document as the store holds it."""
+
+    id: str
+    text: str
+    title: str
+    metadata: Metadata
+    source: str | None
+    content_hash: str
+    updated_at: float
+    chunk_count: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form of the document."""
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """One search result: a chunk, the document it belongs to, and its score.
+
+    ``score`` is the cosine similarity of the chunk to the query (higher is closer).
+    ``start``/``end`` locate ``text`` in the document's text.
+    """
+
+    doc_id: str
+    chunk_id: str
+    score: float
+    text: str
+    source: str | None
+    metadata: Metadata
+    start: int
+    end: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form of the hit."""
+        return asdict(self)
+
+
+@dataclass(slots=True)
+class IngestReport:
+    """What one ingest or upsert did."""
+
+    documents_added: int = 0
+    documents_updated: int = 0
+    documents_unchanged: int = 0
+    documents_deleted: int = 0
+    documents_skipped: int = 0
+    chunks_embedded: int = 0
+    chunks_reused: int = 0
+    seconds: float = 0.0
+    errors: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form of the report."""
+        return asdict(self)

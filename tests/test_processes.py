@@ -1,0 +1,114 @@
+"""Several real processes on one store, and a real kill -9 in the middle of an ingest."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from conftest import RAGSTORE_BIN
+
+import ragstore
+from ragstore.ingest.pipeline import chunk_document
+from ragstore.store.db import DB_FILENAME
+from ragstore.types import Document
+
+WORKERS = str(Path(__file__).with_name("workers.py"))
+
+
+def test_concurrent_writers_and_reader_never_see_locks_or_partial_batches(
+    tmp_path: Path,
+) -> None:
+    store_path = tmp_path / "store"
+    with ragstore.open(store_path) as store:
+        store.create_collection("vecs", embedder=None, dim=16)
+    commands = [
+        [sys.executable, WORKERS, "writer", str(store_path), "a", "60"],
+        [sys.executable, WORKERS, "writer", str(store_path), "b", "60"],
+        [sys.executable, WORKERS, "reader", str(store_path), "8"],
+    ]
+    procs = [subprocess.Popen(c, stderr=subprocess.PIPE, text=True) for c in commands]
+    outputs = [p.communicate(timeout=240)[1] for p in procs]
+
+    for proc, stderr in zip(procs, outputs, strict=True):
+        assert proc.returncode == 0, stderr
+        assert "locked" not in stderr
+    with ragstore.open(store_path) as store:
+        # each writer: 60 batches of 5, minus 6 deleted batches
+        assert store.get_collection("vecs").count() == 2 * (60 - 6) * 5
+
+
+def paragraphs(doc: int) -> str:
+    return "\n\n".join(
+        f"Record {doc}, part {part}: the station measured wind, rain and temperature every "
+        f"hour and sent the readings to the archive, where analysts compared them with the "
+        f"forecast for region {doc % 17} and wrote a short note about each difference."
+        for part in range(4)
+    )
+
+
+def test_kill_9_during_ingest_leaves_only_whole_documents(tmp_path: Path) -> None:
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    total = 320
+    for doc in range(total):
+        (folder / f"doc{doc:04d}.txt").write_text(paragraphs(doc))
+    store_path = tmp_path / "store"
+    with ragstore.open(store_path) as store:
+        store.create_collection("c", chunk_size=48, chunk_overlap=8)
+
+    proc = subprocess.Popen(
+        [RAGSTORE_BIN, "--store", str(store_path), "--collection", "c", "ingest", str(folder)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    committed = wait_for_documents(store_path / DB_FILENAME, proc)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    assert 0 < committed < total
+
+    with ragstore.open(store_path) as store:
+        col = store.get_collection("c")
+        survived = col.count()
+        assert committed <= survived < total
+        assert_whole_documents(store_path / DB_FILENAME, col)
+        assert col.search("wind and rain readings", k=5)
+
+        report = col.ingest([folder])
+
+        assert report.documents_unchanged == survived
+        assert report.documents_added == total - survived
+        assert col.count() == total
+
+
+def wait_for_documents(db: Path, proc: subprocess.Popen[bytes]) -> int:
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "ingest finished before it could be killed"
+        if db.exists():
+            with sqlite3.connect(db, timeout=60) as conn:
+                count = conn.execute("SELECT count(*) FROM documents").fetchone()[0]
+            if count:
+                return int(count)
+        time.sleep(0.05)
+    raise AssertionError("no document was committed in time")
+
+
+def assert_whole_documents(db: Path, col: ragstore.Collection) -> None:
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        rows = conn.execute(
+            "SELECT d.doc_id, d.text, group_concat(c.ordinal || ':' || c.start_char || ':' || "
+            "c.end_char, ' ') FROM documents d LEFT JOIN chunks c ON c.document_id = d.id "
+            "GROUP BY d.id"
+        ).fetchall()
+    assert col.embedder is not None
+    for doc_id, text, chunks in rows:
+        stored = sorted(tuple(map(int, c.split(":"))) for c in (chunks or "").split())
+        spans = chunk_document(Document(doc_id, text), col.embedder, col.config.chunking)
+        assert stored == [(i, s.start, s.end) for i, s in enumerate(spans)], doc_id

@@ -1,0 +1,265 @@
+"""The Python API against a real store on disk and the real model."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import unit_vectors
+
+import ragstore
+from ragstore.embed import Embedder
+from ragstore.store.db import DB_FILENAME, SCHEMA_VERSION
+
+POLICIES = [
+    {
+        "id": "refunds",
+        "text": "Items can be returned within 30 days for a full refund.",
+        "metadata": {"lang": "en", "topic": "policy", "year": 2024},
+    },
+    {
+        "id": "shipping",
+        "text": "Standard shipping takes three to five business days.",
+        "metadata": {"lang": "en", "topic": "logistics", "year": 2023},
+    },
+    {
+        "id": "versand",
+        "text": "Der Versand dauert drei bis fünf Werktage.",
+        "metadata": {"lang": "de", "topic": "logistics", "year": 2023},
+    },
+]
+
+
+def test_upsert_then_search_finds_the_relevant_document(store: ragstore.Store) -> None:
+    col = store.collection("docs")
+    report = col.upsert(POLICIES)
+    assert (report.documents_added, report.chunks_embedded) == (3, 3)
+
+    hits = col.search("how long do I have to send an item back?", k=2)
+
+    assert hits[0].doc_id == "refunds"
+    assert hits[0].chunk_id == "refunds#0"
+    assert hits[0].score > hits[1].score
+    assert hits[0].text == POLICIES[0]["text"]
+    assert hits[0].metadata == POLICIES[0]["metadata"]
+
+
+def test_filter_restricts_hits_and_never_returns_fewer_than_exist(store: ragstore.Store) -> None:
+    col = store.collection("docs")
+    col.upsert(POLICIES)
+
+    german = col.search("delivery time", k=10, where={"lang": "de"})
+    recent = col.search("delivery time", k=10, where={"year": {"$gte": 2024}})
+
+    assert [h.doc_id for h in german] == ["versand"]
+    assert [h.doc_id for h in recent] == ["refunds"]
+    assert len(col.search("delivery time", k=10, where={"topic": "logistics"})) == 2
+
+
+def test_reupsert_of_unchanged_documents_embeds_nothing(store: ragstore.Store) -> None:
+    col = store.collection("docs")
+    col.upsert(POLICIES)
+
+    again = col.upsert(POLICIES)
+
+    assert again.documents_unchanged == 3
+    assert again.chunks_embedded == 0
+
+
+def test_metadata_change_reuses_the_embedding(store: ragstore.Store) -> None:
+    col = store.collection("docs")
+    col.upsert(POLICIES)
+    changed = {**POLICIES[0], "metadata": {"lang": "en", "topic": "refunds"}}
+
+    report = col.upsert([changed])
+
+    assert (report.documents_updated, report.chunks_embedded, report.chunks_reused) == (1, 0, 1)
+    assert col.get(["refunds"])[0].metadata == {"lang": "en", "topic": "refunds"}
+
+
+def test_update_replaces_old_chunks_in_search(store: ragstore.Store) -> None:
+    col = store.collection("docs")
+    col.upsert(POLICIES)
+
+    col.upsert([{"id": "refunds", "text": "Our cafeteria serves vegetarian lunch daily."}])
+
+    hits = col.search("vegetarian lunch", k=10)
+    texts = [h.text for h in hits if h.doc_id == "refunds"]
+    assert texts == ["Our cafeteria serves vegetarian lunch daily."]
+
+
+def test_get_count_and_delete(store: ragstore.Store) -> None:
+    col = store.collection("docs")
+    col.upsert(POLICIES)
+
+    assert [d.id for d in col.get(["versand", "missing", "refunds"])] == ["versand", "refunds"]
+    assert col.count() == 3
+    assert col.count(where={"lang": "en"}) == 2
+    assert col.delete(where={"topic": "logistics"}) == 2
+    assert col.delete(["refunds", "missing"]) == 1
+    assert col.count() == 0
+    assert col.search("shipping", k=5) == []
+
+
+def test_long_document_is_chunked_with_offsets_into_its_text(store: ragstore.Store) -> None:
+    col = store.collection("docs")
+    paragraphs = [
+        f"Paragraph {i} talks about topic number {i} in some detail. " * 6 for i in range(12)
+    ]
+    text = "\n\n".join(paragraphs)
+    col.upsert([{"id": "long", "text": text}])
+
+    stored = col.get(["long"])[0]
+    hits = col.search("topic number 7", k=50)
+
+    assert stored.chunk_count > 1
+    assert {h.chunk_id for h in hits} == {f"long#{i}" for i in range(stored.chunk_count)}
+    for hit in hits:
+        assert text[hit.start : hit.end] == hit.text
+
+
+def test_vector_collection_takes_its_own_vectors(store: ragstore.Store) -> None:
+    col = store.create_collection("vecs", embedder=None, dim=8)
+    vectors = unit_vectors(20, 8)
+    col.upsert(
+        [
+            {"id": f"v{i}", "vector": v.tolist(), "metadata": {"even": i % 2 == 0}}
+            for i, v in enumerate(vectors)
+        ]
+    )
+
+    hits = col.search(vector=vectors[3], k=3)
+    odd = col.search(vector=vectors[4], k=20, where={"even": False})
+
+    assert hits[0].doc_id == "v3"
+    assert hits[0].score == pytest.approx(1.0, abs=1e-5)
+    assert len(odd) == 10
+    assert all(int(h.doc_id[1:]) % 2 == 1 for h in odd)
+
+
+def test_wrong_dimension_raises_dimension_mismatch(store: ragstore.Store) -> None:
+    col = store.create_collection("vecs", embedder=None, dim=8)
+
+    with pytest.raises(ragstore.DimensionMismatch, match="dimension 3, collection expects 8"):
+        col.upsert([{"id": "a", "vector": [1.0, 2.0, 3.0]}])
+    with pytest.raises(ragstore.DimensionMismatch):
+        col.search(vector=np.ones(4), k=1)
+    assert col.count() == 0
+
+
+def test_bad_records_are_refused_before_anything_is_written(store: ragstore.Store) -> None:
+    col = store.collection("docs")
+    good = {"id": "ok", "text": "fine"}
+
+    cases = [
+        ({"text": "no id"}, "records[1].id"),
+        ({"id": "x"}, "records[1].text"),
+        ({"id": "x", "text": 5}, "records[1].text"),
+        ({"id": "x", "text": "t", "metadata": [1]}, "records[1].metadata"),
+        ({"id": "x", "text": "t", "colour": "red"}, "records[1].colour"),
+    ]
+    for bad, field in cases:
+        with pytest.raises(ragstore.InvalidInput) as caught:
+            col.upsert([good, bad])
+        assert caught.value.field == field
+    assert col.count() == 0
+
+
+def test_invalid_filter_and_k_are_invalid_input(store: ragstore.Store) -> None:
+    col = store.collection("docs")
+
+    with pytest.raises(ragstore.InvalidFilter, match=r"\$regex"):
+        col.search("x", where={"lang": {"$regex": "e.*"}})
+    with pytest.raises(ragstore.InvalidInput, match="k must be"):
+        col.search("x", k=0)
+    with pytest.raises(ragstore.InvalidInput, match="k must be"):
+        col.search("x", k=1001)
+
+
+def test_reopened_store_keeps_documents_and_config(tmp_path: Path) -> None:
+    with ragstore.open(tmp_path / "s") as first:
+        first.create_collection("small", chunk_size=64, chunk_overlap=8).upsert(POLICIES)
+
+    with ragstore.open(tmp_path / "s") as second:
+        col = second.get_collection("small")
+        assert col.config.chunking.chunk_size == 64
+        assert col.count() == 3
+        assert col.search("refund", k=1)[0].doc_id == "refunds"
+        [info] = second.list_collections()
+        assert (info.name, info.documents, info.chunks) == ("small", 3, 3)
+
+
+def test_other_model_is_refused(store: ragstore.Store, embedder: Embedder) -> None:
+    store.create_collection("vecs", embedder=None, dim=384)
+    store.collection("docs")
+
+    class Renamed:
+        name = "other/model"
+        version = embedder.version
+        dim = embedder.dim
+        max_tokens = embedder.max_tokens
+        token_offsets = staticmethod(embedder.token_offsets)
+        embed_documents = staticmethod(embedder.embed_documents)
+        embed_query = staticmethod(embedder.embed_query)
+
+    with pytest.raises(ragstore.ModelMismatch, match="refusing other/model"):
+        store.get_collection("docs", embedder=Renamed())
+    with pytest.raises(ragstore.ModelMismatch):
+        store.get_collection("vecs", embedder=embedder)
+
+
+def test_collection_lifecycle_errors(store: ragstore.Store) -> None:
+    store.collection("docs")
+
+    with pytest.raises(ragstore.Conflict):
+        store.create_collection("docs")
+    with pytest.raises(ragstore.NotFound):
+        store.get_collection("nope")
+    with pytest.raises(ragstore.InvalidInput, match="invalid collection name"):
+        store.create_collection("../escape")
+    with pytest.raises(ragstore.InvalidConfig, match="chunking"):
+        store.create_collection("tiny", chunk_size=16, chunk_overlap=8)
+    store.delete_collection("docs")
+    assert store.list_collections() == []
+
+
+def test_store_from_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    ragstore.open(tmp_path / "s").close()
+    with sqlite3.connect(tmp_path / "s" / DB_FILENAME) as conn:
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+
+    with pytest.raises(ragstore.SchemaTooNew, match="Upgrade ragstore"):
+        ragstore.open(tmp_path / "s")
+
+
+def test_public_names_are_pinned() -> None:
+    assert sorted(ragstore.__all__) == sorted(
+        [
+            "ChunkingConfig",
+            "Collection",
+            "CollectionConfig",
+            "CollectionInfo",
+            "Conflict",
+            "DimensionMismatch",
+            "Document",
+            "Embedder",
+            "Hit",
+            "IndexConfig",
+            "IngestReport",
+            "InvalidConfig",
+            "InvalidFilter",
+            "InvalidInput",
+            "ModelMismatch",
+            "NotFound",
+            "RagstoreError",
+            "SchemaTooNew",
+            "Store",
+            "StoredDocument",
+            "StoreError",
+            "__version__",
+            "open",
+            "register_embedder",
+        ]
+    )

@@ -1,0 +1,59 @@
+"""Worker processes for the multi-process tests: ``python workers.py ROLE STORE ARGS``.
+
+Each worker exits 0 only if every operation it made succeeded and every check held.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import numpy as np
+
+import ragstore
+
+BATCH = 5
+DIM = 16
+
+
+def writer(store_path: str, prefix: str, batches: int) -> None:
+    """Upsert ``batches`` batches of BATCH vectors, each batch in one call, deleting some."""
+    col = ragstore.open(store_path).get_collection("vecs")
+    rng = np.random.default_rng(abs(hash(prefix)) % 2**32)
+    for b in range(batches):
+        records = [
+            {
+                "id": f"{prefix}-{b}-{i}",
+                "vector": rng.normal(size=DIM).tolist(),
+                "metadata": {"batch": f"{prefix}-{b}"},
+            }
+            for i in range(BATCH)
+        ]
+        col.upsert(records)
+        if b % 10 == 9:  # delete a whole earlier batch in one statement
+            col.delete(where={"batch": f"{prefix}-{b - 5}"})
+
+
+def reader(store_path: str, seconds: float) -> None:
+    """Search and count while writers run; a batch is only ever seen whole or not at all."""
+    col = ragstore.open(store_path).get_collection("vecs")
+    rng = np.random.default_rng(1)
+    deadline = time.monotonic() + seconds
+    checks = 0
+    while time.monotonic() < deadline:
+        hits = col.search(vector=rng.normal(size=DIM), k=10)
+        for batch in {hit.metadata["batch"] for hit in hits}:
+            seen = col.count(where={"batch": batch})
+            if seen not in (0, BATCH):
+                sys.exit(f"reader saw {seen} of {BATCH} documents of batch {batch}")
+            checks += 1
+    if checks == 0:
+        sys.exit("reader made no checks")
+
+
+if __name__ == "__main__":
+    role, path, *rest = sys.argv[1:]
+    if role == "writer":
+        writer(path, rest[0], int(rest[1]))
+    else:
+        reader(path, float(rest[0]))
