@@ -111,6 +111,7 @@ CASES: list[tuple[object, list[int]]] = [
     ({"year": 2001}, []),
     ({"year": {"$gte": 2000, "$lt": 2010}}, [2, 6]),
     ({"year": {"$gt": 2005}}, [3]),
+    ({"year": {"$gte": 2005}}, [2, 3, 6]),
     ({"year": {"$lte": 2005}}, [1, 2, 6]),
     ({"year": {"$gt": "2000"}}, [4]),
     ({"score": {"$gte": 0.5}}, [1, 2]),
@@ -383,8 +384,8 @@ METADATA_VALUES = mostly(STORED_SCALARS | st.lists(STORED_SCALARS, max_size=3), 
 DOCUMENTS = st.dictionaries(st.sampled_from(KEYS), METADATA_VALUES, max_size=len(KEYS))
 
 
-def filters(paths: st.SearchStrategy[str], scalars: list[Any]) -> st.SearchStrategy[Any]:
-    """Valid filters over ``paths``, mostly comparing with values from ``scalars``."""
+def operations(scalars: list[Any]) -> st.SearchStrategy[tuple[str, Any]]:
+    """``(operator, operand)`` pairs, mostly with operands from ``scalars``."""
     values = pick(scalars, FILTER_SCALARS)
     orderables = pick(
         [v for v in scalars if v is not None and not isinstance(v, bool)],
@@ -401,10 +402,16 @@ def filters(paths: st.SearchStrategy[str], scalars: list[Any]) -> st.SearchStrat
         "$lte": orderables,
         "$exists": st.booleans(),
     }
-    operations = st.sampled_from(sorted(operand)).flatmap(
+    return st.sampled_from(sorted(operand)).flatmap(
         lambda op: operand[op].map(lambda value: (op, value))
     )
-    conditions = values | st.lists(operations, min_size=1, max_size=2).map(dict)
+
+
+def filters(paths: st.SearchStrategy[str], scalars: list[Any]) -> st.SearchStrategy[Any]:
+    """Valid filters over ``paths``, mostly comparing with values from ``scalars``."""
+    conditions = pick(scalars, FILTER_SCALARS) | st.lists(
+        operations(scalars), min_size=1, max_size=2
+    ).map(dict)
     leaves = st.dictionaries(paths, conditions, min_size=1, max_size=2)
     return st.recursive(
         leaves,
@@ -437,16 +444,39 @@ def scalars_in(value: object) -> Iterator[object]:
         yield value
 
 
-@settings(max_examples=200, deadline=None)
-@given(docs=st.lists(DOCUMENTS, min_size=6, max_size=14), data=st.data())
-def test_sql_and_matches_agree(docs: list[Metadata], data: st.DataObject) -> None:
-    paths = sorted({path for doc in docs for path in paths_in(doc)})
-    raw = data.draw(filters(pick(paths, PATHS), list(scalars_in(docs))), label="filter")
+DOCUMENT_LISTS = st.lists(DOCUMENTS, min_size=6, max_size=14)
+
+
+def check_congruence(docs: list[Metadata], raw: object) -> None:
+    """compile_sql over real SQLite selects exactly the documents matches() accepts."""
     table = dict(enumerate(docs))
     expected = python_ids(table, raw)
     with closing(make_table(table)) as connection:
         assert sql_ids(connection, raw) == expected
         assert sql_ids(connection, raw, negate=True) == [i for i in table if i not in expected]
+
+
+def paths_and_values(docs: list[Metadata]) -> tuple[st.SearchStrategy[str], list[Any]]:
+    """Paths (mostly ones the documents have) and the scalars the documents hold."""
+    paths = sorted({path for doc in docs for path in paths_in(doc)})
+    return pick(paths, PATHS), list(scalars_in(docs))
+
+
+@settings(max_examples=200, deadline=None)
+@given(docs=DOCUMENT_LISTS, data=st.data())
+def test_sql_and_matches_agree_on_single_comparisons(
+    docs: list[Metadata], data: st.DataObject
+) -> None:
+    paths, scalars = paths_and_values(docs)
+    path, (op, value) = data.draw(st.tuples(paths, operations(scalars)), label="comparison")
+    check_congruence(docs, {path: {op: value}})
+
+
+@settings(max_examples=200, deadline=None)
+@given(docs=DOCUMENT_LISTS, data=st.data())
+def test_sql_and_matches_agree_on_whole_filters(docs: list[Metadata], data: st.DataObject) -> None:
+    paths, scalars = paths_and_values(docs)
+    check_congruence(docs, data.draw(filters(paths, scalars), label="filter"))
 
 
 @settings(max_examples=100, deadline=None)

@@ -263,3 +263,15 @@ def test_public_names_are_pinned() -> None:
             "register_embedder",
         ]
     )
+
+
+def test_embeddings_are_reused_across_collections_of_the_same_model(
+    store: ragstore.Store,
+) -> None:
+    store.collection("first").upsert(POLICIES)
+    second = store.create_collection("second", chunk_size=64, chunk_overlap=8)
+
+    report = second.upsert(POLICIES)
+
+    assert (report.documents_added, report.chunks_embedded, report.chunks_reused) == (3, 0, 3)
+    assert second.search("refund", k=1)[0].doc_id == "refunds"

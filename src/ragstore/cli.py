@@ -181,6 +181,61 @@ def delete(obj: Context, ids: tuple[str, ...], filter_json: str | None) -> None:
     click.echo(f"deleted {deleted} document(s)")
 
 
+@cli.command(name="eval")
+@click.argument("dataset_dir", type=click.Path(path_type=Path, file_okay=False))
+@click.option(
+    "--mode",
+    type=click.Choice(["dense", "keyword", "hybrid", "all"]),
+    default="all",
+    show_default=True,
+)
+@click.option("--split", default="test", show_default=True, help="Which qrels split to score.")
+@click.option("--fusion", type=click.Choice(["rrf", "weighted"]), default="rrf", show_default=True)
+@click.option("--rrf-k", default=60, show_default=True, type=int, help="RRF rank constant.")
+@click.option("--alpha", default=0.5, show_default=True, type=float, help="Dense-side weight.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@pass_context
+def eval_command(
+    obj: Context,
+    dataset_dir: Path,
+    mode: str,
+    split: str,
+    fusion: str,
+    rrf_k: int,
+    alpha: float,
+    as_json: bool,
+) -> None:
+    """Score search modes on a BEIR-format dataset (nDCG@10, Recall@100, MRR@10, latency).
+
+    The corpus is ingested into the collection eval-<folder name>, which later runs reuse.
+    """
+    from ragstore.eval import evaluate
+
+    modes = ["dense", "keyword", "hybrid"] if mode == "all" else [mode]
+    with _failures():
+        report = evaluate(
+            obj.store,
+            dataset_dir,
+            modes=modes,
+            split=split,
+            fusion=fusion,  # type: ignore[arg-type]
+            rrf_k=rrf_k,
+            alpha=alpha,
+        )
+    if as_json:
+        _print_json(report.to_dict())
+        return
+    click.echo(
+        f"{report.dataset} ({report.split}): {report.documents} documents, {report.chunks} chunks"
+    )
+    click.echo(f"{'mode':<8} {'nDCG@10':>8} {'R@100':>7} {'MRR@10':>7} {'p50 ms':>8} {'p99 ms':>8}")
+    for r in report.results:
+        click.echo(
+            f"{r.mode:<8} {r.ndcg_at_10:>8.4f} {r.recall_at_100:>7.4f} {r.mrr_at_10:>7.4f} "
+            f"{r.latency_p50_ms:>8.2f} {r.latency_p99_ms:>8.2f}"
+        )
+
+
 def main() -> None:
     """Console-script entry point."""
     cli(prog_name="ragstore")

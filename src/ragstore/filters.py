@@ -340,7 +340,7 @@ _COMPARISONS: Final[dict[str, tuple[str, Callable[[Any, Any], Any]]]] = {
     "$eq": ("je.value IN ({})", operator.eq),
     "$in": ("je.value IN ({})", operator.eq),
     "$gt": ("je.value > {}", operator.gt),
-    "$gte": ("je.value > {}", operator.ge),
+    "$gte": ("je.value >= {}", operator.ge),
     "$lt": ("je.value < {}", operator.lt),
     "$lte": ("je.value <= {}", operator.le),
 }

@@ -53,8 +53,11 @@ class StoredDocument:
 class Hit:
     """One search result: a chunk, the document it belongs to, and its score.
 
-    ``score`` is the cosine similarity of the chunk to the query (higher is closer).
-    ``start``/``end`` locate ``text`` in the document's text.
+    ``score`` is the score of the search mode that ran (higher is better): cosine
+    similarity for ``dense``, BM25 for ``keyword``, the fused score for ``hybrid``.
+    ``dense_*`` and ``keyword_*`` explain it: each side's score and 1-based rank, or
+    ``None`` where that side did not retrieve the chunk. ``start``/``end`` locate
+    ``text`` in the document's text.
     """
 
     doc_id: str
@@ -65,6 +68,10 @@ class Hit:
     metadata: Metadata
     start: int
     end: int
+    dense_score: float | None = None
+    dense_rank: int | None = None
+    keyword_score: float | None = None
+    keyword_rank: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form of the hit."""

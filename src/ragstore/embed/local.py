@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from importlib import metadata
 from typing import Any
 
@@ -66,8 +67,14 @@ class MiniLMEmbedder:
         return out
 
     def embed_query(self, text: str) -> Vectors:
-        """Embed one query."""
-        vector: Vectors = self._encode([text])[0]
+        """Embed one query, on one thread.
+
+        A single short input gains little from a second thread, and when the cores are
+        busy (an ingest beside a search) torch's spinning worker threads made one query
+        10x slower here; one thread keeps query latency predictable.
+        """
+        with _torch_threads(1):
+            vector: Vectors = self._encode([text])[0]
         return vector
 
     def _encode(self, texts: list[str]) -> Vectors:
@@ -98,6 +105,21 @@ class MiniLMEmbedder:
             list(texts), truncation=True, max_length=self._max_seq, verbose=False
         )["input_ids"]
         return np.array([len(ids) for ids in encoded], dtype=np.int64)
+
+
+@contextmanager
+def _torch_threads(count: int) -> Iterator[None]:
+    import torch
+
+    previous = torch.get_num_threads()
+    if previous == count:
+        yield
+        return
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _load_model() -> Any:

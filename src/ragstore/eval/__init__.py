@@ -1,1 +1,5 @@
-"""Retrieval evaluation: trec_eval-exact IR metrics and a BEIR-format dataset reader."""
+"""Retrieval evaluation: trec_eval-exact IR metrics, a BEIR reader, and a harness."""
+
+from ragstore.eval.harness import EvalReport, ModeResult, evaluate
+
+__all__ = ["EvalReport", "ModeResult", "evaluate"]

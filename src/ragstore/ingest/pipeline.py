@@ -1,8 +1,8 @@
 """From documents to stored rows: hash, skip the unchanged, chunk, embed what is new, write.
 
 Documents are written in batches, each batch in one transaction, so a reader (or a crash)
-never sees half a document. Embeddings are reused by chunk hash: a chunk whose text the
-collection already holds is never embedded again.
+never sees half a document. Embeddings are reused by (model, hash of the embedded text): a
+chunk whose text any collection of the same model already holds is never embedded again.
 """
 
 from __future__ import annotations
@@ -219,7 +219,8 @@ def embed_text(title: str, chunk: str) -> str:
 def _vectors(target: Target, pending: list[Pending], report: IngestReport) -> dict[str, np.ndarray]:
     wanted = sorted({h for p in pending for h in p.chunk_hashes})
     with target.db.read() as conn:
-        stored = rows.vectors_by_hash(conn, target.collection_id, wanted)
+        model = (target.embedder.name, target.embedder.version)
+        stored = rows.vectors_by_hash(conn, model, wanted)
     vectors = {h: np.frombuffer(blob, dtype=np.float32) for h, blob in stored.items()}
     missing: dict[str, str] = {}
     for p in pending:

@@ -15,12 +15,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ragstore.errors import SchemaTooNew, StoreError
+from ragstore.search.keyword import FTS_TOKENIZE
 
 SCHEMA_VERSION = 1
 DB_FILENAME = "ragstore.db"
 BUSY_TIMEOUT_S = 60.0
 
-_SCHEMA = """
+_SCHEMA = f"""
 CREATE TABLE collections (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     name TEXT NOT NULL UNIQUE,
@@ -54,7 +55,7 @@ CREATE TABLE chunks (
     vector BLOB NOT NULL,
     UNIQUE (document_id, ordinal)
 );
-CREATE INDEX chunks_by_hash ON chunks(collection_id, hash);
+CREATE INDEX chunks_by_hash ON chunks(hash);
 CREATE INDEX chunks_by_collection ON chunks(collection_id, id);
 -- Every removed chunk leaves a tombstone, so other processes' in-memory indexes can
 -- catch up by reading only what changed since they last looked.
@@ -64,8 +65,11 @@ CREATE TABLE tombstones (
     chunk_id INTEGER NOT NULL
 );
 CREATE INDEX tombstones_by_collection ON tombstones(collection_id, seq);
-CREATE TRIGGER chunk_tombstone AFTER DELETE ON chunks BEGIN
+-- Keyword index: the analysed title and text of each chunk, rowid = chunk id.
+CREATE VIRTUAL TABLE chunk_fts USING fts5(title, text, tokenize = "{FTS_TOKENIZE}");
+CREATE TRIGGER chunk_removed AFTER DELETE ON chunks BEGIN
     INSERT INTO tombstones (collection_id, chunk_id) VALUES (old.collection_id, old.id);
+    DELETE FROM chunk_fts WHERE rowid = old.id;
 END;
 """
 

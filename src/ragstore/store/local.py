@@ -17,16 +17,18 @@ from ragstore.config import DEFAULT_EMBEDDER, CollectionConfig
 from ragstore.embed import Embedder, get_embedder
 from ragstore.errors import Conflict, InvalidInput, ModelMismatch, NotFound
 from ragstore.filters import Filter, parse_filter
+from ragstore.index.base import Matrix
 from ragstore.ingest import pipeline
 from ragstore.ingest.pipeline import ProgressFn
 from ragstore.records import text_records, unit_vector, vector_records
+from ragstore.search import hybrid
+from ragstore.search.hybrid import Fusion, Mode, Reranker
 from ragstore.store import rows
 from ragstore.store.db import Database
 from ragstore.store.rows import ChunkRow, DocumentRow
 from ragstore.store.vectors import IndexSync
 from ragstore.types import Document, Hit, IngestReport, StoredDocument
 
-MAX_K = 1000
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -204,20 +206,42 @@ class Collection:
         vector: Any = None,
         k: int = 10,
         where: Mapping[str, Any] | None = None,
+        mode: Mode | None = None,
+        candidates: int | None = None,
+        fusion: Fusion = "rrf",
+        rrf_k: int = hybrid.RRF_K,
+        alpha: float = 0.5,
+        group_by_doc: bool = False,
+        mmr_lambda: float | None = None,
+        reranker: Reranker | None = None,
     ) -> list[Hit]:
-        """The ``k`` chunks closest to a text query or a vector, best first.
+        """The ``k`` best chunks for a text query or a vector, best first.
 
-        ``where`` restricts hits to documents whose metadata match the filter; the search
-        stays exact over the matching chunks, so a filter never costs recall.
+        ``mode`` is ``hybrid`` (the default for text: BM25 and dense results fused with
+        reciprocal rank fusion, or a weighted fusion of normalised scores when
+        ``fusion="weighted"``; ``alpha`` weighs the dense side), ``dense`` (the default for
+        a vector) or ``keyword``. ``candidates`` is how many chunks each side retrieves.
+        ``group_by_doc`` keeps one hit per document; ``mmr_lambda`` reorders for
+        diversity; ``reranker`` reorders the candidates last. ``where`` restricts hits to
+        documents whose metadata match the filter, on both sides, without losing recall.
         """
-        _check_k(k)
-        flt = parse_filter(where)
-        query_vector = self._query_vector(query, vector)
+        params = hybrid.SearchParams(
+            mode=mode or ("dense" if vector is not None else "hybrid"),
+            k=k,
+            where=parse_filter(where),
+            depth=candidates,
+            fusion=fusion,
+            rrf_k=rrf_k,
+            alpha=alpha,
+            group_by_doc=group_by_doc,
+            mmr_lambda=mmr_lambda,
+        )
+        query_vector = self._query_vector(query, vector, params.mode)
         with self._index.lock, self._db.read() as conn:
-            index = self._index.current(conn)
-            allowed = None if flt is None else rows.allowed_chunk_ids(conn, self.id, flt)
-            ids, scores = index.search(query_vector, k, allowed)
-            return rows.hits_for(conn, ids.tolist(), scores.tolist())
+            index = self._index.current(conn) if query_vector is not None else None
+            return hybrid.run(
+                conn, self.id, index, params, text=query, vector=query_vector, reranker=reranker
+            )
 
     def get(self, ids: Sequence[str]) -> list[StoredDocument]:
         """Stored documents by id, in the order asked; unknown ids are left out."""
@@ -258,17 +282,22 @@ class Collection:
             )
         return pipeline.Target(self._db, self.id, self.embedder, self.config.chunking)
 
-    def _query_vector(self, query: str | None, vector: Any) -> np.ndarray:
+    def _query_vector(self, query: str | None, vector: Any, mode: Mode) -> Matrix | None:
         if (query is None) == (vector is None):
             raise InvalidInput("give exactly one of query text or vector", field="query")
         if vector is not None:
+            if mode != "dense":
+                raise InvalidInput("a vector query can only run in dense mode", field="mode")
             return unit_vector(vector, self.config.dim, "vector")
         if not isinstance(query, str) or not query.strip():
             raise InvalidInput("query text must be a non-empty string", field="query")
+        if mode == "keyword":
+            return None
         if self.embedder is None:
             raise InvalidInput(
-                f"collection {self.name!r} has no embedder: search it with a vector",
-                field="query",
+                f"collection {self.name!r} has no embedder: search it with a vector, "
+                "or with mode='keyword'",
+                field="mode",
             )
         return self.embedder.embed_query(query)
 
@@ -307,11 +336,6 @@ def _check_name(name: str) -> None:
             f"invalid collection name {name!r}: use 1-64 letters, digits, '_', '-' or '.'",
             field="name",
         )
-
-
-def _check_k(k: int) -> None:
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
-        raise InvalidInput(f"k must be an integer from 1 to {MAX_K}", field="k")
 
 
 def _new_config(

@@ -13,6 +13,7 @@ import numpy as np
 
 from ragstore.filters import Filter, compile_sql
 from ragstore.index.base import Ids, Matrix
+from ragstore.search import keyword
 from ragstore.types import Hit, StoredDocument
 
 # SQLite's default limit on bound parameters is 32766; stay well below it.
@@ -72,15 +73,18 @@ def content_hashes(
 
 
 def vectors_by_hash(
-    conn: sqlite3.Connection, collection_id: int, hashes: Sequence[str]
+    conn: sqlite3.Connection, model: tuple[str, str | None], hashes: Sequence[str]
 ) -> dict[str, bytes]:
-    """Stored vectors (raw float32 bytes) of chunks whose text hash is in ``hashes``."""
+    """Stored vectors (raw float32 bytes) of chunks whose embedded-text hash is in
+    ``hashes``, from any collection built with the same model ``(name, version)``."""
     found: dict[str, bytes] = {}
     for part in batched(hashes):
         rows = conn.execute(
-            "SELECT hash, vector FROM chunks "
-            f"WHERE collection_id = ? AND hash IN ({placeholders(len(part))})",
-            (collection_id, *part),
+            "SELECT c.hash, c.vector FROM chunks c JOIN collections k ON k.id = c.collection_id "
+            f"WHERE c.hash IN ({placeholders(len(part))}) "
+            "AND json_extract(k.config, '$.embedder') = ? "
+            "AND json_extract(k.config, '$.embedder_version') IS ?",
+            (*part, *model),
         )
         found.update(dict(rows.fetchall()))
     return found
@@ -118,23 +122,26 @@ def write_document(
             "content_hash = ?, updated_at = ? WHERE id = ?",
             (*values, document_id),
         )
-    conn.executemany(
-        "INSERT INTO chunks (collection_id, document_id, ordinal, text, start_char, end_char, "
-        "hash, vector) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        [
+    title_terms = keyword.indexed_text(doc.title)
+    for chunk in doc.chunks:
+        cursor = conn.execute(
+            "INSERT INTO chunks (collection_id, document_id, ordinal, text, start_char, "
+            "end_char, hash, vector) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 collection_id,
                 document_id,
-                c.ordinal,
-                c.text,
-                c.start,
-                c.end,
-                c.hash,
-                np.ascontiguousarray(c.vector, dtype=np.float32).tobytes(),
-            )
-            for c in doc.chunks
-        ],
-    )
+                chunk.ordinal,
+                chunk.text,
+                chunk.start,
+                chunk.end,
+                chunk.hash,
+                np.ascontiguousarray(chunk.vector, dtype=np.float32).tobytes(),
+            ),
+        )
+        conn.execute(
+            "INSERT INTO chunk_fts (rowid, title, text) VALUES (?, ?, ?)",
+            (cursor.lastrowid, title_terms, keyword.indexed_text(chunk.text)),
+        )
 
 
 def delete_documents(conn: sqlite3.Connection, collection_id: int, doc_ids: Sequence[str]) -> int:
@@ -222,11 +229,9 @@ def last_tombstone(conn: sqlite3.Connection) -> int:
     return int(row[0] or 0)
 
 
-def hits_for(
-    conn: sqlite3.Connection, chunk_ids: Sequence[int], scores: Sequence[float]
-) -> list[Hit]:
-    """Hits for chunk ids, in the given order; chunks that no longer exist are left out."""
-    rows: dict[int, tuple[Any, ...]] = {}
+def hits_by_chunk(conn: sqlite3.Connection, chunk_ids: Sequence[int]) -> dict[int, Hit]:
+    """Hits (score 0, to be set by the caller) for the chunk ids that still exist."""
+    found: dict[int, Hit] = {}
     for part in batched(list(chunk_ids)):
         for row in conn.execute(
             "SELECT c.id, d.doc_id, c.ordinal, c.text, d.source, d.metadata, c.start_char, "
@@ -234,12 +239,17 @@ def hits_for(
             f"WHERE c.id IN ({placeholders(len(part))})",
             part,
         ):
-            rows[row[0]] = row
-    return [
-        _hit(rows[chunk_id], score)
-        for chunk_id, score in zip(chunk_ids, scores, strict=True)
-        if chunk_id in rows
-    ]
+            found[row[0]] = _hit(row)
+    return found
+
+
+def vectors_for(conn: sqlite3.Connection, chunk_ids: Sequence[int]) -> Matrix:
+    """The stored vectors of chunks, one row per id, in the order given."""
+    found: dict[int, bytes] = {}
+    for part in batched(list(chunk_ids)):
+        query = f"SELECT id, vector FROM chunks WHERE id IN ({placeholders(len(part))})"
+        found.update(conn.execute(query, part).fetchall())
+    return np.stack([np.frombuffer(found[i], dtype=np.float32) for i in chunk_ids])
 
 
 def get_documents(
@@ -268,12 +278,12 @@ def get_documents(
     return [found[doc_id] for doc_id in doc_ids if doc_id in found]
 
 
-def _hit(row: tuple[Any, ...], score: float) -> Hit:
+def _hit(row: tuple[Any, ...]) -> Hit:
     _, doc_id, ordinal, text, source, metadata, start, end = row
     return Hit(
         doc_id=doc_id,
         chunk_id=f"{doc_id}#{ordinal}",
-        score=float(score),
+        score=0.0,
         text=text,
         source=source,
         metadata=json.loads(metadata),

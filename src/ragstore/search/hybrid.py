@@ -1,0 +1,229 @@
+"""One search, from request to hits: dense side, keyword side, fusion, grouping,
+diversity and reranking.
+
+Both sides retrieve ``depth`` candidates under the same filter: the dense side exactly
+over the chunks that match it, the keyword side in the same SQL as the BM25 match.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol, get_args
+
+import numpy as np
+
+from ragstore.errors import InvalidInput
+from ragstore.filters import Filter
+from ragstore.index.base import Matrix, VectorIndex
+from ragstore.search import fusion, keyword
+from ragstore.store import rows
+from ragstore.types import Hit
+
+Mode = Literal["dense", "keyword", "hybrid"]
+Fusion = Literal["rrf", "weighted"]
+MAX_K = 1000
+MAX_DEPTH = 5000
+RRF_K = 60
+
+Candidate = tuple[int, Hit]
+"""A hit with the row id of its chunk."""
+
+
+class Reranker(Protocol):
+    """Reorders the best hits of a search, e.g. with a cross-encoder."""
+
+    def rerank(self, query: str, hits: Sequence[Hit]) -> list[Hit]:
+        """The same hits, best first, with ``score`` set to the reranker's score."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class SearchParams:
+    """A validated search request (everything but the query itself)."""
+
+    mode: Mode = "hybrid"
+    k: int = 10
+    where: Filter | None = None
+    depth: int | None = None
+    fusion: Fusion = "rrf"
+    rrf_k: int = RRF_K
+    alpha: float = 0.5
+    group_by_doc: bool = False
+    mmr_lambda: float | None = None
+
+    def __post_init__(self) -> None:
+        _check_choice(self.mode, Mode, "mode")
+        _check_choice(self.fusion, Fusion, "fusion")
+        _check_int(self.k, 1, MAX_K, "k")
+        _check_int(self.rrf_k, 1, 10_000, "rrf_k")
+        if self.depth is not None:
+            _check_int(self.depth, 1, MAX_DEPTH, "candidates")
+        _check_unit(self.alpha, "alpha")
+        if self.mmr_lambda is not None:
+            _check_unit(self.mmr_lambda, "mmr_lambda")
+
+    @property
+    def candidates(self) -> int:
+        """How many chunks each side retrieves."""
+        if self.depth is not None:
+            return max(self.depth, self.k)
+        widen = self.group_by_doc or self.mmr_lambda is not None or self.mode == "hybrid"
+        return min(max(4 * self.k, 100), MAX_DEPTH) if widen else self.k
+
+
+@dataclass(frozen=True, slots=True)
+class Side:
+    """One retriever's ranked ``(chunk id, score)`` list."""
+
+    ranked: list[tuple[int, float]]
+
+    def explain(self) -> dict[int, tuple[float, int]]:
+        """chunk id -> (score, 1-based rank)."""
+        return {cid: (score, rank) for rank, (cid, score) in enumerate(self.ranked, start=1)}
+
+
+def run(
+    conn: sqlite3.Connection,
+    collection_id: int,
+    index: VectorIndex | None,
+    params: SearchParams,
+    *,
+    text: str | None,
+    vector: Matrix | None,
+    reranker: Reranker | None = None,
+) -> list[Hit]:
+    """Execute one search inside the caller's read transaction."""
+    depth = params.candidates
+    dense = _dense(conn, collection_id, index, vector, params.where, depth)
+    lexical = _keyword(conn, collection_id, text, params.where, depth, params.mode)
+    candidates = _candidates(conn, _fuse(params, dense, lexical), dense, lexical)
+    if params.group_by_doc:
+        candidates = best_per_document(candidates)
+    if params.mmr_lambda is not None:
+        candidates = _diversify(conn, candidates, params.k, params.mmr_lambda)
+    hits = [hit for _, hit in candidates]
+    if reranker is not None and text is not None:
+        hits = reranker.rerank(text, hits)
+    return hits[: params.k]
+
+
+def best_per_document(candidates: Sequence[Candidate]) -> list[Candidate]:
+    """Keep the best chunk of each document (candidates arrive best first)."""
+    seen: set[str] = set()
+    kept = []
+    for chunk_id, hit in candidates:
+        if hit.doc_id not in seen:
+            seen.add(hit.doc_id)
+            kept.append((chunk_id, hit))
+    return kept
+
+
+def _dense(
+    conn: sqlite3.Connection,
+    collection_id: int,
+    index: VectorIndex | None,
+    vector: Matrix | None,
+    where: Filter | None,
+    depth: int,
+) -> Side | None:
+    if index is None or vector is None:
+        return None
+    allowed = None if where is None else rows.allowed_chunk_ids(conn, collection_id, where)
+    ids, scores = index.search(vector, depth, allowed)
+    return Side(list(zip(ids.tolist(), scores.tolist(), strict=True)))
+
+
+def _keyword(
+    conn: sqlite3.Connection,
+    collection_id: int,
+    text: str | None,
+    where: Filter | None,
+    depth: int,
+    mode: Mode,
+) -> Side | None:
+    if mode == "dense" or text is None:
+        return None
+    return Side(keyword.search(conn, collection_id, text, depth, where))
+
+
+def _fuse(
+    params: SearchParams, dense: Side | None, lexical: Side | None
+) -> list[tuple[int, float]]:
+    if lexical is None:
+        return dense.ranked if dense else []
+    if dense is None:
+        return lexical.ranked
+    lists = [dense.ranked, lexical.ranked]
+    weights = [params.alpha, 1.0 - params.alpha]
+    if params.fusion == "weighted":
+        return fusion.weighted(lists, weights)
+    return fusion.rrf(lists, k=params.rrf_k, weights=weights)
+
+
+def _candidates(
+    conn: sqlite3.Connection,
+    fused: list[tuple[int, float]],
+    dense: Side | None,
+    lexical: Side | None,
+) -> list[Candidate]:
+    found = rows.hits_by_chunk(conn, [chunk_id for chunk_id, _ in fused])
+    by_dense = dense.explain() if dense else {}
+    by_keyword = lexical.explain() if lexical else {}
+    return [
+        (
+            chunk_id,
+            _explained(found[chunk_id], score, by_dense.get(chunk_id), by_keyword.get(chunk_id)),
+        )
+        for chunk_id, score in fused
+        if chunk_id in found
+    ]
+
+
+def _explained(
+    hit: Hit,
+    score: float,
+    dense: tuple[float, int] | None,
+    lexical: tuple[float, int] | None,
+) -> Hit:
+    return dataclasses.replace(
+        hit,
+        score=score,
+        dense_score=dense[0] if dense else None,
+        dense_rank=dense[1] if dense else None,
+        keyword_score=lexical[0] if lexical else None,
+        keyword_rank=lexical[1] if lexical else None,
+    )
+
+
+def _diversify(
+    conn: sqlite3.Connection, candidates: list[Candidate], k: int, lambda_: float
+) -> list[Candidate]:
+    if len(candidates) <= 1:
+        return candidates
+    vectors = rows.vectors_for(conn, [chunk_id for chunk_id, _ in candidates])
+    scores = np.array([hit.score for _, hit in candidates], dtype=np.float64)
+    spread = float(scores.max() - scores.min())
+    relevance = (scores - scores.min()) / spread if spread > 0 else np.ones_like(scores)
+    order = fusion.mmr(
+        list(range(len(candidates))), relevance.tolist(), vectors, k=k, lambda_=lambda_
+    )
+    return [candidates[i] for i in order]
+
+
+def _check_choice(value: object, choices: object, field: str) -> None:
+    allowed = get_args(choices)
+    if value not in allowed:
+        raise InvalidInput(f"{field} must be one of {', '.join(allowed)}", field=field)
+
+
+def _check_int(value: object, low: int, high: int, field: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InvalidInput(f"{field} must be an integer from {low} to {high}", field=field)
+
+
+def _check_unit(value: object, field: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+        raise InvalidInput(f"{field} must be a number from 0 to 1", field=field)

@@ -1,0 +1,117 @@
+"""BM25 keyword search over chunk text and titles, on SQLite FTS5.
+
+Text is analysed here, in Python, before FTS5 sees it, so code-like tokens survive:
+``O_CREAT``, ``pthread_create`` and ``v2.3.1`` are indexed whole *and* as their parts
+(``o``, ``creat``; ``pthread``, ``create``; ``v2``, ``3``, ``1``), so a query for the exact
+identifier ranks it first while a query for one of its words still finds it. Common
+English stop words are dropped (Lucene's English set); FTS5's Porter stemmer folds
+inflections. Scores are FTS5's ``bm25()`` (Robertson et al., Okapi BM25, k1 = 1.2,
+b = 0.75), negated so that higher is better.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from collections.abc import Sequence
+
+from ragstore.filters import Filter, compile_sql
+
+# The stop words of Lucene's EnglishAnalyzer (ENGLISH_STOP_WORDS_SET).
+STOP_WORDS = frozenset(
+    [
+        "a",
+        "an",
+        "and",
+        "are",
+        "as",
+        "at",
+        "be",
+        "but",
+        "by",
+        "for",
+        "if",
+        "in",
+        "into",
+        "is",
+        "it",
+        "no",
+        "not",
+        "of",
+        "on",
+        "or",
+        "such",
+        "that",
+        "the",
+        "their",
+        "then",
+        "there",
+        "these",
+        "they",
+        "this",
+        "to",
+        "was",
+        "will",
+        "with",
+    ]
+)
+_TOKEN = re.compile(r"\w+(?:[.\-]\w+)*")
+_PARTS = re.compile(r"[._\-]+")
+TITLE_WEIGHT = 1.0
+TEXT_WEIGHT = 1.0
+
+# FTS5 must keep our compound tokens whole: '.', '_' and '-' are token characters there.
+FTS_TOKENIZE = "porter unicode61 remove_diacritics 2 tokenchars '._-'"
+
+
+def analyze(text: str) -> list[str]:
+    """Index terms of ``text``: lower-cased words, compounds whole and split, no stop words."""
+    terms: list[str] = []
+    for match in _TOKEN.finditer(text.lower()):
+        token = match.group()
+        parts = [p for p in _PARTS.split(token) if p]
+        if len(parts) > 1:
+            terms.append(token.strip("._-"))
+        terms.extend(p for p in parts if p not in STOP_WORDS)
+    return terms
+
+
+def indexed_text(text: str) -> str:
+    """The analysed form of ``text`` that is stored in the FTS5 table."""
+    return " ".join(analyze(text))
+
+
+def match_expression(query: str) -> str | None:
+    """An FTS5 MATCH expression: any of the query's distinct terms (None if it has none)."""
+    terms = list(dict.fromkeys(analyze(query)))
+    return " OR ".join(f'"{term}"' for term in terms) if terms else None
+
+
+def search(
+    conn: sqlite3.Connection,
+    collection_id: int,
+    query: str,
+    k: int,
+    where: Filter | None = None,
+) -> list[tuple[int, float]]:
+    """The ``k`` best ``(chunk id, bm25 score)`` pairs, best first, under the filter."""
+    expression = match_expression(query)
+    if expression is None:
+        return []
+    sql, params = _filter_sql(where)
+    rows: Sequence[tuple[int, float]] = conn.execute(
+        f"SELECT f.rowid, -bm25(chunk_fts, {TITLE_WEIGHT}, {TEXT_WEIGHT}) AS score "
+        "FROM chunk_fts f JOIN chunks c ON c.id = f.rowid "
+        "JOIN documents d ON d.id = c.document_id "
+        f"WHERE chunk_fts MATCH ? AND c.collection_id = ? {sql} "
+        "ORDER BY score DESC, f.rowid LIMIT ?",
+        (expression, collection_id, *params, k),
+    ).fetchall()
+    return [(int(chunk_id), float(score)) for chunk_id, score in rows]
+
+
+def _filter_sql(where: Filter | None) -> tuple[str, list[object]]:
+    if where is None:
+        return "", []
+    sql, params = compile_sql(where, "d.metadata")
+    return f"AND ({sql})", params
