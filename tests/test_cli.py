@@ -117,6 +117,7 @@ def test_collections_count_get_delete(ingested: Path) -> None:
     assert info["config"]["embedder"] == "sentence-transformers/all-MiniLM-L6-v2"
 
     assert invoke(ingested, "count", "--filter", '{"topic": "payments"}') == (0, "2\n")
+    assert invoke(ingested, "count", "--filter", '{"price": {"$lt": 300}}') == (0, "1\n")
     code, got = invoke(ingested, "get", "faq-3")
     assert code == 0
     assert json.loads(got)["title"] == "Gift cards"

@@ -82,6 +82,7 @@ def parse(raw: object) -> Filter:
 
 
 def python_ids(docs: Mapping[int, Metadata], raw: object) -> list[int]:
+    """Ids whose metadata matches() accepts."""
     flt = parse_filter(raw)
     return sorted(i for i, m in docs.items() if flt is None or matches(flt, m))
 
@@ -173,6 +174,7 @@ def test_filter_selects_expected_rows(
 
 
 def check_agreement(docs: Mapping[int, Metadata], raw: object, expected: list[int]) -> None:
+    """Both SQL and matches() select exactly ``expected`` from ``docs``."""
     with closing(make_table(docs)) as connection:
         assert sql_ids(connection, raw) == expected
     assert python_ids(docs, raw) == expected

@@ -323,3 +323,16 @@ def test_iter_files_on_a_missing_root_raises(tmp_path: Path) -> None:
 def test_supported_suffixes() -> None:
     expected = {".txt", ".md", ".markdown", ".rst", ".html", ".htm", ".pdf", ".json"}
     assert expected | {".jsonl", ".csv"} == SUPPORTED_SUFFIXES
+
+
+def test_csv_numbers_become_numbers_but_ids_and_text_stay_strings(tmp_path: Path) -> None:
+    path = tmp_path / "items.csv"
+    path.write_text("id,text,price,weight,code,note\n7,42,199,1.5,007,1e5\n")
+
+    [doc] = load_file(path, "items.csv").documents
+
+    assert (doc.id, doc.text) == ("7", "42")
+    assert doc.metadata["price"] == 199
+    assert doc.metadata["weight"] == 1.5
+    assert doc.metadata["code"] == "007"
+    assert doc.metadata["note"] == "1e5"

@@ -231,3 +231,14 @@ def test_vector_collection_supports_keyword_mode(store: ragstore.Store) -> None:
     assert doc_ids(col.search("E_TIMEOUT", mode="keyword")) == ["x"]
     with pytest.raises(ragstore.InvalidInput, match="no embedder"):
         col.search("E_TIMEOUT")
+
+
+def test_highlight_marks_query_words_in_the_original_text(animals: ragstore.Collection) -> None:
+    [hit] = animals.search("hunting at night", k=1, mode="keyword", highlight=True)
+
+    assert hit.highlight is not None
+    assert hit.highlight.replace("**", "") == hit.text
+    assert "**night**" in hit.highlight
+    assert "**hunt**" in hit.highlight  # "hunting" in the query matches "hunt" in the text
+    assert "**at**" not in hit.highlight  # stop words are not marked
+    assert animals.search("hunting", k=1)[0].highlight is None

@@ -13,14 +13,16 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 import click
 
 import ragstore
 from ragstore.errors import InvalidFilter, InvalidInput, RagstoreError
 from ragstore.ingest.pipeline import ProgressFn
+from ragstore.search.hybrid import Fusion, Mode
 from ragstore.store.local import Collection, Store
+from ragstore.types import Hit
 
 SNIPPET_CHARS = 240
 
@@ -103,21 +105,39 @@ def ingest(obj: Context, paths: tuple[Path, ...], sync: bool, as_json: bool) -> 
 @click.argument("text")
 @click.option("-k", "k", default=10, show_default=True, type=int, help="Number of hits.")
 @click.option("--filter", "filter_json", help='Metadata filter as JSON, e.g. \'{"lang": "en"}\'.')
+@click.option(
+    "--mode",
+    type=click.Choice(["hybrid", "dense", "keyword"]),
+    default="hybrid",
+    show_default=True,
+    help="Fused BM25 + vectors, vectors only, or BM25 only.",
+)
+@click.option("--group-by-doc", is_flag=True, help="At most one hit per document.")
 @click.option("--json", "as_json", is_flag=True, help="Print hits as JSON.")
 @pass_context
-def query(obj: Context, text: str, k: int, filter_json: str | None, as_json: bool) -> None:
-    """Search the collection for the chunks closest in meaning to TEXT."""
+def query(
+    obj: Context,
+    text: str,
+    k: int,
+    filter_json: str | None,
+    mode: str,
+    group_by_doc: bool,
+    as_json: bool,
+) -> None:
+    """Search the collection for the chunks that best match TEXT."""
     with _failures():
         where = _parse_filter_option(filter_json)
         col = obj.collection()
         started = time.perf_counter()
-        hits = col.search(text, k=k, where=where)
+        hits = col.search(text, k=k, where=where, mode=cast(Mode, mode), group_by_doc=group_by_doc)
         took_ms = round((time.perf_counter() - started) * 1000, 2)
     if as_json:
         _print_json({"hits": [hit.to_dict() for hit in hits], "took_ms": took_ms})
         return
     for rank, hit in enumerate(hits, start=1):
-        click.echo(f"{rank:>3}. {hit.score:.4f}  {hit.chunk_id}  ({hit.source or hit.doc_id})")
+        click.echo(
+            f"{rank:>3}. {hit.score:.4f}  {hit.chunk_id}  ({hit.source or hit.doc_id}){_ranks(hit)}"
+        )
         click.echo(f"     {_snippet(hit.text)}")
     click.echo(f"{len(hits)} hit(s) in {took_ms} ms", err=True)
 
@@ -218,7 +238,7 @@ def eval_command(
             dataset_dir,
             modes=modes,
             split=split,
-            fusion=fusion,  # type: ignore[arg-type]
+            fusion=cast(Fusion, fusion),
             rrf_k=rrf_k,
             alpha=alpha,
         )
@@ -286,6 +306,15 @@ def _stderr_console() -> Any:
     from rich.console import Console
 
     return Console(stderr=True)
+
+
+def _ranks(hit: Hit) -> str:
+    sides = [
+        f"{name} #{rank}"
+        for name, rank in (("dense", hit.dense_rank), ("keyword", hit.keyword_rank))
+        if rank is not None
+    ]
+    return f"  [{', '.join(sides)}]" if sides else ""
 
 
 def _snippet(text: str) -> str:

@@ -59,6 +59,7 @@ __all__ = [
     "Not",
     "Or",
     "Scalar",
+    "Value",
     "compile_sql",
     "matches",
     "parse_filter",
@@ -163,7 +164,7 @@ def _parse_entry(key: str, value: object, depth: int) -> list[Filter]:
         return [combinator(value, depth)]
     if key.startswith("$"):
         raise InvalidFilter(f"unknown operator {key!r}", field=key)
-    return list(_parse_field(key, value))
+    return _parse_field(key, value)
 
 
 def _parse_and(value: object, depth: int) -> Filter:
@@ -200,7 +201,7 @@ _COMBINATORS: Final[dict[str, Callable[[object, int], Filter]]] = {
 }
 
 
-def _parse_field(name: str, value: object) -> list[Compare]:
+def _parse_field(name: str, value: object) -> list[Filter]:
     path = _parse_path(name)
     if isinstance(value, Mapping):
         if not value:
@@ -320,8 +321,11 @@ def _json_name(value: object) -> str:
 
 
 def to_json(flt: Filter) -> dict[str, object]:
-    """The canonical JSON form of a parsed filter: every comparison spelled with its operator,
-    every conjunction as ``$and``. ``parse_filter(to_json(f)) == f``."""
+    """Render the canonical JSON form of a parsed filter; ``parse_filter(to_json(f)) == f``.
+
+    Every comparison is spelled with its operator and every conjunction as ``$and``, so the
+    form (dumped with sorted keys) can serve as a cache key.
+    """
     match flt:
         case Compare(path, op, value):
             return {".".join(path): {op: list(value) if isinstance(value, tuple) else value}}
@@ -382,11 +386,11 @@ def _values(value: Value) -> tuple[Scalar, ...]:
 
 
 def compile_sql(flt: Filter, json_column: str) -> tuple[str, list[object]]:
-    """Compile ``flt`` to an SQLite boolean expression over the JSON text column
-    ``json_column`` (a trusted identifier such as ``"d.metadata"``).
+    """Compile ``flt`` to an SQLite boolean expression over a column of JSON text.
 
-    Every path and value is bound as a ``?`` parameter, returned in order. The expression is
-    never NULL, so ``NOT (expr)`` selects exactly the other rows.
+    ``json_column`` is a trusted identifier such as ``"d.metadata"``. Every path and value
+    is bound as a ``?`` parameter, returned in order. The expression is never NULL, so
+    ``NOT (expr)`` selects exactly the other rows.
     """
     match flt:
         case Compare():
@@ -445,8 +449,10 @@ _MISSING: Final = object()
 
 
 def matches(flt: Filter, metadata: Mapping[str, object]) -> bool:
-    """Whether ``metadata`` satisfies ``flt``: the same answer :func:`compile_sql` gives
-    over the metadata stored as JSON text."""
+    """Tell whether ``metadata`` satisfies ``flt``.
+
+    The answer is the one :func:`compile_sql` gives over the metadata stored as JSON text.
+    """
     match flt:
         case Compare():
             return _matches_compare(flt, metadata)

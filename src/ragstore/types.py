@@ -57,7 +57,8 @@ class Hit:
     similarity for ``dense``, BM25 for ``keyword``, the fused score for ``hybrid``.
     ``dense_*`` and ``keyword_*`` explain it: each side's score and 1-based rank, or
     ``None`` where that side did not retrieve the chunk. ``start``/``end`` locate
-    ``text`` in the document's text.
+    ``text`` in the document's text. ``highlight`` is ``text`` with the words that
+    match the query marked ``**like this**``, when the search asked for it.
     """
 
     doc_id: str
@@ -72,6 +73,7 @@ class Hit:
     dense_rank: int | None = None
     keyword_score: float | None = None
     keyword_rank: int | None = None
+    highlight: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form of the hit."""

@@ -418,7 +418,28 @@ def _add_csv_row(records: _Records, header: list[str], row: list[str], location:
     if len(row) != len(header):
         records.problem(location, f"row has {len(row)} fields, header has {len(header)}")
         return
-    records.add(dict(zip(header, row, strict=True)), location)
+    record = {
+        name: cell if name in _CSV_TEXT_COLUMNS else _csv_value(cell)
+        for name, cell in zip(header, row, strict=True)
+    }
+    records.add(record, location)
+
+
+_CSV_TEXT_COLUMNS = frozenset({"id", "_id", "text", "title"})
+_CSV_INT = re.compile(r"-?(0|[1-9][0-9]*)")
+_CSV_FLOAT = re.compile(r"-?(0|[1-9][0-9]*)\.[0-9]+([eE][-+]?[0-9]+)?")
+
+
+def _csv_value(cell: str) -> str | int | float:
+    """A metadata cell as a number when it is written as one (so ``$lt`` works on it).
+
+    Only canonical forms convert: ``007`` and ``1,5`` stay strings.
+    """
+    if _CSV_INT.fullmatch(cell):
+        return int(cell)
+    if _CSV_FLOAT.fullmatch(cell):
+        return float(cell)
+    return cell
 
 
 _LOADERS: dict[str, _Loader] = {

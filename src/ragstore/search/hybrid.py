@@ -53,6 +53,7 @@ class SearchParams:
     alpha: float = 0.5
     group_by_doc: bool = False
     mmr_lambda: float | None = None
+    highlight: bool = False
 
     def __post_init__(self) -> None:
         _check_choice(self.mode, Mode, "mode")
@@ -107,7 +108,10 @@ def run(
     hits = [hit for _, hit in candidates]
     if reranker is not None and text is not None:
         hits = reranker.rerank(text, hits)
-    return hits[: params.k]
+    hits = hits[: params.k]
+    if params.highlight and text is not None:
+        hits = [dataclasses.replace(h, highlight=keyword.highlight(h.text, text)) for h in hits]
+    return hits
 
 
 def best_per_document(candidates: Sequence[Candidate]) -> list[Candidate]:

@@ -87,6 +87,35 @@ def match_expression(query: str) -> str | None:
     return " OR ".join(f'"{term}"' for term in terms) if terms else None
 
 
+def highlight(text: str, query: str, *, mark: tuple[str, str] = ("**", "**")) -> str:
+    """``text`` with every word that matches a query term wrapped in ``mark``.
+
+    A word matches when it, or one of its parts, equals a query term after light suffix
+    stripping (``hunting`` matches ``hunts``); offsets are the original text's.
+    """
+    wanted = {_light_stem(term) for term in analyze(query)}
+    pieces: list[str] = []
+    last = 0
+    for match in _TOKEN.finditer(text):
+        token = match.group().lower()
+        forms = [token, *_PARTS.split(token)]
+        if any(_light_stem(form) in wanted for form in forms if form):
+            pieces += [text[last : match.start()], mark[0], match.group(), mark[1]]
+            last = match.end()
+    pieces.append(text[last:])
+    return "".join(pieces)
+
+
+_SUFFIXES = ("ing", "ed", "es", "s")
+
+
+def _light_stem(term: str) -> str:
+    for suffix in _SUFFIXES:
+        if len(term) > len(suffix) + 2 and term.endswith(suffix):
+            return term[: -len(suffix)]
+    return term
+
+
 def search(
     conn: sqlite3.Connection,
     collection_id: int,

@@ -214,6 +214,7 @@ class Collection:
         group_by_doc: bool = False,
         mmr_lambda: float | None = None,
         reranker: Reranker | None = None,
+        highlight: bool = False,
     ) -> list[Hit]:
         """The ``k`` best chunks for a text query or a vector, best first.
 
@@ -222,7 +223,8 @@ class Collection:
         ``fusion="weighted"``; ``alpha`` weighs the dense side), ``dense`` (the default for
         a vector) or ``keyword``. ``candidates`` is how many chunks each side retrieves.
         ``group_by_doc`` keeps one hit per document; ``mmr_lambda`` reorders for
-        diversity; ``reranker`` reorders the candidates last. ``where`` restricts hits to
+        diversity; ``reranker`` reorders the candidates last; ``highlight`` marks the
+        query's words in each hit's ``highlight``. ``where`` restricts hits to
         documents whose metadata match the filter, on both sides, without losing recall.
         """
         params = hybrid.SearchParams(
@@ -235,6 +237,7 @@ class Collection:
             alpha=alpha,
             group_by_doc=group_by_doc,
             mmr_lambda=mmr_lambda,
+            highlight=highlight,
         )
         query_vector = self._query_vector(query, vector, params.mode)
         with self._index.lock, self._db.read() as conn:
