@@ -22,10 +22,10 @@ from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import ragstore  # noqa: E402
-from ragstore.embed import get_embedder  # noqa: E402
-from ragstore.embed.local import MiniLMEmbedder  # noqa: E402
-from ragstore.ingest.pipeline import embed_text  # noqa: E402
+import ragstore
+from ragstore.embed import get_embedder
+from ragstore.embed.local import MiniLMEmbedder
+from ragstore.ingest.pipeline import embed_text
 
 DEFAULT_CORPUS = Path(__file__).resolve().parents[2] / "shared/datasets/scifact/corpus.jsonl"
 RESULTS = Path(__file__).resolve().parent / "results" / "ingest.json"

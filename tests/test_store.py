@@ -275,3 +275,23 @@ def test_embeddings_are_reused_across_collections_of_the_same_model(
 
     assert (report.documents_added, report.chunks_embedded, report.chunks_reused) == (3, 0, 3)
     assert second.search("refund", k=1)[0].doc_id == "refunds"
+
+
+def test_index_of_another_store_catches_up_even_after_tombstones_are_trimmed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("ragstore.store.rows.TOMBSTONES_KEPT", 3)
+    vectors = unit_vectors(40, 8, seed=3)
+    records = [{"id": f"v{i}", "vector": v.tolist()} for i, v in enumerate(vectors)]
+    with ragstore.open(tmp_path / "s") as writer, ragstore.open(tmp_path / "s") as reader:
+        writer.create_collection("vecs", embedder=None, dim=8).upsert(records)
+        seen = reader.get_collection("vecs")
+        assert seen.search(vector=vectors[5], k=1)[0].doc_id == "v5"  # index loaded
+
+        writer.get_collection("vecs").delete([f"v{i}" for i in range(10)])
+        writer.get_collection("vecs").upsert([{"id": "v20", "vector": vectors[5].tolist()}])
+
+        # A stale index would still hold v0..v9 (v5 scoring 1.0) and return fewer than 30.
+        hits = seen.search(vector=vectors[5], k=30)
+        assert hits[0].doc_id == "v20"
+        assert {h.doc_id for h in hits} == {f"v{i}" for i in range(10, 40)}

@@ -90,6 +90,7 @@ def write_rows(db: Database, collection_id: int, documents: Sequence[DocumentRow
     with db.write() as conn:
         for row in documents:
             rows.write_document(conn, collection_id, row, now)
+        rows.trim_tombstones(conn, collection_id, rows.TOMBSTONES_KEPT)
 
 
 def ingest_paths(
@@ -144,9 +145,8 @@ def _note_problems(loaded: LoadedFile, report: IngestReport, failed: set[str]) -
         report.errors.append(f"{problem.location}: {problem.message}")
     if loaded.skipped:
         failed.add(str(loaded.path))
-        report.documents_skipped += 1
-    else:
-        report.documents_skipped += sum(1 for p in loaded.problems if ":" in p.location)
+    # A skipped file is one problem; otherwise each problem is one record left out.
+    report.documents_skipped += 1 if loaded.skipped else len(loaded.problems)
 
 
 def _sync_deletions(

@@ -18,6 +18,8 @@ from ragstore.types import Hit, StoredDocument
 
 # SQLite's default limit on bound parameters is 32766; stay well below it.
 _MAX_PARAMS = 900
+TOMBSTONES_KEPT = 50_000
+"""Tombstones kept per collection for other processes' indexes to catch up from."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +157,7 @@ def delete_documents(conn: sqlite3.Connection, collection_id: int, doc_ids: Sequ
             params,
         )
         deleted += conn.execute(f"DELETE FROM documents WHERE {where}", params).rowcount
+    trim_tombstones(conn, collection_id, TOMBSTONES_KEPT)
     return deleted
 
 
@@ -221,6 +224,24 @@ def tombstones_after(
     ).fetchall()
     last = rows[-1][0] if rows else after_seq
     return np.fromiter((row[1] for row in rows), dtype=np.int64, count=len(rows)), last
+
+
+def trim_tombstones(conn: sqlite3.Connection, collection_id: int, keep: int) -> None:
+    """Forget all but the newest ``keep`` tombstones of a collection.
+
+    The collection's ``tombstone_floor`` records the newest forgotten one: an index that
+    has not caught up past it can no longer catch up and reloads from the chunks instead.
+    """
+    row = conn.execute(
+        "SELECT seq FROM tombstones WHERE collection_id = ? ORDER BY seq DESC LIMIT 1 OFFSET ?",
+        (collection_id, keep),
+    ).fetchone()
+    if row is None:
+        return
+    conn.execute(
+        "DELETE FROM tombstones WHERE collection_id = ? AND seq <= ?", (collection_id, row[0])
+    )
+    conn.execute("UPDATE collections SET tombstone_floor = ? WHERE id = ?", (row[0], collection_id))
 
 
 def last_tombstone(conn: sqlite3.Connection) -> int:
