@@ -163,3 +163,22 @@ def test_beir_corpus_loads_as_is(store: ragstore.Store, tmp_path: Path) -> None:
     first = json.loads(sample.read_text().splitlines()[0])
     [doc] = col.get([first["_id"]])
     assert (doc.title, doc.text) == (first["title"], first["text"])
+
+
+def test_sync_keeps_records_of_a_file_with_a_malformed_line(
+    store: ragstore.Store, tmp_path: Path
+) -> None:
+    root = tmp_path / "records"
+    root.mkdir()
+    lines = [json.dumps({"id": f"r{i}", "text": f"record number {i}"}) for i in range(3)]
+    (root / "data.jsonl").write_text("\n".join(lines) + "\n")
+    col = store.collection("docs")
+    col.ingest([root])
+
+    lines[1] = lines[1][:-3]  # r1's line is now malformed
+    (root / "data.jsonl").write_text("\n".join(lines) + "\n")
+    report = col.ingest([root], sync=True)
+
+    assert report.documents_skipped == 1
+    assert report.documents_deleted == 0
+    assert [d.id for d in col.get(["r0", "r1", "r2"])] == ["r0", "r1", "r2"]

@@ -103,7 +103,8 @@ def ingest_paths(
     """Load every supported file under ``paths`` and write what changed.
 
     With ``sync``, documents that came from files under ``paths`` that are gone (or no
-    longer hold them) are deleted. Files that fail to load keep their documents.
+    longer hold them) are deleted. A file with any problem this run (unreadable, or a bad
+    record) keeps all its documents: a malformed line never deletes what it used to hold.
     """
     started = time.perf_counter()
     roots = _resolve_roots(paths)
@@ -143,7 +144,7 @@ def _note_problems(loaded: LoadedFile, report: IngestReport, failed: set[str]) -
     for problem in loaded.problems:
         logger.warning("skipped %s: %s", problem.location, problem.message)
         report.errors.append(f"{problem.location}: {problem.message}")
-    if loaded.skipped:
+    if loaded.problems:  # sync must not delete what a bad line may still hold
         failed.add(str(loaded.path))
     # A skipped file is one problem; otherwise each problem is one record left out.
     report.documents_skipped += 1 if loaded.skipped else len(loaded.problems)
