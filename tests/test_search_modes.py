@@ -242,3 +242,17 @@ def test_highlight_marks_query_words_in_the_original_text(animals: ragstore.Coll
     assert "**hunt**" in hit.highlight  # "hunting" in the query matches "hunt" in the text
     assert "**at**" not in hit.highlight  # stop words are not marked
     assert animals.search("hunting", k=1)[0].highlight is None
+
+
+def test_keyword_statistics_belong_to_each_collection(store: ragstore.Store) -> None:
+    first = store.create_collection("first", embedder=None, dim=2)
+    second = store.create_collection("second", embedder=None, dim=2)
+    first.upsert([{"id": "a", "vector": [1, 0], "text": "kiwi bread"}])
+    before = first.search("kiwi", mode="keyword")[0].score
+
+    second.upsert([{"id": f"b{i}", "vector": [0, 1], "text": f"kiwi {i}"} for i in range(50)])
+
+    assert first.search("kiwi", mode="keyword")[0].score == before
+    assert [h.doc_id for h in first.search("kiwi", k=100, mode="keyword")] == ["a"]
+    store.delete_collection("second")
+    assert first.search("kiwi", mode="keyword")[0].score == before

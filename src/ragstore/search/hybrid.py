@@ -28,9 +28,6 @@ MAX_K = 1000
 MAX_DEPTH = 5000
 RRF_K = 60
 
-Candidate = tuple[int, Hit]
-"""A hit with the row id of its chunk."""
-
 
 class Reranker(Protocol):
     """Reorders the best hits of a search, e.g. with a cross-encoder."""
@@ -96,32 +93,40 @@ def run(
     vector: Matrix | None,
     reranker: Reranker | None = None,
 ) -> list[Hit]:
-    """Execute one search inside the caller's read transaction."""
+    """Execute one search inside the caller's read transaction.
+
+    Candidates stay ``(chunk id, score)`` pairs until the end; only the hits returned
+    (or handed to the reranker) are read in full.
+    """
     depth = params.candidates
     dense = _dense(conn, collection_id, index, vector, params.where, depth)
     lexical = _keyword(conn, collection_id, text, params.where, depth, params.mode)
-    candidates = _candidates(conn, _fuse(params, dense, lexical), dense, lexical)
+    ranked = _fuse(params, dense, lexical)
     if params.group_by_doc:
-        candidates = best_per_document(candidates)
+        ranked = best_per_document(conn, ranked)
     if params.mmr_lambda is not None:
-        candidates = _diversify(conn, candidates, params.k, params.mmr_lambda)
-    hits = [hit for _, hit in candidates]
-    if reranker is not None and text is not None:
-        hits = reranker.rerank(text, hits)
-    hits = hits[: params.k]
+        ranked = _diversify(conn, ranked, params.k, params.mmr_lambda)
+    if reranker is None or text is None:
+        hits = _hits(conn, ranked[: params.k], dense, lexical)
+    else:
+        hits = reranker.rerank(text, _hits(conn, ranked, dense, lexical))[: params.k]
     if params.highlight and text is not None:
         hits = [dataclasses.replace(h, highlight=keyword.highlight(h.text, text)) for h in hits]
     return hits
 
 
-def best_per_document(candidates: Sequence[Candidate]) -> list[Candidate]:
-    """Keep the best chunk of each document (candidates arrive best first)."""
-    seen: set[str] = set()
+def best_per_document(
+    conn: sqlite3.Connection, ranked: Sequence[tuple[int, float]]
+) -> list[tuple[int, float]]:
+    """Keep the best chunk of each document (``ranked`` is best first)."""
+    document_of = rows.documents_of(conn, [chunk_id for chunk_id, _ in ranked])
+    seen: set[int] = set()
     kept = []
-    for chunk_id, hit in candidates:
-        if hit.doc_id not in seen:
-            seen.add(hit.doc_id)
-            kept.append((chunk_id, hit))
+    for chunk_id, score in ranked:
+        document = document_of.get(chunk_id)
+        if document is not None and document not in seen:
+            seen.add(document)
+            kept.append((chunk_id, score))
     return kept
 
 
@@ -167,22 +172,19 @@ def _fuse(
     return fusion.rrf(lists, k=params.rrf_k, weights=weights)
 
 
-def _candidates(
+def _hits(
     conn: sqlite3.Connection,
-    fused: list[tuple[int, float]],
+    ranked: Sequence[tuple[int, float]],
     dense: Side | None,
     lexical: Side | None,
-) -> list[Candidate]:
-    found = rows.hits_by_chunk(conn, [chunk_id for chunk_id, _ in fused])
+) -> list[Hit]:
+    found = rows.hits_by_chunk(conn, [chunk_id for chunk_id, _ in ranked])
     by_dense = dense.explain() if dense else {}
     by_keyword = lexical.explain() if lexical else {}
     return [
-        (
-            chunk_id,
-            _explained(found[chunk_id], score, by_dense.get(chunk_id), by_keyword.get(chunk_id)),
-        )
-        for chunk_id, score in fused
-        if chunk_id in found
+        _explained(found[cid], score, by_dense.get(cid), by_keyword.get(cid))
+        for cid, score in ranked
+        if cid in found
     ]
 
 
@@ -203,18 +205,16 @@ def _explained(
 
 
 def _diversify(
-    conn: sqlite3.Connection, candidates: list[Candidate], k: int, lambda_: float
-) -> list[Candidate]:
-    if len(candidates) <= 1:
-        return candidates
-    vectors = rows.vectors_for(conn, [chunk_id for chunk_id, _ in candidates])
-    scores = np.array([hit.score for _, hit in candidates], dtype=np.float64)
+    conn: sqlite3.Connection, ranked: list[tuple[int, float]], k: int, lambda_: float
+) -> list[tuple[int, float]]:
+    if len(ranked) <= 1:
+        return ranked
+    vectors = rows.vectors_for(conn, [chunk_id for chunk_id, _ in ranked])
+    scores = np.array([score for _, score in ranked], dtype=np.float64)
     spread = float(scores.max() - scores.min())
     relevance = (scores - scores.min()) / spread if spread > 0 else np.ones_like(scores)
-    order = fusion.mmr(
-        list(range(len(candidates))), relevance.tolist(), vectors, k=k, lambda_=lambda_
-    )
-    return [candidates[i] for i in order]
+    order = fusion.mmr(list(range(len(ranked))), relevance.tolist(), vectors, k=k, lambda_=lambda_)
+    return [ranked[i] for i in order]
 
 
 def _check_choice(value: object, choices: object, field: str) -> None:

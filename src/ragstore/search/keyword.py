@@ -64,6 +64,42 @@ TEXT_WEIGHT = 1.0
 FTS_TOKENIZE = "porter unicode61 remove_diacritics 2 tokenchars '._-'"
 
 
+def table_name(collection_id: int) -> str:
+    """The FTS5 table of one collection (each has its own, so BM25 statistics and
+    query cost are the collection's, not the whole store's)."""
+    return f"chunk_fts_{int(collection_id)}"
+
+
+def create_table(conn: sqlite3.Connection, collection_id: int) -> None:
+    """Create a collection's FTS5 table and the trigger that drops a chunk's row with it."""
+    table = table_name(collection_id)
+    conn.execute(
+        f'CREATE VIRTUAL TABLE {table} USING fts5(title, text, tokenize = "{FTS_TOKENIZE}")'
+    )
+    conn.execute(
+        f"CREATE TRIGGER {table}_removed AFTER DELETE ON chunks "
+        f"WHEN old.collection_id = {int(collection_id)} BEGIN "
+        f"DELETE FROM {table} WHERE rowid = old.id; END"
+    )
+
+
+def drop_table(conn: sqlite3.Connection, collection_id: int) -> None:
+    """Drop a collection's FTS5 table and its trigger."""
+    table = table_name(collection_id)
+    conn.execute(f"DROP TRIGGER IF EXISTS {table}_removed")
+    conn.execute(f"DROP TABLE IF EXISTS {table}")
+
+
+def add_chunk(
+    conn: sqlite3.Connection, collection_id: int, chunk_id: int, title_terms: str, text: str
+) -> None:
+    """Index one chunk (``title_terms`` is the document title's :func:`indexed_text`)."""
+    conn.execute(
+        f"INSERT INTO {table_name(collection_id)} (rowid, title, text) VALUES (?, ?, ?)",
+        (chunk_id, title_terms, indexed_text(text)),
+    )
+
+
 def analyze(text: str) -> list[str]:
     """Index terms of ``text``: lower-cased words, compounds whole and split, no stop words."""
     terms: list[str] = []
@@ -127,14 +163,16 @@ def search(
     expression = match_expression(query)
     if expression is None:
         return []
+    table = table_name(collection_id)
     sql, params = _filter_sql(where)
+    joins = (
+        "JOIN chunks c ON c.id = f.rowid JOIN documents d ON d.id = c.document_id " if sql else ""
+    )
     rows: Sequence[tuple[int, float]] = conn.execute(
-        f"SELECT f.rowid, -bm25(chunk_fts, {TITLE_WEIGHT}, {TEXT_WEIGHT}) AS score "
-        "FROM chunk_fts f JOIN chunks c ON c.id = f.rowid "
-        "JOIN documents d ON d.id = c.document_id "
-        f"WHERE chunk_fts MATCH ? AND c.collection_id = ? {sql} "
+        f"SELECT f.rowid, -bm25({table}, {TITLE_WEIGHT}, {TEXT_WEIGHT}) AS score "
+        f"FROM {table} f {joins}WHERE {table} MATCH ? {sql} "
         "ORDER BY score DESC, f.rowid LIMIT ?",
-        (expression, collection_id, *params, k),
+        (expression, *params, k),
     ).fetchall()
     return [(int(chunk_id), float(score)) for chunk_id, score in rows]
 

@@ -15,13 +15,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ragstore.errors import SchemaTooNew, StoreError
-from ragstore.search.keyword import FTS_TOKENIZE
 
 SCHEMA_VERSION = 1
 DB_FILENAME = "ragstore.db"
 BUSY_TIMEOUT_S = 60.0
 
-_SCHEMA = f"""
+_SCHEMA = """
 CREATE TABLE collections (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     name TEXT NOT NULL UNIQUE,
@@ -65,11 +64,9 @@ CREATE TABLE tombstones (
     chunk_id INTEGER NOT NULL
 );
 CREATE INDEX tombstones_by_collection ON tombstones(collection_id, seq);
--- Keyword index: the analysed title and text of each chunk, rowid = chunk id.
-CREATE VIRTUAL TABLE chunk_fts USING fts5(title, text, tokenize = "{FTS_TOKENIZE}");
+-- Each collection also has its keyword index, chunk_fts_<id> (see search/keyword.py).
 CREATE TRIGGER chunk_removed AFTER DELETE ON chunks BEGIN
     INSERT INTO tombstones (collection_id, chunk_id) VALUES (old.collection_id, old.id);
-    DELETE FROM chunk_fts WHERE rowid = old.id;
 END;
 """
 

@@ -21,7 +21,7 @@ from ragstore.index.base import Matrix
 from ragstore.ingest import pipeline
 from ragstore.ingest.pipeline import ProgressFn
 from ragstore.records import text_records, unit_vector, vector_records
-from ragstore.search import hybrid
+from ragstore.search import hybrid, keyword
 from ragstore.search.hybrid import Fusion, Mode, Reranker
 from ragstore.store import rows
 from ragstore.store.db import Database
@@ -87,10 +87,11 @@ class Store:
         with self._db.write() as conn:
             if _collection_row(conn, name) is not None:
                 raise Conflict(f"collection {name!r} already exists")
-            conn.execute(
+            cursor = conn.execute(
                 "INSERT INTO collections (name, config, created_at) VALUES (?, ?, ?)",
                 (name, config.to_json(), time.time()),
             )
+            keyword.create_table(conn, int(cursor.lastrowid or 0))
         return self.get_collection(name, embedder=model)
 
     def get_collection(self, name: str, *, embedder: Embedder | None = None) -> Collection:
@@ -130,6 +131,7 @@ class Store:
             if row is None:
                 raise NotFound(f"no collection named {name!r}")
             collection_id = row[0]
+            keyword.drop_table(conn, collection_id)
             for table in ("chunks", "documents", "tombstones"):
                 conn.execute(f"DELETE FROM {table} WHERE collection_id = ?", (collection_id,))
             conn.execute("DELETE FROM collections WHERE id = ?", (collection_id,))

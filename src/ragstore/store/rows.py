@@ -140,10 +140,7 @@ def write_document(
                 np.ascontiguousarray(chunk.vector, dtype=np.float32).tobytes(),
             ),
         )
-        conn.execute(
-            "INSERT INTO chunk_fts (rowid, title, text) VALUES (?, ?, ?)",
-            (cursor.lastrowid, title_terms, keyword.indexed_text(chunk.text)),
-        )
+        keyword.add_chunk(conn, collection_id, int(cursor.lastrowid or 0), title_terms, chunk.text)
 
 
 def delete_documents(conn: sqlite3.Connection, collection_id: int, doc_ids: Sequence[str]) -> int:
@@ -261,6 +258,15 @@ def hits_by_chunk(conn: sqlite3.Connection, chunk_ids: Sequence[int]) -> dict[in
             part,
         ):
             found[row[0]] = _hit(row)
+    return found
+
+
+def documents_of(conn: sqlite3.Connection, chunk_ids: Sequence[int]) -> dict[int, int]:
+    """chunk id -> row id of its document, for the chunks that still exist."""
+    found: dict[int, int] = {}
+    for part in batched(list(chunk_ids)):
+        query = f"SELECT id, document_id FROM chunks WHERE id IN ({placeholders(len(part))})"
+        found.update(conn.execute(query, part).fetchall())
     return found
 
 
