@@ -97,7 +97,7 @@ def test_code_like_tokens_match_exactly(
 def test_hybrid_hits_explain_both_sides_and_fuse_by_rrf(animals: ragstore.Collection) -> None:
     dense = animals.search("which animals hunt at night?", k=8, mode="dense")
     keyword = animals.search("which animals hunt at night?", k=8, mode="keyword")
-    hybrid = animals.search("which animals hunt at night?", k=8)
+    hybrid = animals.search("which animals hunt at night?", k=8, fusion="rrf")
 
     dense_rank = {h.doc_id: r for r, h in enumerate(dense, start=1)}
     keyword_rank = {h.doc_id: r for r, h in enumerate(keyword, start=1)}
@@ -111,6 +111,26 @@ def test_hybrid_hits_explain_both_sides_and_fuse_by_rrf(animals: ragstore.Collec
     assert all(h.keyword_score is None and h.dense_rank is not None for h in dense)
     assert hybrid[0].doc_id == "doc-6"  # owls: first on both sides
     assert "doc-7" in doc_ids(hybrid[:3])  # bats: the other night hunter
+
+
+def test_default_hybrid_is_a_weighted_sum_of_normalised_scores(
+    animals: ragstore.Collection,
+) -> None:
+    query = "which animals hunt at night?"
+    dense = {h.doc_id: h.score for h in animals.search(query, k=8, mode="dense")}
+    keyword = {h.doc_id: h.score for h in animals.search(query, k=8, mode="keyword")}
+
+    def normalised(scores: dict[str, float], doc_id: str) -> float:
+        low, high = min(scores.values()), max(scores.values())
+        return (scores[doc_id] - low) / (high - low) if doc_id in scores else 0.0
+
+    hybrid = animals.search(query, k=8)
+
+    assert len(hybrid) == 8
+    for hit in hybrid:
+        expected = 0.5 * normalised(dense, hit.doc_id) + 0.5 * normalised(keyword, hit.doc_id)
+        assert hit.score == pytest.approx(expected)
+    assert [h.score for h in hybrid] == sorted((h.score for h in hybrid), reverse=True)
 
 
 def test_weighted_fusion_with_alpha_one_is_the_dense_order(animals: ragstore.Collection) -> None:

@@ -20,7 +20,7 @@ import click
 import ragstore
 from ragstore.errors import InvalidFilter, InvalidInput, RagstoreError
 from ragstore.ingest.pipeline import ProgressFn
-from ragstore.search.hybrid import Fusion, Mode
+from ragstore.search.hybrid import DEFAULT_ALPHA, DEFAULT_FUSION, RRF_K, Fusion, Mode
 from ragstore.store.local import Collection, Store
 from ragstore.types import Hit
 
@@ -210,9 +210,17 @@ def delete(obj: Context, ids: tuple[str, ...], filter_json: str | None) -> None:
     show_default=True,
 )
 @click.option("--split", default="test", show_default=True, help="Which qrels split to score.")
-@click.option("--fusion", type=click.Choice(["rrf", "weighted"]), default="rrf", show_default=True)
-@click.option("--rrf-k", default=60, show_default=True, type=int, help="RRF rank constant.")
-@click.option("--alpha", default=0.5, show_default=True, type=float, help="Dense-side weight.")
+@click.option(
+    "--fusion",
+    type=click.Choice(["weighted", "rrf"]),
+    default=DEFAULT_FUSION,
+    show_default=True,
+    help="How hybrid fuses the two sides.",
+)
+@click.option("--rrf-k", default=RRF_K, show_default=True, type=int, help="RRF rank constant.")
+@click.option(
+    "--alpha", default=DEFAULT_ALPHA, show_default=True, type=float, help="Dense-side weight."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @pass_context
 def eval_command(

@@ -17,7 +17,7 @@ import numpy as np
 from ragstore.errors import InvalidInput
 from ragstore.eval.beir import load_beir
 from ragstore.eval.metrics import evaluate_run
-from ragstore.search.hybrid import Fusion, Mode
+from ragstore.search.hybrid import DEFAULT_ALPHA, DEFAULT_FUSION, RRF_K, Fusion, Mode
 from ragstore.store.local import Store
 from ragstore.types import IngestReport
 
@@ -62,9 +62,9 @@ def evaluate(
     *,
     modes: Sequence[str] = MODES,
     split: str = "test",
-    fusion: Fusion = "rrf",
-    rrf_k: int = 60,
-    alpha: float = 0.5,
+    fusion: Fusion = DEFAULT_FUSION,
+    rrf_k: int = RRF_K,
+    alpha: float = DEFAULT_ALPHA,
     candidates: int | None = None,
 ) -> EvalReport:
     """Ingest the dataset's corpus (reusing the collection if built) and score each mode."""

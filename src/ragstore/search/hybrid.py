@@ -27,6 +27,10 @@ Fusion = Literal["rrf", "weighted"]
 MAX_K = 1000
 MAX_DEPTH = 5000
 RRF_K = 60
+DEFAULT_FUSION: Fusion = "weighted"
+"""Chosen on SciFact's train split (benchmarks/tune_fusion.py): weighted fusion at
+alpha 0.5 beat RRF at every k tried."""
+DEFAULT_ALPHA = 0.5
 
 
 class Reranker(Protocol):
@@ -45,9 +49,9 @@ class SearchParams:
     k: int = 10
     where: Filter | None = None
     depth: int | None = None
-    fusion: Fusion = "rrf"
+    fusion: Fusion = DEFAULT_FUSION
     rrf_k: int = RRF_K
-    alpha: float = 0.5
+    alpha: float = DEFAULT_ALPHA
     group_by_doc: bool = False
     mmr_lambda: float | None = None
     highlight: bool = False

@@ -210,9 +210,9 @@ class Collection:
         where: Mapping[str, Any] | None = None,
         mode: Mode | None = None,
         candidates: int | None = None,
-        fusion: Fusion = "rrf",
+        fusion: Fusion = hybrid.DEFAULT_FUSION,
         rrf_k: int = hybrid.RRF_K,
-        alpha: float = 0.5,
+        alpha: float = hybrid.DEFAULT_ALPHA,
         group_by_doc: bool = False,
         mmr_lambda: float | None = None,
         reranker: Reranker | None = None,
@@ -220,10 +220,10 @@ class Collection:
     ) -> list[Hit]:
         """The ``k`` best chunks for a text query or a vector, best first.
 
-        ``mode`` is ``hybrid`` (the default for text: BM25 and dense results fused with
-        reciprocal rank fusion, or a weighted fusion of normalised scores when
-        ``fusion="weighted"``; ``alpha`` weighs the dense side), ``dense`` (the default for
-        a vector) or ``keyword``. ``candidates`` is how many chunks each side retrieves.
+        ``mode`` is ``hybrid`` (the default for text: BM25 and dense results fused by a
+        weighted sum of min-max normalised scores, or by reciprocal rank fusion with
+        ``fusion="rrf"``; ``alpha`` weighs the dense side), ``dense`` (the default for a
+        vector) or ``keyword``. ``candidates`` is how many chunks each side retrieves.
         ``group_by_doc`` keeps one hit per document; ``mmr_lambda`` reorders for
         diversity; ``reranker`` reorders the candidates last; ``highlight`` marks the
         query's words in each hit's ``highlight``. ``where`` restricts hits to
