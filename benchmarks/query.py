@@ -57,7 +57,7 @@ import ragstore
 from ragstore.embed import Embedder
 from ragstore.filters import matches, parse_filter
 from ragstore.search.hybrid import Mode
-from ragstore.search.keyword import match_expression
+from ragstore.search.keyword import match_expression, table_name
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASETS = ROOT.parent / "shared" / "datasets"
@@ -293,7 +293,7 @@ def baseline_cases(
         f"faiss_flat_ip/top{HYBRID_DEPTH}": lambda i: flat.search(qvecs[i : i + 1], HYBRID_DEPTH),
         f"numpy_ip/top{K}": lambda i: _numpy_top_k(vectors, qvecs[i], K),
         "ragstore_dense_by_vector/none": lambda i: col.search(vector=qvecs[i], k=K, mode="dense"),
-        f"fts5_bm25_raw/top{HYBRID_DEPTH}": lambda i: _fts(conn, queries[i], HYBRID_DEPTH),
+        f"fts5_bm25_raw/top{HYBRID_DEPTH}": lambda i: _fts(conn, col.id, queries[i], HYBRID_DEPTH),
     }
     for name, mask in masks.items():
         if name != "none":
@@ -307,14 +307,14 @@ def _numpy_top_k(vectors: Matrix, query: Matrix, k: int) -> npt.NDArray[np.intp]
     return top[np.argsort(-scores[top])]
 
 
-def _fts(conn: sqlite3.Connection, query: str, limit: int) -> list[Any]:
-    """Raw FTS5 BM25 top-``limit`` over the store's whole keyword table (no joins)."""
+def _fts(conn: sqlite3.Connection, collection_id: int, query: str, limit: int) -> list[Any]:
+    """Raw FTS5 BM25 top-``limit`` over the collection's keyword table (no joins)."""
     expression = match_expression(query)
     if expression is None:
         return []
+    table = table_name(collection_id)
     return conn.execute(
-        "SELECT rowid, bm25(chunk_fts) AS s FROM chunk_fts WHERE chunk_fts MATCH ? "
-        "ORDER BY s LIMIT ?",
+        f"SELECT rowid, bm25({table}) AS s FROM {table} WHERE {table} MATCH ? ORDER BY s LIMIT ?",
         (expression, limit),
     ).fetchall()
 

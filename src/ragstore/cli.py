@@ -128,6 +128,7 @@ def query(
     with _failures():
         where = _parse_filter_option(filter_json)
         col = obj.collection()
+        _ = col.embedder  # load the model before the clock starts: took_ms is the search
         started = time.perf_counter()
         hits = col.search(text, k=k, where=where, mode=cast(Mode, mode), group_by_doc=group_by_doc)
         took_ms = round((time.perf_counter() - started) * 1000, 2)
