@@ -6,9 +6,9 @@ same way as far as each allows:
 
 * ``fts5``: ragstore's exact configuration. Text goes through ``keyword.indexed_text``
   (lower case, code-like compounds kept whole and split, Lucene's English stop words
-  dropped) into a ``chunk_fts(title, text)`` table with ``FTS_TOKENIZE`` (Porter), and
-  queries run through ``keyword.search`` itself (its SQL, its joins to ``chunks`` and
-  ``documents``), on a WAL database file with ragstore's pragmas.
+  dropped) into a collection's ``chunk_fts_<id>(title, text)`` table made by
+  ``keyword.create_table`` (``FTS_TOKENIZE``, Porter), and queries run through
+  ``keyword.search`` itself, on a WAL database file with ragstore's pragmas.
 * ``bm25s``: its English stop words (the same Lucene set) and the PyStemmer English
   (Snowball) stemmer, for documents and queries alike; numpy backend.
 * ``tantivy``: the ``en_stem`` tokenizer (lower case, Snowball English stemmer, no stop
@@ -108,6 +108,9 @@ class Engine(Protocol):
     def close(self) -> None: ...
 
 
+COLLECTION = 1
+
+
 class Fts5Engine:
     """ragstore's FTS5 table, analyser and search SQL, on a minimal store schema."""
 
@@ -120,9 +123,8 @@ class Fts5Engine:
             "CREATE TABLE chunks (id INTEGER PRIMARY KEY AUTOINCREMENT, "
             "collection_id INTEGER NOT NULL, document_id INTEGER NOT NULL);"
             "CREATE INDEX chunks_document ON chunks (document_id);"
-            "CREATE VIRTUAL TABLE chunk_fts USING "
-            f'fts5(title, text, tokenize = "{keyword.FTS_TOKENIZE}");'
         )
+        keyword.create_table(self.conn, COLLECTION)
         self.chunk_doc: dict[int, int] = {}
 
     def build(self, docs: Sequence[Doc]) -> None:
@@ -132,14 +134,13 @@ class Fts5Engine:
                 self._insert_chunk(index, doc)
 
     def search(self, query: str, k: int) -> list[tuple[int, float]]:
-        hits = keyword.search(self.conn, 1, query, k)
+        hits = keyword.search(self.conn, COLLECTION, query, k)
         return [(self.chunk_doc[chunk], score) for chunk, score in hits]
 
     def replace(self, index: int, doc: Doc) -> None:
         with self._transaction():
             old = self.conn.execute("SELECT id FROM chunks WHERE document_id = ?", (index,))
-            for (chunk,) in old.fetchall():
-                self.conn.execute("DELETE FROM chunk_fts WHERE rowid = ?", (chunk,))
+            for (chunk,) in old.fetchall():  # the table's trigger drops the FTS5 row
                 self.conn.execute("DELETE FROM chunks WHERE id = ?", (chunk,))
                 del self.chunk_doc[chunk]
             self._insert_chunk(index, doc)
@@ -149,13 +150,10 @@ class Fts5Engine:
 
     def _insert_chunk(self, index: int, doc: Doc) -> None:
         cursor = self.conn.execute(
-            "INSERT INTO chunks (collection_id, document_id) VALUES (1, ?)", (index,)
+            "INSERT INTO chunks (collection_id, document_id) VALUES (?, ?)", (COLLECTION, index)
         )
         chunk = int(cursor.lastrowid or 0)
-        self.conn.execute(
-            "INSERT INTO chunk_fts (rowid, title, text) VALUES (?, ?, ?)",
-            (chunk, keyword.indexed_text(doc.title), keyword.indexed_text(doc.text)),
-        )
+        keyword.add_chunk(self.conn, COLLECTION, chunk, keyword.indexed_text(doc.title), doc.text)
         self.chunk_doc[chunk] = index
 
     @contextmanager
