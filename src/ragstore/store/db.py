@@ -16,7 +16,6 @@ from pathlib import Path
 
 from ragstore.errors import SchemaTooNew, StoreError
 
-SCHEMA_VERSION = 1
 DB_FILENAME = "ragstore.db"
 BUSY_TIMEOUT_S = 60.0
 
@@ -69,6 +68,27 @@ CREATE TRIGGER chunk_removed AFTER DELETE ON chunks BEGIN
     INSERT INTO tombstones (collection_id, chunk_id) VALUES (old.collection_id, old.id);
 END;
 """
+
+# Sealed vector index segments (see store/segments.py). The files live under
+# indexes/<collection id>/; this table is the manifest that says which files are current.
+_SEGMENTS = """
+CREATE TABLE segments (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    collection_id INTEGER NOT NULL REFERENCES collections(id),
+    kind TEXT NOT NULL,
+    vectors INTEGER NOT NULL,
+    first_chunk INTEGER NOT NULL,
+    last_chunk INTEGER NOT NULL,
+    files TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE INDEX segments_by_collection ON segments(collection_id, id);
+"""
+
+# The schema is built by applying these scripts in order; ``user_version`` counts how many
+# have been applied, so an older store is upgraded in place by running the rest.
+_MIGRATIONS = (_SCHEMA, _SEGMENTS)
+SCHEMA_VERSION = len(_MIGRATIONS)
 
 
 class Database:
@@ -138,12 +158,12 @@ class Database:
             return
         _refuse_newer(version, self.path)
         with self.write() as tx:
-            version = _user_version(tx)  # another process may have created it meanwhile
-            if version == 0:
-                for statement in _statements(_SCHEMA):
-                    tx.execute(statement)
-                tx.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            version = _user_version(tx)  # another process may have upgraded it meanwhile
             _refuse_newer(version, self.path)
+            for script in _MIGRATIONS[version:]:
+                for statement in _statements(script):
+                    tx.execute(statement)
+            tx.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
 def _user_version(conn: sqlite3.Connection) -> int:
