@@ -26,13 +26,35 @@ class ChunkingConfig(BaseModel):
         return self
 
 
+IndexKind = Literal["flat", "hnsw", "ivf", "ivfpq", "sq8"]
+
+
 class IndexConfig(BaseModel):
-    """Which vector index serves the collection."""
+    """Which vector index serves the collection, and how its segments are managed.
+
+    New vectors land in an exact growing segment; past ``seal_threshold`` vectors it is
+    sealed into a segment of ``kind``. ``hnsw`` uses ``m``, ``ef_construction`` and
+    ``ef_search``; ``ivf`` and ``ivfpq`` use ``nlist`` (``None``: about 2·sqrt(n)) and
+    ``nprobe``; ``ivfpq`` also ``pq_m`` sub-quantizers of ``nbits`` bits. The compressed
+    kinds (``ivfpq``, ``sq8``) re-rank ``rerank * k`` candidates with the exact vectors.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    kind: Literal["flat"] = "flat"
+    kind: IndexKind = "flat"
     metric: Literal["cosine"] = "cosine"
+    m: int = Field(default=32, ge=4, le=128)
+    ef_construction: int = Field(default=100, ge=8, le=4096)
+    ef_search: int = Field(default=64, ge=1, le=4096)
+    nlist: int | None = Field(default=None, ge=1, le=1 << 20)
+    nprobe: int = Field(default=32, ge=1, le=1 << 20)
+    pq_m: int = Field(default=48, ge=1, le=1024)
+    nbits: int = Field(default=8, ge=4, le=12)
+    rerank: int = Field(default=8, ge=1, le=100)
+    seal_threshold: int = Field(default=20_000, ge=1)
+    max_segments: int = Field(default=8, ge=1)
+    max_segment_vectors: int = Field(default=4_000_000, ge=1)
+    deleted_threshold: float = Field(default=0.2, gt=0, le=1)
 
 
 class CollectionConfig(BaseModel):
@@ -50,6 +72,12 @@ class CollectionConfig(BaseModel):
     dim: int = Field(gt=0, le=65536)
     chunking: ChunkingConfig = ChunkingConfig()
     index: IndexConfig = IndexConfig()
+
+    @model_validator(mode="after")
+    def _pq_divides_dim(self) -> CollectionConfig:
+        if self.index.kind == "ivfpq" and self.dim % self.index.pq_m:
+            raise ValueError(f"index.pq_m ({self.index.pq_m}) must divide dim ({self.dim})")
+        return self
 
     @classmethod
     def parse(cls, data: dict[str, Any]) -> CollectionConfig:

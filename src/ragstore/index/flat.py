@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
 
 from ragstore.index.base import Ids, Matrix, Scores, register_index
 
@@ -60,9 +61,24 @@ class FlatIndex:
             scores = self._vectors[rows] @ query
         if k <= 0 or scores.size == 0:
             return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
-        top = _top_k(scores, k)
+        top = top_k(scores, k)
         positions = top if rows is None else rows[top]
         return self._ids[positions].copy(), scores[top].astype(np.float32)
+
+    def contains(self, ids: Ids) -> npt.NDArray[np.bool_]:
+        """Which of ``ids`` are present."""
+        return np.fromiter((i in self._row_of for i in ids.tolist()), dtype=bool, count=len(ids))
+
+    def ids_between(self, first: int, last: int) -> Ids:
+        """Ids present in ``[first, last]``."""
+        ids = self._ids[: len(self._row_of)]
+        return ids[(ids >= first) & (ids <= last)].copy()
+
+    def snapshot(self) -> tuple[Ids, Matrix]:
+        """Copies of every id (ascending) and its vector."""
+        size = len(self._row_of)
+        order = np.argsort(self._ids[:size], kind="stable")
+        return self._ids[:size][order].copy(), self._vectors[:size][order].copy()
 
     def _append_row(self, chunk_id: int) -> int:
         row = len(self._row_of)
@@ -81,7 +97,7 @@ class FlatIndex:
         self._vectors, self._ids = vectors, ids
 
 
-def _top_k(scores: Scores, k: int) -> Ids:
+def top_k(scores: Scores, k: int) -> Ids:
     """Positions of the k largest scores, best first (ties broken by position)."""
     candidates = np.argpartition(-scores, k - 1)[:k] if k < scores.size else np.arange(scores.size)
     order = np.lexsort((candidates, -scores[candidates]))

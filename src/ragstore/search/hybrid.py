@@ -16,10 +16,12 @@ from typing import Literal, Protocol, get_args
 import numpy as np
 
 from ragstore.errors import InvalidInput
-from ragstore.filters import Filter
-from ragstore.index.base import Matrix, VectorIndex
+from ragstore.filters import Filter, to_json
+from ragstore.index.ann import Knobs
+from ragstore.index.base import Matrix
 from ragstore.search import fusion, keyword
 from ragstore.store import rows
+from ragstore.store.vectors import SegmentedIndex
 from ragstore.types import Hit
 
 Mode = Literal["dense", "keyword", "hybrid"]
@@ -31,6 +33,14 @@ DEFAULT_FUSION: Fusion = "weighted"
 """Chosen on SciFact's train split (benchmarks/tune_fusion.py): weighted fusion at
 alpha 0.5 beat RRF at every k tried."""
 DEFAULT_ALPHA = 0.5
+MAX_EF_SEARCH = 4096
+MAX_NPROBE = 65536
+
+
+class SearchResults(list[Hit]):
+    """The hits of a search, best first; ``plan`` says how it ran when asked to explain."""
+
+    plan: dict[str, object] | None = None
 
 
 class Reranker(Protocol):
@@ -55,6 +65,9 @@ class SearchParams:
     group_by_doc: bool = False
     mmr_lambda: float | None = None
     highlight: bool = False
+    ef_search: int | None = None
+    nprobe: int | None = None
+    explain: bool = False
 
     def __post_init__(self) -> None:
         _check_choice(self.mode, Mode, "mode")
@@ -66,6 +79,15 @@ class SearchParams:
         _check_unit(self.alpha, "alpha")
         if self.mmr_lambda is not None:
             _check_unit(self.mmr_lambda, "mmr_lambda")
+        if self.ef_search is not None:
+            _check_int(self.ef_search, 1, MAX_EF_SEARCH, "ef_search")
+        if self.nprobe is not None:
+            _check_int(self.nprobe, 1, MAX_NPROBE, "nprobe")
+
+    @property
+    def knobs(self) -> Knobs:
+        """Per-query index settings."""
+        return Knobs(ef_search=self.ef_search, nprobe=self.nprobe)
 
     @property
     def candidates(self) -> int:
@@ -78,9 +100,10 @@ class SearchParams:
 
 @dataclass(frozen=True, slots=True)
 class Side:
-    """One retriever's ranked ``(chunk id, score)`` list."""
+    """One retriever's ranked ``(chunk id, score)`` list, and how it was found."""
 
     ranked: list[tuple[int, float]]
+    plan: object = None
 
     def explain(self) -> dict[int, tuple[float, int]]:
         """chunk id -> (score, 1-based rank)."""
@@ -90,20 +113,20 @@ class Side:
 def run(
     conn: sqlite3.Connection,
     collection_id: int,
-    index: VectorIndex | None,
+    index: SegmentedIndex | None,
     params: SearchParams,
     *,
     text: str | None,
     vector: Matrix | None,
     reranker: Reranker | None = None,
-) -> list[Hit]:
+) -> SearchResults:
     """Execute one search inside the caller's read transaction.
 
     Candidates stay ``(chunk id, score)`` pairs until the end; only the hits returned
     (or handed to the reranker) are read in full.
     """
     depth = params.candidates
-    dense = _dense(conn, collection_id, index, vector, params.where, depth)
+    dense = _dense(conn, collection_id, index, vector, params, depth)
     lexical = _keyword(conn, collection_id, text, params.where, depth, params.mode)
     ranked = _fuse(params, dense, lexical)
     if params.group_by_doc:
@@ -116,7 +139,23 @@ def run(
         hits = reranker.rerank(text, _hits(conn, ranked, dense, lexical))[: params.k]
     if params.highlight and text is not None:
         hits = [dataclasses.replace(h, highlight=keyword.highlight(h.text, text)) for h in hits]
-    return hits
+    results = SearchResults(hits)
+    if params.explain:
+        results.plan = _plan(params, dense, lexical)
+    return results
+
+
+def _plan(params: SearchParams, dense: Side | None, lexical: Side | None) -> dict[str, object]:
+    plan: dict[str, object] = {"mode": params.mode, "candidates": params.candidates}
+    if params.where is not None:
+        plan["filter"] = to_json(params.where)
+    if dense is not None:
+        plan["dense"] = dense.plan
+    if lexical is not None:
+        plan["keyword"] = "FTS5 bm25" + (" with the filter in SQL" if params.where else "")
+    if dense is not None and lexical is not None:
+        plan["fusion"] = params.fusion
+    return plan
 
 
 def best_per_document(
@@ -137,16 +176,17 @@ def best_per_document(
 def _dense(
     conn: sqlite3.Connection,
     collection_id: int,
-    index: VectorIndex | None,
+    index: SegmentedIndex | None,
     vector: Matrix | None,
-    where: Filter | None,
+    params: SearchParams,
     depth: int,
 ) -> Side | None:
     if index is None or vector is None:
         return None
+    where = params.where
     allowed = None if where is None else rows.allowed_chunk_ids(conn, collection_id, where)
-    ids, scores = index.search(vector, depth, allowed)
-    return Side(list(zip(ids.tolist(), scores.tolist(), strict=True)))
+    found = index.search(vector, depth, allowed, params.knobs)
+    return Side(list(zip(found.ids.tolist(), found.scores.tolist(), strict=True)), found.plan)
 
 
 def _keyword(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -211,6 +212,77 @@ def chunks_after(
     return ids, vectors.reshape(len(rows), dim)
 
 
+def chunk_ids_between(conn: sqlite3.Connection, collection_id: int, first: int, last: int) -> Ids:
+    """Ids of the collection's chunks in ``[first, last]``, ascending."""
+    found = conn.execute(
+        "SELECT id FROM chunks WHERE collection_id = ? AND id BETWEEN ? AND ? ORDER BY id",
+        (collection_id, first, last),
+    )
+    return np.fromiter((row[0] for row in found), dtype=np.int64)
+
+
+def chunks_between(
+    conn: sqlite3.Connection, collection_id: int, first: int, last: int, dim: int
+) -> tuple[Ids, Matrix]:
+    """Ids (ascending) and vectors of the collection's chunks in ``[first, last]``."""
+    found = conn.execute(
+        "SELECT id, vector FROM chunks WHERE collection_id = ? AND id BETWEEN ? AND ? ORDER BY id",
+        (collection_id, first, last),
+    ).fetchall()
+    ids = np.fromiter((row[0] for row in found), dtype=np.int64, count=len(found))
+    vectors = np.frombuffer(b"".join(row[1] for row in found), dtype=np.float32)
+    return ids, vectors.reshape(len(found), dim)
+
+
+SegmentValues = tuple[str, int, int, int, dict[str, Any]]
+"""A new manifest row: kind, vectors, first chunk, last chunk, files."""
+
+
+def replace_segments(
+    conn: sqlite3.Connection,
+    collection_id: int,
+    replaced: Sequence[int],
+    new: SegmentValues,
+) -> int | None:
+    """Replace manifest rows ``replaced`` by ``new``; ``None`` if they changed meanwhile
+    (one is gone, or another segment now overlaps the new one's chunk range)."""
+    kind, vectors, first, last, files = new
+    overlapping = {
+        int(row[0])
+        for row in conn.execute(
+            "SELECT id FROM segments WHERE collection_id = ? AND first_chunk <= ? "
+            "AND last_chunk >= ?",
+            (collection_id, last, first),
+        )
+    }
+    present = {
+        int(row[0])
+        for row in conn.execute(
+            f"SELECT id FROM segments WHERE id IN ({placeholders(len(replaced))})", list(replaced)
+        )
+    }
+    if present != set(replaced) or overlapping - set(replaced):
+        return None
+    conn.execute(
+        f"DELETE FROM segments WHERE id IN ({placeholders(len(replaced))})", list(replaced)
+    )
+    cursor = conn.execute(
+        "INSERT INTO segments (collection_id, kind, vectors, first_chunk, last_chunk, files, "
+        "created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (collection_id, kind, vectors, first, last, json.dumps(files, sort_keys=True), time.time()),
+    )
+    return int(cursor.lastrowid or 0)
+
+
+def update_segment(conn: sqlite3.Connection, segment_id: int, new: SegmentValues) -> None:
+    """Point a manifest row at rebuilt files (same chunk range)."""
+    kind, vectors, _, _, files = new
+    conn.execute(
+        "UPDATE segments SET kind = ?, vectors = ?, files = ? WHERE id = ?",
+        (kind, vectors, json.dumps(files, sort_keys=True), segment_id),
+    )
+
+
 def tombstones_after(
     conn: sqlite3.Connection, collection_id: int, after_seq: int
 ) -> tuple[Ids, int]:
@@ -259,6 +331,20 @@ def hits_by_chunk(conn: sqlite3.Connection, chunk_ids: Sequence[int]) -> dict[in
         ):
             found[row[0]] = _hit(row)
     return found
+
+
+def doc_ids_of_chunks(conn: sqlite3.Connection, chunk_ids: Sequence[int]) -> list[str]:
+    """The document id of each chunk, in order (chunks must exist)."""
+    found: dict[int, str] = {}
+    for part in batched(list(chunk_ids)):
+        found.update(
+            conn.execute(
+                "SELECT c.id, d.doc_id FROM chunks c JOIN documents d ON d.id = c.document_id "
+                f"WHERE c.id IN ({placeholders(len(part))})",
+                part,
+            ).fetchall()
+        )
+    return [found[chunk_id] for chunk_id in chunk_ids]
 
 
 def documents_of(conn: sqlite3.Connection, chunk_ids: Sequence[int]) -> dict[int, int]:

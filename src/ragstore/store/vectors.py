@@ -1,65 +1,212 @@
-"""Keeps a process's in-memory vector index in step with the chunks in SQLite.
+"""A collection's vector index: an exact growing segment plus sealed ANN segments.
 
-SQLite is the source of truth. Chunk ids only grow (AUTOINCREMENT) and every removed
-chunk leaves a tombstone, so catching up after another process wrote means reading the
-chunks newer than the last one seen and the tombstones newer than the last one applied.
+SQLite is the source of truth; every index structure here can be rebuilt from it.
+Chunk ids only grow (AUTOINCREMENT) and every removed chunk leaves a tombstone, so a
+process catches up after another one wrote by reading the chunks newer than the last it
+saw and the tombstones newer than the last it applied. Sealed segments are files
+recorded in the ``segments`` table; a process loads the ones it has not seen.
+
+New chunks go to the growing segment (exact, in memory) and are searchable at once.
+When it reaches ``seal_threshold`` vectors a background thread seals it into an ANN
+segment; the same thread then merges segments when there are more than
+``max_segments`` and rebuilds those whose deleted share passes ``deleted_threshold``.
+Reads and writes go on meanwhile: the lock is held only to snapshot and to swap.
 """
 
 from __future__ import annotations
 
+import itertools
+import logging
 import sqlite3
 import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from ragstore.config import IndexConfig
-from ragstore.index import VectorIndex, create_index
-from ragstore.store import rows
+from ragstore.index import FlatIndex, ann
+from ragstore.index.base import Ids, Matrix, Scores
+from ragstore.store import rows, segments
+from ragstore.store.db import Database
+from ragstore.store.segments import SealedSegment, SegmentDamaged, SegmentRow
+
+log = logging.getLogger(__name__)
+
+_MANIFEST = (
+    "SELECT id, kind, vectors, first_chunk, last_chunk, files FROM segments "
+    "WHERE collection_id = ? ORDER BY first_chunk"
+)
 
 
-class IndexSync:
-    """One collection's vector index and how far it has caught up with the store."""
+@dataclass(frozen=True, slots=True)
+class DenseResult:
+    """Chunk ids and scores of a dense search, best first, and the plan that ran."""
 
-    def __init__(self, collection_id: int, dim: int, config: IndexConfig) -> None:
+    ids: Ids
+    scores: Scores
+    plan: list[dict[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Job:
+    """Segments to replace by one new segment built from their live vectors."""
+
+    replaced: list[SealedSegment]
+
+
+class SegmentedIndex:
+    """One collection's growing and sealed segments, kept in step with the store."""
+
+    def __init__(
+        self, db: Database, root: Path, collection_id: int, dim: int, config: IndexConfig
+    ) -> None:
+        self._db = db
+        self._root = root
         self._collection_id = collection_id
         self._dim = dim
-        self._config = config
-        self._index: VectorIndex | None = None
+        self.config = config
+        self.lock = threading.RLock()
+        self._building = threading.Lock()
+        self._worker: threading.Thread | None = None
+        self._loaded = False
+        self._growing = FlatIndex(dim)
+        self._sealed: dict[int, SealedSegment] = {}
         self._last_chunk = 0
         self._last_tombstone = 0
-        self.lock = threading.RLock()
 
-    def current(self, conn: sqlite3.Connection) -> VectorIndex:
-        """The index, caught up with what ``conn``'s open read transaction sees.
+    # -- reading ---------------------------------------------------------------------
 
-        The caller holds :attr:`lock` and keeps the transaction open while it uses the
-        index, so index and rows agree.
+    def catch_up(self, conn: sqlite3.Connection) -> None:
+        """Bring the segments up to what ``conn``'s open read transaction sees.
+
+        The caller holds :attr:`lock` and keeps the transaction open while it searches.
         """
-        floor = self._tombstone_floor(conn)
-        if self._index is None or self._last_tombstone < floor:
-            self._reload(conn)
-        else:
-            self._catch_up(conn)
-        assert self._index is not None
-        return self._index
+        self._sync(conn)
+        self._start_background_work()
+
+    def search(self, query: Matrix, k: int, allowed: Ids | None, knobs: ann.Knobs) -> DenseResult:
+        """The ``k`` best live chunks over every segment, only ``allowed`` ones if given."""
+        if allowed is not None:
+            allowed = np.unique(allowed)
+        results = []
+        plan: list[dict[str, Any]] = []
+        for segment in self._sealed.values():
+            found = segment.search(query, k, allowed, knobs, self.config)
+            results.append((found.ids, found.scores))
+            plan.append(found.plan)
+        if len(self._growing):
+            ids, scores = self._growing.search(query, k, allowed)
+            results.append((ids, scores))
+            plan.append({"segment": "growing", "vectors": len(self._growing), "plan": "exact"})
+        ids, scores = segments.merge_top(results, k)
+        return DenseResult(ids, scores, plan)
+
+    def stats(self) -> dict[str, Any]:
+        """Segments with their sizes and memory per vector; call under :attr:`lock`."""
+        listed: list[dict[str, Any]] = []
+        for segment in self._sealed.values():
+            live = segment.size - segment.deleted
+            listed.append(
+                {
+                    "segment": segment.row.id,
+                    "kind": segment.row.kind,
+                    "vectors": segment.size,
+                    "deleted": segment.deleted,
+                    "live": live,
+                    "first_chunk": segment.row.first_chunk,
+                    "last_chunk": segment.row.last_chunk,
+                    "index_bytes": segment.index_bytes,
+                    "bytes_per_vector": round(segment.index_bytes / max(segment.size, 1), 1),
+                }
+            )
+        growing = len(self._growing)
+        listed.append(
+            {
+                "segment": "growing",
+                "kind": "flat",
+                "vectors": growing,
+                "deleted": 0,
+                "live": growing,
+                "index_bytes": growing * self._dim * 4,
+                "bytes_per_vector": float(self._dim * 4) if growing else 0.0,
+            }
+        )
+        total_bytes = sum(int(s["index_bytes"]) for s in listed)
+        total = sum(int(s["live"]) for s in listed)
+        stored = sum(int(s["vectors"]) for s in listed)
+        return {
+            "kind": self.config.kind,
+            "segments": listed,
+            "vectors": total,
+            "index_bytes": total_bytes,
+            "bytes_per_vector": round(total_bytes / max(stored, 1), 1),
+        }
+
+    # -- catching up -----------------------------------------------------------------
 
     def _reload(self, conn: sqlite3.Connection) -> None:
-        self._index = create_index(self._config.kind, self._dim)
+        self._growing = FlatIndex(self._dim)
+        self._sealed = {}
         self._last_chunk = 0
         self._last_tombstone = rows.last_tombstone(conn)
-        self._add_new_chunks(conn, self._index)
+        self._apply_manifest(conn)
+        self._add_new_chunks(conn)
+        self._loaded = True
 
-    def _catch_up(self, conn: sqlite3.Connection) -> None:
-        assert self._index is not None
+    def _apply_manifest(self, conn: sqlite3.Connection) -> None:
+        current = [segments.parse_row(r) for r in conn.execute(_MANIFEST, (self._collection_id,))]
+        wanted = {row.id for row in current}
+        for segment_id in [s for s in self._sealed if s not in wanted]:
+            del self._sealed[segment_id]
+        for row in current:
+            if row.id not in self._sealed:
+                self._adopt(conn, row)
+        self._sealed = dict(sorted(self._sealed.items(), key=lambda s: s[1].row.first_chunk))
+
+    def _adopt(self, conn: sqlite3.Connection, row: SegmentRow) -> None:
+        """Load a segment another process (or an earlier run) sealed."""
+        try:
+            segment = segments.load(self._segment_root, row, self._dim)
+        except SegmentDamaged as exc:
+            log.warning("rebuilding damaged index segment %s from the store: %s", row.id, exc)
+            segment = self._rebuild_damaged(conn, row)
+        live = rows.chunk_ids_between(conn, self._collection_id, row.first_chunk, row.last_chunk)
+        segment.mark_deleted(np.setdiff1d(segment.ids, live, assume_unique=True))
+        self._sealed[row.id] = segment
+        in_growing = self._growing.ids_between(row.first_chunk, row.last_chunk)
+        self._growing.remove(in_growing)
+        self._last_chunk = max(self._last_chunk, row.last_chunk)
+
+    def _rebuild_damaged(self, conn: sqlite3.Connection, row: SegmentRow) -> SealedSegment:
+        ids, vectors = rows.chunks_between(
+            conn, self._collection_id, row.first_chunk, row.last_chunk, self._dim
+        )
+        kind, files = segments.build_files(
+            self._segment_root, self.config.kind, ids, vectors, self.config
+        )
+        values = (kind, len(ids), row.first_chunk, row.last_chunk, files)
+        with self._db.write() as tx:
+            rows.update_segment(tx, row.id, values)
+        fresh = SegmentRow(row.id, *values)
+        segments.remove_files(self._segment_root, row.directory_name)
+        return segments.load(self._segment_root, fresh, self._dim)
+
+    def _apply_tombstones(self, conn: sqlite3.Connection) -> None:
         removed, self._last_tombstone = rows.tombstones_after(
             conn, self._collection_id, self._last_tombstone
         )
         if removed.size:
-            self._index.remove(removed)
-        self._add_new_chunks(conn, self._index)
+            self._growing.remove(removed)
+            for segment in self._sealed.values():
+                segment.mark_deleted(removed)
 
-    def _add_new_chunks(self, conn: sqlite3.Connection, index: VectorIndex) -> None:
+    def _add_new_chunks(self, conn: sqlite3.Connection) -> None:
         ids, vectors = rows.chunks_after(conn, self._collection_id, self._last_chunk, self._dim)
         if ids.size:
-            index.add(ids, vectors)
+            self._growing.add(ids, vectors)
             self._last_chunk = int(ids[-1])
 
     def _tombstone_floor(self, conn: sqlite3.Connection) -> int:
@@ -67,3 +214,162 @@ class IndexSync:
             "SELECT tombstone_floor FROM collections WHERE id = ?", (self._collection_id,)
         ).fetchone()
         return int(row[0]) if row else 0
+
+    @property
+    def _segment_root(self) -> Path:
+        return self._root / str(self._collection_id)
+
+    # -- sealing and optimizing ------------------------------------------------------
+
+    def _start_background_work(self) -> None:
+        """Seal or optimize in a background thread when there is work (caller holds lock)."""
+        if self._worker is not None and self._worker.is_alive():
+            return
+        if self._next_job(force=False) is None and not self._growing_full():
+            return
+        self._worker = threading.Thread(
+            target=self._background, name=f"ragstore-optimize-{self._collection_id}", daemon=True
+        )
+        self._worker.start()
+
+    def _background(self) -> None:
+        try:
+            with self._building:
+                self._work(force=False)
+        except Exception:
+            log.exception("index optimization of collection %s failed", self._collection_id)
+
+    def optimize(self) -> None:
+        """Seal the growing segment and merge segments now; returns when done."""
+        with self._building:
+            self._work(force=True)
+
+    def wait(self) -> None:
+        """Wait for background sealing or optimizing to finish."""
+        worker = self._worker
+        if worker is not None:
+            worker.join()
+
+    def _work(self, *, force: bool) -> None:
+        with self.lock, self._db.read() as conn:
+            self._sync(conn)
+        if force or self._growing_full():
+            self._seal()
+        while (job := self._locked_next_job(force)) is not None:
+            self._replace(job)
+
+    def _sync(self, conn: sqlite3.Connection) -> None:
+        if not self._loaded or self._last_tombstone < self._tombstone_floor(conn):
+            self._reload(conn)
+        else:
+            self._apply_manifest(conn)
+            self._apply_tombstones(conn)
+            self._add_new_chunks(conn)
+
+    def _growing_full(self) -> bool:
+        return len(self._growing) >= self.config.seal_threshold
+
+    def _seal(self) -> None:
+        with self.lock:
+            ids, vectors = self._growing.snapshot()
+        if not len(ids):
+            return
+        kind, files = segments.build_files(
+            self._segment_root, self.config.kind, ids, vectors, self.config
+        )
+        with self.lock:
+            row = self._record(kind, ids, files, replaced=[])
+            if row is None:
+                return
+            segment = segments.load(self._segment_root, row, self._dim)
+            still_here = self._growing.contains(ids)
+            segment.mark_deleted(ids[~still_here])
+            self._growing.remove(ids[still_here])
+            self._sealed[row.id] = segment
+            self._sealed = dict(sorted(self._sealed.items(), key=lambda s: s[1].row.first_chunk))
+
+    def _locked_next_job(self, force: bool) -> _Job | None:
+        with self.lock:
+            return self._next_job(force)
+
+    def _next_job(self, force: bool) -> _Job | None:
+        """The next merge or rebuild, if any is due (caller holds lock)."""
+        ordered = list(self._sealed.values())
+        for segment in ordered:
+            if segment.deleted and segment.deleted >= self.config.deleted_threshold * segment.size:
+                return _Job([segment])
+        if force:
+            return _merge_run(ordered, self.config)
+        if len(ordered) > self.config.max_segments:
+            return _cheapest_pair(ordered, self.config.max_segment_vectors)
+        return None
+
+    def _replace(self, job: _Job) -> None:
+        with self.lock:
+            parts = [(s, s.live_positions()) for s in job.replaced]
+        ids = np.concatenate([s.ids[p] for s, p in parts]).astype(np.int64)
+        vectors = np.concatenate([np.asarray(s.vectors[p]) for s, p in parts])
+        kind, files = segments.build_files(
+            self._segment_root, self.config.kind, ids, vectors, self.config
+        )
+        with self.lock:
+            row = self._record(kind, ids, files, replaced=job.replaced)
+            if row is None:
+                return
+            segment = segments.load(self._segment_root, row, self._dim)
+            still_live = np.concatenate([s.live[p] for s, p in parts])
+            segment.mark_deleted(ids[~still_live])
+            for old in job.replaced:
+                del self._sealed[old.row.id]
+                segments.remove_files(self._segment_root, old.row.directory_name)
+            self._sealed[row.id] = segment
+            self._sealed = dict(sorted(self._sealed.items(), key=lambda s: s[1].row.first_chunk))
+
+    def _record(
+        self, kind: str, ids: Ids, files: dict[str, Any], replaced: Sequence[SealedSegment]
+    ) -> SegmentRow | None:
+        """Swap the manifest in one transaction; ``None`` (and the new files are dropped)
+        when another process changed the same range first."""
+        first = min([int(ids[0])] + [s.row.first_chunk for s in replaced])
+        last = max([int(ids[-1])] + [s.row.last_chunk for s in replaced])
+        replaced_ids = [s.row.id for s in replaced]
+        with self._db.write() as conn:
+            segment_id = rows.replace_segments(
+                conn, self._collection_id, replaced_ids, (kind, len(ids), first, last, files)
+            )
+        if segment_id is None:
+            segments.remove_files(self._segment_root, files["dir"])
+            return None
+        return SegmentRow(segment_id, kind, len(ids), first, last, files)  # type: ignore[arg-type]
+
+
+def _merge_run(ordered: list[SealedSegment], config: IndexConfig) -> _Job | None:
+    """Adjacent segments that fit in one of at most ``max_segment_vectors``, for a forced
+    merge; else a segment built as another kind than the config now asks for."""
+    run: list[SealedSegment] = []
+    size = 0
+    for segment in ordered:
+        live = segment.size - segment.deleted
+        if run and size + live > config.max_segment_vectors:
+            if len(run) > 1:
+                return _Job(run)
+            run, size = [], 0
+        run.append(segment)
+        size += live
+    if len(run) > 1:
+        return _Job(run)
+    stale = [s for s in ordered if s.row.kind != ann.effective_kind(config.kind, s.size, config)]
+    return _Job(stale[:1]) if stale else None
+
+
+def _cheapest_pair(ordered: list[SealedSegment], limit: int) -> _Job | None:
+    """The two adjacent segments with the fewest vectors together, within ``limit``."""
+    pairs = [
+        (a.size + b.size, i)
+        for i, (a, b) in enumerate(itertools.pairwise(ordered))
+        if a.size + b.size <= limit
+    ]
+    if not pairs:
+        return None
+    _, i = min(pairs)
+    return _Job(ordered[i : i + 2])

@@ -1,0 +1,143 @@
+"""Index kinds on FAISS: how a sealed segment's index is built and searched.
+
+Vectors are unit length, so cosine similarity is the inner product. A FAISS index here
+numbers its vectors by position (0..n-1); the segment maps positions to chunk ids. A
+search may be restricted to some positions with a bitmap, which FAISS honours inside the
+graph or list traversal rather than after it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import faiss as _faiss
+import numpy as np
+import numpy.typing as npt
+
+from ragstore.config import IndexConfig, IndexKind
+from ragstore.index.base import Matrix, Scores
+
+# faiss's bundled stubs miss most of its SWIG API, so it is used untyped.
+faiss: Any = _faiss
+FaissIndex = Any
+"""A ``faiss.Index``."""
+
+Positions = npt.NDArray[np.int64]
+
+COMPRESSED: frozenset[str] = frozenset({"ivfpq", "sq8"})
+"""Kinds whose stored codes are lossy: their candidates are re-ranked exactly."""
+
+_TRAINING_PER_LIST = 64
+"""K-means training points per IVF list (FAISS warns below 39)."""
+
+
+def effective_kind(kind: IndexKind, n: int, config: IndexConfig) -> IndexKind:
+    """The kind a segment of ``n`` vectors gets: too few to train a quantizer means flat."""
+    if kind == "ivf" and n < 39 * 4:
+        return "flat"
+    if kind == "ivfpq" and n < 39 * (1 << config.nbits):
+        return "flat"
+    return kind
+
+
+def nlist_for(n: int, config: IndexConfig) -> int:
+    """The number of IVF lists: the configured one, else about 2·sqrt(n), capped by n/39."""
+    wanted = config.nlist or int(2 * math.sqrt(n))
+    return max(1, min(wanted, n // 39))
+
+
+def build(kind: IndexKind, vectors: Matrix, config: IndexConfig) -> FaissIndex:
+    """A FAISS index of ``kind`` over ``vectors`` (rows are positions)."""
+    n, dim = vectors.shape
+    index = _empty(kind, n, dim, config)
+    if not index.is_trained:
+        index.train(_training_sample(vectors, kind, n, config))
+    index.add(vectors)
+    return index
+
+
+def _empty(kind: IndexKind, n: int, dim: int, config: IndexConfig) -> FaissIndex:
+    metric = faiss.METRIC_INNER_PRODUCT
+    if kind == "flat":
+        return faiss.IndexFlatIP(dim)
+    if kind == "hnsw":
+        index = faiss.IndexHNSWFlat(dim, config.m, metric)
+        index.hnsw.efConstruction = config.ef_construction
+        index.hnsw.efSearch = config.ef_search
+        return index
+    if kind == "sq8":
+        return faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_8bit, metric)
+    quantizer = faiss.IndexFlatIP(dim)
+    nlist = nlist_for(n, config)
+    ivf: FaissIndex
+    if kind == "ivf":
+        ivf = faiss.IndexIVFFlat(quantizer, dim, nlist, metric)
+    else:
+        ivf = faiss.IndexIVFPQ(quantizer, dim, nlist, config.pq_m, config.nbits, metric)
+    ivf.own_fields = True
+    quantizer.this.disown()
+    ivf.nprobe = config.nprobe
+    return ivf
+
+
+def _training_sample(vectors: Matrix, kind: IndexKind, n: int, config: IndexConfig) -> Matrix:
+    wanted = n
+    if kind in ("ivf", "ivfpq"):
+        wanted = _TRAINING_PER_LIST * max(nlist_for(n, config), 1 << config.nbits)
+    if wanted >= n:
+        return vectors
+    rows = np.random.default_rng(0).choice(n, size=wanted, replace=False)
+    return np.ascontiguousarray(vectors[np.sort(rows)])
+
+
+@dataclass(frozen=True, slots=True)
+class Knobs:
+    """Per-query search settings; ``None`` keeps the collection's configured value."""
+
+    ef_search: int | None = None
+    nprobe: int | None = None
+
+
+def search(
+    index: FaissIndex,
+    kind: IndexKind,
+    query: Matrix,
+    k: int,
+    knobs: Knobs,
+    allowed: npt.NDArray[np.uint8] | None = None,
+) -> tuple[Positions, Scores]:
+    """Top-``k`` positions (``-1`` pads a short result) and scores for one query.
+
+    ``allowed`` is a little-endian bitmap over positions; only set positions may be
+    returned. It must stay alive for the duration of the call, which it does here.
+    """
+    selector = None
+    if allowed is not None:
+        selector = faiss.IDSelectorBitmap(index.ntotal, faiss.swig_ptr(allowed))
+    params = _params(kind, index, knobs, selector)
+    scores, positions = index.search(query.reshape(1, -1), k, params=params)
+    return positions[0].astype(np.int64), scores[0]
+
+
+def _params(kind: IndexKind, index: FaissIndex, knobs: Knobs, selector: Any) -> Any:
+    if kind == "hnsw":
+        ef = knobs.ef_search if knobs.ef_search is not None else index.hnsw.efSearch
+        return faiss.SearchParametersHNSW(efSearch=ef, sel=selector)
+    if kind in ("ivf", "ivfpq"):
+        nprobe = knobs.nprobe if knobs.nprobe is not None else index.nprobe
+        return faiss.SearchParametersIVF(nprobe=min(nprobe, index.nlist), sel=selector)
+    if selector is None:
+        return None
+    return faiss.SearchParameters(sel=selector)
+
+
+def write(index: FaissIndex, path: str) -> None:
+    """Write an index file."""
+    faiss.write_index(index, path)
+
+
+def read(path: str) -> FaissIndex:
+    """Read an index file; raises ``RuntimeError`` for a missing or corrupt one."""
+    return faiss.read_index(path)

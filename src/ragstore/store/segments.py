@@ -1,0 +1,285 @@
+"""Sealed segments: immutable ANN indexes over a range of a collection's chunks.
+
+A sealed segment covers the live chunks whose ids lie in ``[first_chunk, last_chunk]``
+when it was built. Its files live in one directory under ``indexes/<collection id>/``:
+
+- ``index.faiss``: the FAISS index, numbering vectors by position;
+- ``ids.npy``: the chunk id at each position, ascending;
+- ``vectors.npy``: the exact vectors at each position, memory-mapped; they serve exact
+  search over a filter's few matches and the re-ranking of compressed kinds.
+
+The directory is written under a temporary name and renamed, then recorded in the
+``segments`` table with each file's CRC-32. Chunks deleted after sealing stay in the
+files and are masked out at search time until the optimizer rebuilds the segment.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import secrets
+import shutil
+import zlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ragstore.config import IndexConfig, IndexKind
+from ragstore.index import ann
+from ragstore.index.base import Ids, Matrix, Scores
+from ragstore.index.flat import top_k
+
+INDEX_FILE = "index.faiss"
+IDS_FILE = "ids.npy"
+VECTORS_FILE = "vectors.npy"
+_FILES = (INDEX_FILE, IDS_FILE, VECTORS_FILE)
+
+EXACT_FRACTION = 0.03
+"""A filter matching at most this share of a segment is searched exactly over its matches."""
+MAX_WIDENED = 2048
+"""Cap on ``ef_search`` / ``nprobe`` widened for a selective filter."""
+
+
+class SegmentDamaged(Exception):
+    """A segment's files are missing, truncated or fail their checksum."""
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentRow:
+    """One row of the ``segments`` manifest."""
+
+    id: int
+    kind: IndexKind
+    vectors: int
+    first_chunk: int
+    last_chunk: int
+    files: dict[str, Any]
+
+    @property
+    def directory_name(self) -> str:
+        """Name of the segment's directory under the collection's index folder."""
+        return str(self.files["dir"])
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentSearch:
+    """One segment's answer to a query, with how it was found."""
+
+    ids: Ids
+    scores: Scores
+    plan: dict[str, Any]
+
+
+@dataclass(eq=False)
+class SealedSegment:
+    """A loaded sealed segment and its in-memory deletion mask."""
+
+    row: SegmentRow
+    index: ann.FaissIndex
+    ids: Ids
+    vectors: Matrix
+    index_bytes: int
+    live: np.ndarray = field(init=False)
+    deleted: int = field(default=0, init=False)
+    _live_bits: np.ndarray | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        self.live = np.ones(len(self.ids), dtype=bool)
+
+    @property
+    def size(self) -> int:
+        """Vectors in the files, deleted ones included."""
+        return len(self.ids)
+
+    def positions(self, chunk_ids: Ids) -> Ids:
+        """Positions of those of ``chunk_ids`` (sorted) that are live in this segment."""
+        if not len(chunk_ids) or not self.size:
+            return np.empty(0, dtype=np.int64)
+        lo, hi = np.searchsorted(chunk_ids, [self.ids[0], self.ids[-1] + 1])
+        candidates = chunk_ids[lo:hi]
+        found = np.searchsorted(self.ids, candidates)
+        found = found[found < self.size]
+        hit = self.ids[found] == candidates[: len(found)]
+        found = found[hit]
+        live: Ids = found[self.live[found]].astype(np.int64)
+        return live
+
+    def mark_deleted(self, chunk_ids: Ids) -> None:
+        """Mask out chunks that were deleted or replaced; absent ids are ignored."""
+        found = self.positions(np.sort(chunk_ids))
+        if len(found):
+            self.live[found] = False
+            self.deleted = int(self.size - np.count_nonzero(self.live))
+            self._live_bits = None
+
+    def live_positions(self) -> Ids:
+        """Positions of every live vector."""
+        return np.flatnonzero(self.live).astype(np.int64)
+
+    def search(
+        self, query: Matrix, k: int, allowed: Ids | None, knobs: ann.Knobs, config: IndexConfig
+    ) -> SegmentSearch:
+        """Best ``k`` live chunks, restricted to ``allowed`` chunk ids (sorted) if given.
+
+        A filter that matches few vectors is searched exactly over them; otherwise the
+        index searches with a bitmap of the allowed positions and a search breadth
+        widened by the inverse of the matching share. If the index still finds fewer
+        than ``k`` while more exist, the segment falls back to exact search.
+        """
+        kind = self.row.kind
+        plan: dict[str, Any] = {"segment": self.row.id, "kind": kind, "vectors": self.size}
+        positions: Ids | None = None
+        if allowed is not None:
+            positions = self.positions(allowed)
+            matching = len(positions)
+            plan["matching"] = matching
+        else:
+            matching = self.size - self.deleted
+        if matching == 0:
+            return SegmentSearch(_NO_IDS, _NO_SCORES, plan | {"plan": "none match"})
+        exact_limit = max(k * config.rerank, EXACT_FRACTION * self.size)
+        if kind == "flat" or (positions is not None and matching <= exact_limit):
+            return self._exact(query, k, positions, plan | {"plan": "exact"})
+        share = matching / self.size
+        bits = self._bitmap(positions)
+        fetch = k * config.rerank if kind in ann.COMPRESSED else k
+        widened = _widen(kind, knobs, config, share)
+        found, scores = ann.search(self.index, kind, query, fetch, widened, bits)
+        found = found[found >= 0]
+        plan |= {"plan": "ann" if bits is None else "ann + filter bitmap"}
+        plan |= {name: value for name, value in asdict(widened).items() if value is not None}
+        if len(found) < min(k, matching):
+            return self._exact(query, k, positions, plan | {"plan": "exact (ann found too few)"})
+        if kind in ann.COMPRESSED:
+            plan["reranked"] = len(found)
+            return self._ranked(query, k, np.sort(found), plan)
+        return SegmentSearch(self.ids[found].astype(np.int64), scores[: len(found)], plan)
+
+    def _exact(
+        self, query: Matrix, k: int, positions: Ids | None, plan: dict[str, Any]
+    ) -> SegmentSearch:
+        if positions is None:
+            positions = self.live_positions()
+        return self._ranked(query, k, positions, plan)
+
+    def _ranked(self, query: Matrix, k: int, positions: Ids, plan: dict[str, Any]) -> SegmentSearch:
+        scores = np.asarray(self.vectors[positions] @ query, dtype=np.float32)
+        best = top_k(scores, min(k, len(scores)))
+        chosen = positions[best]
+        return SegmentSearch(self.ids[chosen].astype(np.int64), scores[best], plan)
+
+    def _bitmap(self, positions: Ids | None) -> np.ndarray | None:
+        if positions is None:
+            if self.deleted == 0:
+                return None
+            if self._live_bits is None:
+                self._live_bits = np.packbits(self.live, bitorder="little")
+            return self._live_bits
+        mask = np.zeros(self.size, dtype=bool)
+        mask[positions] = True
+        return np.packbits(mask, bitorder="little")
+
+
+_NO_IDS: Ids = np.empty(0, dtype=np.int64)
+_NO_SCORES: Scores = np.empty(0, dtype=np.float32)
+
+
+def _widen(kind: IndexKind, knobs: ann.Knobs, config: IndexConfig, share: float) -> ann.Knobs:
+    """Search breadth for a query that may only return ``share`` of the vectors."""
+    if kind == "hnsw":
+        ef = knobs.ef_search or config.ef_search
+        return ann.Knobs(ef_search=_scaled(ef, share))
+    if kind in ("ivf", "ivfpq"):
+        nprobe = knobs.nprobe or config.nprobe
+        return ann.Knobs(nprobe=_scaled(nprobe, share))
+    return knobs
+
+
+def _scaled(value: int, share: float) -> int:
+    if share >= 1:
+        return value
+    return max(value, min(MAX_WIDENED, math.ceil(value / share)))
+
+
+def build_files(
+    root: Path, kind: IndexKind, ids: Ids, vectors: Matrix, config: IndexConfig
+) -> tuple[IndexKind, dict[str, Any]]:
+    """Build a segment's index and write its directory; returns the kind built and the
+    manifest's ``files`` entry (directory name and checksums)."""
+    built_kind = ann.effective_kind(kind, len(ids), config)
+    index = ann.build(built_kind, vectors, config)
+    name = secrets.token_hex(8)
+    staging = root / f"{name}.tmp"
+    staging.mkdir(parents=True)
+    ann.write(index, str(staging / INDEX_FILE))
+    np.save(staging / IDS_FILE, np.ascontiguousarray(ids, dtype=np.int64))
+    np.save(staging / VECTORS_FILE, np.ascontiguousarray(vectors, dtype=np.float32))
+    checksums = {}
+    for filename in _FILES:
+        checksums[filename] = _crc32(staging / filename)
+        _fsync(staging / filename)
+    os.replace(staging, root / name)
+    _fsync(root)
+    return built_kind, {"dir": name, "crc32": checksums}
+
+
+def load(root: Path, row: SegmentRow, dim: int) -> SealedSegment:
+    """Open a segment's files, verifying their checksums; raises :class:`SegmentDamaged`."""
+    directory = root / row.directory_name
+    try:
+        for filename in _FILES:
+            if _crc32(directory / filename) != row.files["crc32"][filename]:
+                raise SegmentDamaged(f"{directory / filename}: checksum mismatch")
+        index = ann.read(str(directory / INDEX_FILE))
+        ids = np.load(directory / IDS_FILE, mmap_mode="r")
+        vectors = np.load(directory / VECTORS_FILE, mmap_mode="r")
+    except (OSError, ValueError, RuntimeError, KeyError) as exc:
+        raise SegmentDamaged(f"{directory}: {exc}") from exc
+    if index.ntotal != len(ids) or vectors.shape != (len(ids), dim):
+        raise SegmentDamaged(f"{directory}: index, ids and vectors disagree")
+    size = (directory / INDEX_FILE).stat().st_size
+    return SealedSegment(row, index, ids, vectors, size)
+
+
+def remove_files(root: Path, directory_name: str) -> None:
+    """Delete a segment's directory (other processes keep what they already loaded)."""
+    shutil.rmtree(root / directory_name, ignore_errors=True)
+
+
+def parse_row(row: tuple[Any, ...]) -> SegmentRow:
+    """A manifest row from ``SELECT id, kind, vectors, first_chunk, last_chunk, files``."""
+    segment_id, kind, vectors, first, last, files = row
+    return SegmentRow(int(segment_id), kind, int(vectors), int(first), int(last), json.loads(files))
+
+
+def merge_top(results: list[tuple[Ids, Scores]], k: int) -> tuple[Ids, Scores]:
+    """The best ``k`` of several ``(ids, scores)`` lists."""
+    results = [r for r in results if len(r[0])]
+    if not results:
+        return _NO_IDS, _NO_SCORES
+    if len(results) == 1:
+        ids, scores = results[0]
+    else:
+        ids = np.concatenate([r[0] for r in results])
+        scores = np.concatenate([r[1] for r in results])
+    best = top_k(scores, min(k, len(scores)))
+    return ids[best], scores[best]
+
+
+def _crc32(path: Path) -> int:
+    checksum = 0
+    with path.open("rb") as handle:
+        while block := handle.read(1 << 22):
+            checksum = zlib.crc32(block, checksum)
+    return checksum
+
+
+def _fsync(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
