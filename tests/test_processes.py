@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 from conftest import RAGSTORE_BIN
 
 import ragstore
@@ -84,6 +85,29 @@ def test_kill_9_during_ingest_leaves_only_whole_documents(tmp_path: Path) -> Non
         assert report.documents_unchanged == survived
         assert report.documents_added == total - survived
         assert col.count() == total
+
+
+def test_kill_9_during_index_builds_leaves_a_working_index(tmp_path: Path) -> None:
+    store_path = tmp_path / "store"
+    rng = np.random.default_rng(7)
+    vectors = rng.normal(size=(6000, 16)).astype(np.float32)
+    with ragstore.open(store_path) as store:
+        col = store.create_collection("ann", embedder=None, dim=16, index={"nlist": 16})
+        col.upsert_vectors([str(i) for i in range(len(vectors))], vectors)
+        col.optimize()
+    proc = subprocess.Popen([sys.executable, WORKERS, "rebuilder", str(store_path)])
+    time.sleep(3.0)  # several rebuilds: a kill lands mid-build or mid-swap
+    assert proc.poll() is None, "the rebuilder stopped by itself"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+
+    with ragstore.open(store_path) as store:
+        col = store.get_collection("ann")
+        assert col.index_stats()["vectors"] == len(vectors)
+        for i in range(0, len(vectors), 250):
+            assert col.search_vectors(vectors[i], 1, ef_search=128, nprobe=16)[0] == [str(i)]
+        col.optimize()
+        assert col.index_stats()["segments"][0]["kind"] == col.config.index.kind
 
 
 def wait_for_documents(db: Path, proc: subprocess.Popen[bytes]) -> int:

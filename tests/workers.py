@@ -51,9 +51,19 @@ def reader(store_path: str, seconds: float) -> None:
         sys.exit("reader made no checks")
 
 
+def rebuilder(store_path: str) -> None:
+    """Rebuild the index of collection ``ann`` over and over, switching kinds, until killed."""
+    col = ragstore.open(store_path).get_collection("ann")
+    while True:
+        for kind in ("hnsw", "ivf", "sq8"):
+            col.rebuild_index({"kind": kind})
+
+
 if __name__ == "__main__":
     role, path, *rest = sys.argv[1:]
     if role == "writer":
         writer(path, rest[0], int(rest[1]))
+    elif role == "rebuilder":
+        rebuilder(path)
     else:
         reader(path, float(rest[0]))

@@ -283,6 +283,21 @@ def update_segment(conn: sqlite3.Connection, segment_id: int, new: SegmentValues
     )
 
 
+def sample_vectors(
+    conn: sqlite3.Connection, collection_id: int, count: int, dim: int, seed: int
+) -> Matrix:
+    """Up to ``count`` of the collection's vectors, chosen at random (seeded)."""
+    ids = conn.execute(
+        "SELECT id FROM chunks WHERE collection_id = ? ORDER BY id", (collection_id,)
+    ).fetchall()
+    rng = np.random.default_rng(seed)
+    chosen = rng.choice(len(ids), size=min(count, len(ids)), replace=False)
+    picked = [ids[i][0] for i in sorted(chosen.tolist())]
+    if not picked:
+        return np.empty((0, dim), dtype=np.float32)
+    return vectors_for(conn, picked).reshape(len(picked), dim)
+
+
 def tombstones_after(
     conn: sqlite3.Connection, collection_id: int, after_seq: int
 ) -> tuple[Ids, int]:

@@ -35,6 +35,7 @@ from ragstore.store.segments import SealedSegment, SegmentDamaged, SegmentRow
 
 log = logging.getLogger(__name__)
 
+_EXACT_BLOCK = 16_384
 _MANIFEST = (
     "SELECT id, kind, vectors, first_chunk, last_chunk, files FROM segments "
     "WHERE collection_id = ? ORDER BY first_chunk"
@@ -76,6 +77,7 @@ class SegmentedIndex:
         self._sealed: dict[int, SealedSegment] = {}
         self._last_chunk = 0
         self._last_tombstone = 0
+        self._repairs: list[tuple[SegmentRow, str]] = []
 
     # -- reading ---------------------------------------------------------------------
 
@@ -103,6 +105,32 @@ class SegmentedIndex:
             plan.append({"segment": "growing", "vectors": len(self._growing), "plan": "exact"})
         ids, scores = segments.merge_top(results, k)
         return DenseResult(ids, scores, plan)
+
+    def exact(self, queries: Matrix, k: int) -> Ids:
+        """Exact top-``k`` chunk ids of each query row over every live vector: ``(nq, k)``,
+        padded with ``-1`` when fewer than ``k`` vectors are live."""
+        blocks: list[tuple[Ids, Matrix]] = []
+        for segment in self._sealed.values():
+            live = segment.live_positions()
+            for start in range(0, len(live), _EXACT_BLOCK):
+                part = live[start : start + _EXACT_BLOCK]
+                blocks.append((segment.ids[part], np.asarray(segment.vectors[part])))
+        if len(self._growing):
+            blocks.append(self._growing.snapshot())
+        best_ids = np.full((len(queries), k), -1, dtype=np.int64)
+        best_scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+        for ids, vectors in blocks:
+            scores = queries @ vectors.T
+            if scores.shape[1] > k:
+                top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+            else:
+                top = np.broadcast_to(np.arange(scores.shape[1]), (len(queries), scores.shape[1]))
+            scores = np.concatenate([best_scores, np.take_along_axis(scores, top, 1)], axis=1)
+            candidates = np.concatenate([best_ids, ids[top]], axis=1)
+            keep = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+            best_ids = np.take_along_axis(candidates, keep, 1)
+            best_scores = np.take_along_axis(scores, keep, 1)
+        return best_ids
 
     def stats(self) -> dict[str, Any]:
         """Segments with their sizes and memory per vector; call under :attr:`lock`."""
@@ -181,18 +209,26 @@ class SegmentedIndex:
         self._last_chunk = max(self._last_chunk, row.last_chunk)
 
     def _rebuild_damaged(self, conn: sqlite3.Connection, row: SegmentRow) -> SealedSegment:
+        """Rebuild a segment's files from the chunks in its range. The manifest is pointed
+        at them by the background thread, since ``conn`` is inside a read transaction."""
         ids, vectors = rows.chunks_between(
             conn, self._collection_id, row.first_chunk, row.last_chunk, self._dim
         )
         kind, files = segments.build_files(
             self._segment_root, self.config.kind, ids, vectors, self.config
         )
-        values = (kind, len(ids), row.first_chunk, row.last_chunk, files)
-        with self._db.write() as tx:
-            rows.update_segment(tx, row.id, values)
-        fresh = SegmentRow(row.id, *values)
-        segments.remove_files(self._segment_root, row.directory_name)
+        fresh = SegmentRow(row.id, kind, len(ids), row.first_chunk, row.last_chunk, files)
+        self._repairs.append((fresh, row.directory_name))
         return segments.load(self._segment_root, fresh, self._dim)
+
+    def _record_repairs(self) -> None:
+        with self.lock:
+            repairs, self._repairs = self._repairs, []
+        for fresh, old_directory in repairs:
+            values = (fresh.kind, fresh.vectors, fresh.first_chunk, fresh.last_chunk, fresh.files)
+            with self._db.write() as conn:
+                rows.update_segment(conn, fresh.id, values)
+            segments.remove_files(self._segment_root, old_directory)
 
     def _apply_tombstones(self, conn: sqlite3.Connection) -> None:
         removed, self._last_tombstone = rows.tombstones_after(
@@ -225,7 +261,7 @@ class SegmentedIndex:
         """Seal or optimize in a background thread when there is work (caller holds lock)."""
         if self._worker is not None and self._worker.is_alive():
             return
-        if self._next_job(force=False) is None and not self._growing_full():
+        if not self._repairs and not self._growing_full() and self._next_job(force=False) is None:
             return
         self._worker = threading.Thread(
             target=self._background, name=f"ragstore-optimize-{self._collection_id}", daemon=True
@@ -253,6 +289,7 @@ class SegmentedIndex:
     def _work(self, *, force: bool) -> None:
         with self.lock, self._db.read() as conn:
             self._sync(conn)
+        self._record_repairs()
         if force or self._growing_full():
             self._seal()
         while (job := self._locked_next_job(force)) is not None:
