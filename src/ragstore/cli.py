@@ -18,7 +18,8 @@ from typing import Any, NoReturn, cast
 import click
 
 import ragstore
-from ragstore.errors import InvalidFilter, InvalidInput, RagstoreError
+from ragstore.cache import QueryCache
+from ragstore.errors import InvalidConfig, InvalidFilter, InvalidInput, RagstoreError
 from ragstore.ingest.pipeline import ProgressFn
 from ragstore.search.hybrid import DEFAULT_ALPHA, DEFAULT_FUSION, RRF_K, Fusion, Mode
 from ragstore.store.local import Collection, Store
@@ -45,6 +46,8 @@ class Context:
         """The store, opened on first use."""
         if self._store is None:
             self._store = ragstore.open(self.store_path)
+            # closing saves the query cache's counters and releases the connections
+            click.get_current_context().call_on_close(self._store.close)
         return self._store
 
     def collection(self, *, create: bool = False) -> Collection:
@@ -113,6 +116,10 @@ def ingest(obj: Context, paths: tuple[Path, ...], sync: bool, as_json: bool) -> 
     help="Fused BM25 + vectors, vectors only, or BM25 only.",
 )
 @click.option("--group-by-doc", is_flag=True, help="At most one hit per document.")
+@click.option("--no-cache", is_flag=True, help="Search without the query cache.")
+@click.option("--ef-search", type=int, help="HNSW search breadth for this query.")
+@click.option("--nprobe", type=int, help="IVF lists probed for this query.")
+@click.option("--explain", is_flag=True, help="Also print how the search ran.")
 @click.option("--json", "as_json", is_flag=True, help="Print hits as JSON.")
 @pass_context
 def query(
@@ -122,6 +129,10 @@ def query(
     filter_json: str | None,
     mode: str,
     group_by_doc: bool,
+    no_cache: bool,
+    ef_search: int | None,
+    nprobe: int | None,
+    explain: bool,
     as_json: bool,
 ) -> None:
     """Search the collection for the chunks that best match TEXT."""
@@ -130,17 +141,31 @@ def query(
         col = obj.collection()
         _ = col.embedder  # load the model before the clock starts: took_ms is the search
         started = time.perf_counter()
-        hits = col.search(text, k=k, where=where, mode=cast(Mode, mode), group_by_doc=group_by_doc)
+        hits = col.search(
+            text,
+            k=k,
+            where=where,
+            mode=cast(Mode, mode),
+            group_by_doc=group_by_doc,
+            cache=not no_cache,
+            ef_search=ef_search,
+            nprobe=nprobe,
+            explain=explain,
+        )
         took_ms = round((time.perf_counter() - started) * 1000, 2)
     if as_json:
-        _print_json({"hits": [hit.to_dict() for hit in hits], "took_ms": took_ms})
+        body: dict[str, Any] = {"hits": [hit.to_dict() for hit in hits], "took_ms": took_ms}
+        _print_json(body | ({"plan": hits.plan} if explain else {}))
         return
+    if explain:
+        click.echo(json.dumps(hits.plan, indent=2), err=True)
     for rank, hit in enumerate(hits, start=1):
         click.echo(
             f"{rank:>3}. {hit.score:.4f}  {hit.chunk_id}  ({hit.source or hit.doc_id}){_ranks(hit)}"
         )
         click.echo(f"     {_snippet(hit.text)}")
-    click.echo(f"{len(hits)} hit(s) in {took_ms} ms", err=True)
+    cached = f" (cached: {hits[0].cached})" if hits and hits[0].cached else ""
+    click.echo(f"{len(hits)} hit(s) in {took_ms} ms{cached}", err=True)
 
 
 @cli.command()
@@ -200,6 +225,53 @@ def delete(obj: Context, ids: tuple[str, ...], filter_json: str | None) -> None:
         where = _parse_filter_option(filter_json)
         deleted = col.delete(list(ids)) if ids else col.delete(where=where)
     click.echo(f"deleted {deleted} document(s)")
+
+
+@cli.command(name="index")
+@click.option("--optimize", is_flag=True, help="Seal the growing segment and merge now.")
+@click.option(
+    "--rebuild",
+    "rebuild_json",
+    help='Switch index settings and rebuild, e.g. \'{"kind": "hnsw", "m": 32}\'.',
+)
+@click.option(
+    "--check-recall",
+    "sample",
+    type=int,
+    help="Measure recall@10 against exact search on this many stored vectors.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@pass_context
+def index_command(
+    obj: Context, optimize: bool, rebuild_json: str | None, sample: int | None, as_json: bool
+) -> None:
+    """Show the collection's index segments; optionally optimize, rebuild or check recall."""
+    with _failures():
+        settings = _parse_json_option(rebuild_json, "--rebuild")
+        col = obj.collection()
+        if settings is not None:
+            col.rebuild_index(settings)
+        elif optimize:
+            col.optimize()
+        report: dict[str, Any] = col.index_stats()
+        if sample is not None:
+            report["recall_check"] = col.check_recall(sample)
+    if as_json:
+        _print_json(report)
+        return
+    click.echo(
+        f"kind {report['kind']}: {report['vectors']} vectors, "
+        f"{report['bytes_per_vector']} bytes/vector"
+    )
+    for segment in report["segments"]:
+        click.echo(
+            f"  segment {segment['segment']}: {segment['kind']}, {segment['vectors']} vectors "
+            f"({segment['deleted']} deleted), {segment['index_bytes']} bytes, "
+            f"{segment['bytes_per_vector']} bytes/vector"
+        )
+    if sample is not None:
+        check = report["recall_check"]
+        click.echo(f"recall@{check['k']} {check['recall']:.4f} over {check['queries']} queries")
 
 
 @cli.command(name="eval")
@@ -265,6 +337,49 @@ def eval_command(
         )
 
 
+@cli.group(name="cache")
+@click.option(
+    "--redis",
+    "redis_url",
+    envvar="RAGSTORE_CACHE_REDIS",
+    help="Act on the Redis cache at this URL (env RAGSTORE_CACHE_REDIS), not the store's own.",
+)
+@click.pass_context
+def cache_group(ctx: click.Context, redis_url: str | None) -> None:
+    """Inspect or empty the query cache."""
+    ctx.meta["cache_redis"] = redis_url
+
+
+@cache_group.command(name="stats")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@pass_context
+def cache_stats(obj: Context, as_json: bool) -> None:
+    """Hits, misses, evictions, invalidations, expirations, size and hit latency."""
+    with _failures():
+        stats = _query_cache(obj).stats().to_dict()
+    if as_json:
+        _print_json(stats)
+        return
+    for name, value in stats.items():
+        click.echo(f"{name.replace('_', ' ')}: {value}")
+
+
+@cache_group.command(name="clear")
+@pass_context
+def cache_clear(obj: Context) -> None:
+    """Drop every cached answer."""
+    with _failures():
+        dropped = _query_cache(obj).clear()
+    click.echo(f"cleared {dropped} cached answer(s)")
+
+
+def _query_cache(obj: Context) -> QueryCache:
+    redis_url = click.get_current_context().meta.get("cache_redis")
+    if redis_url is None:
+        return obj.store.cache
+    return obj.store.configure_cache("redis", url=redis_url)
+
+
 def main() -> None:
     """Console-script entry point."""
     cli(prog_name="ragstore")
@@ -284,14 +399,22 @@ def _fail(error: RagstoreError) -> NoReturn:
 
 
 def _parse_filter_option(raw: str | None) -> dict[str, Any] | None:
+    return _parse_json_option(raw, "--filter", InvalidFilter)
+
+
+def _parse_json_option(
+    raw: str | None, option: str, error: type[InvalidInput] = InvalidConfig
+) -> dict[str, Any] | None:
+    """A JSON-object option's value; a usage error naming the option otherwise."""
     if raw is None:
         return None
+    field = option.removeprefix("--")
     try:
         value = json.loads(raw)
     except json.JSONDecodeError as exc:
-        raise InvalidFilter(f"--filter is not valid JSON: {exc}", field="filter") from None
+        raise error(f"{option} is not valid JSON: {exc}", field=field) from None
     if not isinstance(value, dict):
-        raise InvalidFilter("--filter must be a JSON object", field="filter")
+        raise error(f"{option} must be a JSON object", field=field)
     return value
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 Metadata = dict[str, Any]
 
@@ -59,6 +59,8 @@ class Hit:
     ``None`` where that side did not retrieve the chunk. ``start``/``end`` locate
     ``text`` in the document's text. ``highlight`` is ``text`` with the words that
     match the query marked ``**like this**``, when the search asked for it.
+    ``cached`` is ``"exact"`` or ``"semantic"`` when the hit was served from the query
+    cache (its scores are those of the search that filled the cache), else ``None``.
     """
 
     doc_id: str
@@ -74,6 +76,7 @@ class Hit:
     keyword_score: float | None = None
     keyword_rank: int | None = None
     highlight: str | None = None
+    cached: Literal["exact", "semantic"] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form of the hit."""

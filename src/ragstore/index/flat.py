@@ -29,24 +29,57 @@ class FlatIndex:
 
     def add(self, ids: Ids, vectors: Matrix) -> None:
         """Insert vectors; an id already present is overwritten in place."""
-        for chunk_id, vector in zip(ids.tolist(), vectors, strict=True):
+        listed = ids.tolist()
+        if len(set(listed)) == len(listed) and not any(i in self._row_of for i in listed):
+            self._append_rows(ids, vectors)  # the usual case: all new, copied in one go
+            return
+        for chunk_id, vector in zip(listed, vectors, strict=True):
             row = self._row_of.get(chunk_id)
             if row is None:
                 row = self._append_row(chunk_id)
             self._vectors[row] = vector
 
+    def _append_rows(self, ids: Ids, vectors: Matrix) -> None:
+        start = len(self._row_of)
+        while start + len(ids) > len(self._ids):
+            self._grow()
+        self._ids[start : start + len(ids)] = ids
+        self._vectors[start : start + len(ids)] = vectors
+        self._row_of.update(zip(ids.tolist(), range(start, start + len(ids)), strict=True))
+
     def remove(self, ids: Ids) -> None:
-        """Drop ids by moving the last row into each freed slot."""
-        for chunk_id in ids.tolist():
-            row = self._row_of.pop(chunk_id, None)
-            if row is None:
-                continue
-            last = len(self._row_of)
-            if row != last:
-                moved = int(self._ids[last])
-                self._vectors[row] = self._vectors[last]
-                self._ids[row] = moved
-                self._row_of[moved] = row
+        """Drop ids: a few by moving the last row into each freed slot, many (as when a
+        segment is sealed) by compacting into right-sized arrays."""
+        size = len(self._row_of)
+        if not size or not len(ids):
+            return
+        gone = np.isin(self._ids[:size], ids)
+        count = int(np.count_nonzero(gone))
+        if count > size // 2:
+            self._compact(~gone)
+            return
+        for row in np.flatnonzero(gone)[::-1].tolist():
+            self._drop_row(row)
+
+    def _drop_row(self, row: int) -> None:
+        del self._row_of[int(self._ids[row])]
+        last = len(self._row_of)
+        if row != last:
+            moved = int(self._ids[last])
+            self._vectors[row] = self._vectors[last]
+            self._ids[row] = moved
+            self._row_of[moved] = row
+
+    def _compact(self, keep: npt.NDArray[np.bool_]) -> None:
+        size = len(self._row_of)
+        ids = self._ids[:size][keep]
+        capacity = max(_INITIAL_CAPACITY, 1 << len(ids).bit_length())
+        self._ids = np.empty(capacity, dtype=np.int64)
+        self._ids[: len(ids)] = ids
+        vectors = np.empty((capacity, self._dim), dtype=np.float32)
+        vectors[: len(ids)] = self._vectors[:size][keep]
+        self._vectors = vectors
+        self._row_of = {chunk_id: row for row, chunk_id in enumerate(ids.tolist())}
 
     def search(self, query: Matrix, k: int, allowed: Ids | None = None) -> tuple[Ids, Scores]:
         """Exact top-k by inner product, over all vectors or only the allowed ids."""

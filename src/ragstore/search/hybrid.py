@@ -183,8 +183,7 @@ def _dense(
 ) -> Side | None:
     if index is None or vector is None:
         return None
-    where = params.where
-    allowed = None if where is None else rows.allowed_chunk_ids(conn, collection_id, where)
+    allowed = None if params.where is None else index.allowed(conn, params.where)
     found = index.search(vector, depth, allowed, params.knobs)
     return Side(list(zip(found.ids.tolist(), found.scores.tolist(), strict=True)), found.plan)
 

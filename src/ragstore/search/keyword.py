@@ -93,10 +93,16 @@ def drop_table(conn: sqlite3.Connection, collection_id: int) -> None:
 def add_chunk(
     conn: sqlite3.Connection, collection_id: int, chunk_id: int, title_terms: str, text: str
 ) -> None:
-    """Index one chunk (``title_terms`` is the document title's :func:`indexed_text`)."""
+    """Index one chunk (``title_terms`` is the document title's :func:`indexed_text`).
+
+    A chunk with no words at all (a bare vector record) gets no row.
+    """
+    terms = indexed_text(text)
+    if not terms and not title_terms:
+        return
     conn.execute(
         f"INSERT INTO {table_name(collection_id)} (rowid, title, text) VALUES (?, ?, ?)",
-        (chunk_id, title_terms, indexed_text(text)),
+        (chunk_id, title_terms, terms),
     )
 
 

@@ -18,6 +18,8 @@ from ragstore.errors import SchemaTooNew, StoreError
 
 DB_FILENAME = "ragstore.db"
 BUSY_TIMEOUT_S = 60.0
+MMAP_BYTES = 1 << 30
+"""Reads map up to this much of the database file instead of copying pages."""
 
 _SCHEMA = """
 CREATE TABLE collections (
@@ -85,9 +87,103 @@ CREATE TABLE segments (
 CREATE INDEX segments_by_collection ON segments(collection_id, id);
 """
 
+# The query cache (see cache/). cache_clock counts, per collection, updates and deletes of
+# documents (seq), every document write (writes) and index changes (index_version);
+# cache_doc_changes holds the seq of each document's last update or delete. The triggers
+# run inside the writer's own transaction, whichever process writes: a cache entry records
+# the seq it was computed at and is served only while none of the documents it cites
+# changed after it. cache_cites is the reverse index document -> entries, so the entries
+# citing a changed document are deleted in the same transaction.
+_CACHE_DOCUMENT_TRIGGER = """
+CREATE TRIGGER cache_document_{event} AFTER {event} ON documents BEGIN
+    INSERT OR IGNORE INTO cache_clock (collection_id) VALUES (old.collection_id);
+    UPDATE cache_clock SET seq = seq + 1, writes = writes + 1
+        WHERE collection_id = old.collection_id;
+    INSERT OR REPLACE INTO cache_doc_changes (collection_id, doc_id, seq)
+        SELECT old.collection_id, old.doc_id, seq FROM cache_clock
+        WHERE collection_id = old.collection_id;
+    UPDATE cache_stats SET value = value + (SELECT count(*) FROM cache_cites
+        WHERE collection_id = old.collection_id AND doc_id = old.doc_id)
+        WHERE name = 'invalidations';
+    DELETE FROM cache_entries WHERE id IN (SELECT entry_id FROM cache_cites
+        WHERE collection_id = old.collection_id AND doc_id = old.doc_id);
+END;
+"""
+
+_CACHE_INDEX_TRIGGER = """
+CREATE TRIGGER cache_{table}_{name} AFTER {event} ON {table} BEGIN
+    INSERT OR IGNORE INTO cache_clock (collection_id) VALUES ({row}.{column});
+    UPDATE cache_clock SET index_version = index_version + 1
+        WHERE collection_id = {row}.{column};
+END;
+"""
+
+_CACHE = (
+    """
+CREATE TABLE cache_clock (
+    collection_id INTEGER PRIMARY KEY,
+    seq INTEGER NOT NULL DEFAULT 0,
+    writes INTEGER NOT NULL DEFAULT 0,
+    index_version INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE cache_doc_changes (
+    collection_id INTEGER NOT NULL,
+    doc_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (collection_id, doc_id)
+) WITHOUT ROWID;
+CREATE TABLE cache_entries (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    collection_id INTEGER NOT NULL,
+    scope TEXT NOT NULL,
+    text_key TEXT NOT NULL,
+    vector BLOB,
+    hits TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    writes INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    last_used REAL NOT NULL,
+    bytes INTEGER NOT NULL,
+    UNIQUE (scope, text_key)
+);
+CREATE INDEX cache_entries_by_use ON cache_entries(last_used);
+CREATE TABLE cache_cites (
+    collection_id INTEGER NOT NULL,
+    doc_id TEXT NOT NULL,
+    entry_id INTEGER NOT NULL REFERENCES cache_entries(id) ON DELETE CASCADE,
+    PRIMARY KEY (collection_id, doc_id, entry_id)
+) WITHOUT ROWID;
+CREATE INDEX cache_cites_by_entry ON cache_cites(entry_id);
+CREATE TABLE cache_stats (name TEXT PRIMARY KEY, value REAL NOT NULL) WITHOUT ROWID;
+INSERT INTO cache_stats (name, value) VALUES ('invalidations', 0);
+CREATE TABLE cache_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+INSERT INTO cache_meta (name, value) VALUES ('store_id', lower(hex(randomblob(16))));
+INSERT INTO cache_meta (name, value) VALUES ('epoch', '0');
+CREATE TRIGGER cache_document_insert AFTER INSERT ON documents BEGIN
+    INSERT OR IGNORE INTO cache_clock (collection_id) VALUES (new.collection_id);
+    UPDATE cache_clock SET writes = writes + 1 WHERE collection_id = new.collection_id;
+END;
+CREATE TRIGGER cache_collection_delete AFTER DELETE ON collections BEGIN
+    DELETE FROM cache_entries WHERE collection_id = old.id;
+END;
+"""
+    + _CACHE_DOCUMENT_TRIGGER.format(event="UPDATE")
+    + _CACHE_DOCUMENT_TRIGGER.format(event="DELETE")
+    + _CACHE_INDEX_TRIGGER.format(
+        table="segments", name="insert", event="INSERT", row="new", column="collection_id"
+    )
+    + _CACHE_INDEX_TRIGGER.format(
+        table="segments", name="delete", event="DELETE", row="old", column="collection_id"
+    )
+    + _CACHE_INDEX_TRIGGER.format(
+        table="collections", name="config", event="UPDATE OF config", row="new", column="id"
+    )
+)
+
 # The schema is built by applying these scripts in order; ``user_version`` counts how many
 # have been applied, so an older store is upgraded in place by running the rest.
-_MIGRATIONS = (_SCHEMA, _SEGMENTS)
+_MIGRATIONS = (_SCHEMA, _SEGMENTS, _CACHE)
 SCHEMA_VERSION = len(_MIGRATIONS)
 
 
@@ -122,6 +218,7 @@ class Database:
             conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
+        self._local.writes = getattr(self._local, "writes", 0) + 1
 
     @contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:
@@ -132,6 +229,15 @@ class Database:
             yield conn
         finally:
             conn.execute("COMMIT")
+
+    def change_stamp(self, conn: sqlite3.Connection) -> tuple[int, int, int]:
+        """A value that stays the same while nothing is committed to the database.
+
+        ``PRAGMA data_version`` changes when another connection commits; this thread's
+        own commits are counted apart. ``conn`` must be this thread's connection.
+        """
+        version = int(conn.execute("PRAGMA data_version").fetchone()[0])
+        return id(conn), version, getattr(self._local, "writes", 0)
 
     def close(self) -> None:
         """Close every connection this object opened."""
@@ -148,6 +254,7 @@ class Database:
         conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
         _retry_locked(lambda: conn.execute("PRAGMA journal_mode = WAL"))
         conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute(f"PRAGMA mmap_size = {MMAP_BYTES}")
         conn.execute("PRAGMA foreign_keys = ON")
         return conn
 

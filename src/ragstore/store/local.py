@@ -5,29 +5,38 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shutil
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
-from ragstore.config import DEFAULT_EMBEDDER, CollectionConfig
+from ragstore.cache import CacheKey, CacheSettings, QueryCache, cache_for, close_cache, open_cache
+from ragstore.cache import configure as use_cache
+from ragstore.cache.keys import check_tenant
+from ragstore.config import DEFAULT_EMBEDDER, CollectionConfig, IndexConfig
 from ragstore.embed import Embedder, get_embedder
 from ragstore.errors import Conflict, InvalidInput, ModelMismatch, NotFound
 from ragstore.filters import Filter, parse_filter
+from ragstore.index.ann import Knobs
 from ragstore.index.base import Matrix
 from ragstore.ingest import pipeline
 from ragstore.ingest.pipeline import ProgressFn
 from ragstore.records import text_records, unit_vector, vector_records
 from ragstore.search import hybrid, keyword
-from ragstore.search.hybrid import Fusion, Mode, Reranker
+from ragstore.search.hybrid import Fusion, Mode, Reranker, SearchResults
 from ragstore.store import rows
 from ragstore.store.db import Database
 from ragstore.store.rows import ChunkRow, DocumentRow
-from ragstore.store.vectors import IndexSync
-from ragstore.types import Document, Hit, IngestReport, StoredDocument
+from ragstore.store.vectors import SegmentedIndex
+from ragstore.types import Document, IngestReport, StoredDocument
+
+INDEX_DIRNAME = "indexes"
+"""Sealed index segments live under ``<store>/indexes/<collection id>/``."""
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -79,11 +88,15 @@ class Store:
         dim: int | None = None,
         chunk_size: int = 256,
         chunk_overlap: int = 32,
+        index: Mapping[str, Any] | IndexConfig | None = None,
     ) -> Collection:
-        """Create a collection; ``embedder=None`` with ``dim`` takes caller-supplied vectors."""
+        """Create a collection; ``embedder=None`` with ``dim`` takes caller-supplied vectors.
+
+        ``index`` chooses the vector index kind and its settings (see :class:`IndexConfig`).
+        """
         _check_name(name)
         model = get_embedder(embedder) if isinstance(embedder, str) else embedder
-        config = _new_config(model, dim, chunk_size, chunk_overlap)
+        config = _new_config(model, dim, chunk_size, chunk_overlap, index)
         with self._db.write() as conn:
             if _collection_row(conn, name) is not None:
                 raise Conflict(f"collection {name!r} already exists")
@@ -132,13 +145,36 @@ class Store:
                 raise NotFound(f"no collection named {name!r}")
             collection_id = row[0]
             keyword.drop_table(conn, collection_id)
-            for table in ("chunks", "documents", "tombstones"):
+            for table in ("chunks", "documents", "tombstones", "segments"):
                 conn.execute(f"DELETE FROM {table} WHERE collection_id = ?", (collection_id,))
             conn.execute("DELETE FROM collections WHERE id = ?", (collection_id,))
         self._open.pop(name, None)
+        shutil.rmtree(self.path / INDEX_DIRNAME / str(collection_id), ignore_errors=True)
+
+    @property
+    def cache(self) -> QueryCache:
+        """The query cache that ``search(..., cache=True)`` uses: by default in-process,
+        persisted in this store."""
+        return cache_for(self._db)
+
+    def configure_cache(
+        self,
+        backend: str = "local",
+        *,
+        url: str | None = None,
+        settings: CacheSettings | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> QueryCache:
+        """Choose the query cache: ``"local"`` (in-process, persisted in the store) or
+        ``"redis"`` with ``url``; ``clock`` replaces ``time.time`` for TTLs."""
+        query_cache = open_cache(self._db, backend, url=url, settings=settings, clock=clock)
+        return use_cache(self._db, query_cache)
 
     def close(self) -> None:
-        """Close the database connections."""
+        """Wait for background index work; close the query cache and the database."""
+        for collection in self._open.values():
+            collection.wait_for_index()
+        close_cache(self._db)
         self._db.close()
 
     def __enter__(self) -> Store:
@@ -164,7 +200,9 @@ class Collection:
         self.id = collection_id
         self.config = config
         self._embedder = embedder
-        self._index = IndexSync(collection_id, config.dim, config.index)
+        self._index = SegmentedIndex(
+            db, db.path.parent / INDEX_DIRNAME, collection_id, config.dim, config.index
+        )
 
     @property
     def embedder(self) -> Embedder | None:
@@ -190,6 +228,25 @@ class Collection:
             pipeline.write_batches(self._target(), ((d, None) for d in docs), report)
         report.seconds = round(time.perf_counter() - started, 3)
         return report
+
+    def upsert_vectors(
+        self,
+        ids: Sequence[str],
+        vectors: Any,
+        metadata: Sequence[Mapping[str, Any]] | None = None,
+    ) -> IngestReport:
+        """Bulk :meth:`upsert` for a vector collection: ids, an ``(n, dim)`` array and
+        optional metadata per row."""
+        matrix = np.asarray(vectors)
+        if matrix.ndim != 2 or len(matrix) != len(ids):
+            raise InvalidInput("vectors must be an array with one row per id", field="vectors")
+        if metadata is not None and len(metadata) != len(ids):
+            raise InvalidInput("metadata must have one entry per id", field="metadata")
+        records = [
+            {"id": doc_id, "vector": row, "metadata": metadata[i] if metadata else {}}
+            for i, (doc_id, row) in enumerate(zip(ids, matrix, strict=True))
+        ]
+        return self.upsert(records)
 
     def ingest(
         self,
@@ -217,7 +274,12 @@ class Collection:
         mmr_lambda: float | None = None,
         reranker: Reranker | None = None,
         highlight: bool = False,
-    ) -> list[Hit]:
+        ef_search: int | None = None,
+        nprobe: int | None = None,
+        explain: bool = False,
+        cache: bool = False,
+        tenant: str | None = None,
+    ) -> SearchResults:
         """The ``k`` best chunks for a text query or a vector, best first.
 
         ``mode`` is ``hybrid`` (the default for text: BM25 and dense results fused by a
@@ -228,6 +290,12 @@ class Collection:
         diversity; ``reranker`` reorders the candidates last; ``highlight`` marks the
         query's words in each hit's ``highlight``. ``where`` restricts hits to
         documents whose metadata match the filter, on both sides, without losing recall.
+        ``ef_search`` (HNSW) and ``nprobe`` (IVF) override the index's search breadth
+        for this query. With ``explain``, the result's ``plan`` says how each side ran.
+        With ``cache``, a text query is answered from the store's query cache when it
+        holds a fresh answer for the same key (``tenant`` partitions the cache); such
+        hits say ``cached="exact"`` or ``"semantic"``. Explained or reranked searches and
+        vector queries always run.
         """
         params = hybrid.SearchParams(
             mode=mode or ("dense" if vector is not None else "hybrid"),
@@ -240,13 +308,115 @@ class Collection:
             group_by_doc=group_by_doc,
             mmr_lambda=mmr_lambda,
             highlight=highlight,
+            ef_search=ef_search,
+            nprobe=nprobe,
+            explain=explain,
         )
+        tenant = check_tenant(tenant)
+        if cache and vector is None and reranker is None and not explain and _has_text(query):
+            return self._cached_search(str(query), params, tenant)
         query_vector = self._query_vector(query, vector, params.mode)
+        return self._run(query, query_vector, params, reranker)
+
+    def _run(
+        self,
+        query: str | None,
+        query_vector: Matrix | None,
+        params: hybrid.SearchParams,
+        reranker: Reranker | None,
+    ) -> SearchResults:
         with self._index.lock, self._db.read() as conn:
-            index = self._index.current(conn) if query_vector is not None else None
+            index = None
+            if query_vector is not None:
+                self._index.catch_up(conn)
+                index = self._index
             return hybrid.run(
                 conn, self.id, index, params, text=query, vector=query_vector, reranker=reranker
             )
+
+    def _cached_search(
+        self, query: str, params: hybrid.SearchParams, tenant: str | None
+    ) -> SearchResults:
+        """Serve the search from the store's query cache, or run it and remember it."""
+        key = CacheKey(self.id, self.name, self.config, query, params, tenant)
+        hits = cache_for(self._db).search(
+            key,
+            embed=lambda: self._query_vector(query, None, params.mode),
+            run=lambda query_vector: self._run(query, query_vector, params, None),
+        )
+        return hits if isinstance(hits, SearchResults) else SearchResults(hits)
+
+    def search_vectors(
+        self,
+        vector: Any,
+        k: int = 10,
+        *,
+        where: Mapping[str, Any] | None = None,
+        ef_search: int | None = None,
+        nprobe: int | None = None,
+    ) -> tuple[list[str], npt.NDArray[np.float32]]:
+        """Dense search returning only chunk-level document ids and scores, best first.
+
+        The lean path under :meth:`search`: no fusion, no hit bodies. A document with
+        several matching chunks appears once per chunk.
+        """
+        params = hybrid.SearchParams(
+            mode="dense", k=k, where=parse_filter(where), ef_search=ef_search, nprobe=nprobe
+        )
+        query = unit_vector(vector, self.config.dim, "vector")
+        with self._index.lock, self._db.read() as conn:
+            self._index.catch_up(conn)
+            allowed = None
+            if params.where is not None:
+                allowed = self._index.allowed(conn, params.where)
+            found = self._index.search(query, k, allowed, params.knobs)
+            doc_ids = rows.doc_ids_of_chunks(conn, found.ids.tolist())
+        return doc_ids, found.scores
+
+    def wait_for_index(self) -> None:
+        """Wait until background sealing and merging have finished."""
+        self._index.wait()
+
+    def optimize(self) -> None:
+        """Seal the growing segment, merge segments and rebuild stale ones now; blocks."""
+        self._index.optimize()
+
+    def rebuild_index(self, index: Mapping[str, Any] | IndexConfig) -> None:
+        """Switch to another index kind or settings and rebuild every segment now."""
+        settings = index.model_dump() if isinstance(index, IndexConfig) else dict(index)
+        merged = self.config.index.model_dump() | settings
+        config = CollectionConfig.parse(self.config.model_dump() | {"index": merged})
+        with self._db.write() as conn:
+            conn.execute(
+                "UPDATE collections SET config = ? WHERE id = ?", (config.to_json(), self.id)
+            )
+        self.config = config
+        self._index.config = config.index
+        self._index.optimize()
+
+    def check_recall(self, sample: int = 100, k: int = 10, seed: int = 0) -> dict[str, Any]:
+        """Recall@k of the index against exact search, with ``sample`` stored vectors
+        (drawn at random) as the queries."""
+        if isinstance(sample, bool) or not isinstance(sample, int) or not 1 <= sample <= 100_000:
+            raise InvalidInput("sample must be an integer from 1 to 100000", field="sample")
+        with self._index.lock, self._db.read() as conn:
+            self._index.catch_up(conn)
+            queries = rows.sample_vectors(conn, self.id, sample, self.config.dim, seed)
+            if not len(queries):
+                return {"k": k, "queries": 0, "recall": None}
+            truth = self._index.exact(queries, k)
+            found = [self._index.search(q, k, None, Knobs()).ids for q in queries]
+        recalls = [
+            len(set(f.tolist()) & set(t[t >= 0].tolist())) / max(int((t >= 0).sum()), 1)
+            for f, t in zip(found, truth, strict=True)
+        ]
+        return {"k": k, "queries": len(queries), "recall": round(float(np.mean(recalls)), 4)}
+
+    def index_stats(self) -> dict[str, Any]:
+        """The index's segments: kind, vectors, deleted, bytes and bytes per vector."""
+        with self._index.lock, self._db.read() as conn:
+            self._index.catch_up(conn)
+            return self._index.stats()
 
     def get(self, ids: Sequence[str]) -> list[StoredDocument]:
         """Stored documents by id, in the order asked; unknown ids are left out."""
@@ -335,6 +505,10 @@ def _vector_document_hash(doc: Document, vector: np.ndarray) -> str:
     return digest.hexdigest()
 
 
+def _has_text(query: object) -> bool:
+    return isinstance(query, str) and bool(query.strip())
+
+
 def _check_name(name: str) -> None:
     if not isinstance(name, str) or not _NAME.match(name):
         raise InvalidInput(
@@ -344,7 +518,11 @@ def _check_name(name: str) -> None:
 
 
 def _new_config(
-    model: Embedder | None, dim: int | None, chunk_size: int, chunk_overlap: int
+    model: Embedder | None,
+    dim: int | None,
+    chunk_size: int,
+    chunk_overlap: int,
+    index: Mapping[str, Any] | IndexConfig | None,
 ) -> CollectionConfig:
     if model is None and dim is None:
         raise InvalidInput("a collection without an embedder needs dim", field="dim")
@@ -356,6 +534,7 @@ def _new_config(
             "embedder_version": model.version if model else None,
             "dim": model.dim if model else dim,
             "chunking": {"chunk_size": chunk_size, "chunk_overlap": chunk_overlap},
+            "index": index.model_dump() if isinstance(index, IndexConfig) else dict(index or {}),
         }
     )
 

@@ -21,7 +21,7 @@ import os
 import secrets
 import shutil
 import zlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -150,7 +150,8 @@ class SealedSegment:
         found, scores = ann.search(self.index, kind, query, fetch, widened, bits)
         found = found[found >= 0]
         plan |= {"plan": "ann" if bits is None else "ann + filter bitmap"}
-        plan |= {name: value for name, value in asdict(widened).items() if value is not None}
+        plan |= {"ef_search": widened.ef_search} if widened.ef_search else {}
+        plan |= {"nprobe": widened.nprobe} if widened.nprobe else {}
         if len(found) < min(k, matching):
             return self._exact(query, k, positions, plan | {"plan": "exact (ann found too few)"})
         if kind in ann.COMPRESSED:
@@ -234,8 +235,9 @@ def load(root: Path, row: SegmentRow, dim: int) -> SealedSegment:
             if _crc32(directory / filename) != row.files["crc32"][filename]:
                 raise SegmentDamaged(f"{directory / filename}: checksum mismatch")
         index = ann.read(str(directory / INDEX_FILE))
-        ids = np.load(directory / IDS_FILE, mmap_mode="r")
-        vectors = np.load(directory / VECTORS_FILE, mmap_mode="r")
+        # Plain ndarray views of the maps: indexing a np.memmap costs more per call.
+        ids = np.asarray(np.load(directory / IDS_FILE, mmap_mode="r"))
+        vectors = np.asarray(np.load(directory / VECTORS_FILE, mmap_mode="r"))
     except (OSError, ValueError, RuntimeError, KeyError) as exc:
         raise SegmentDamaged(f"{directory}: {exc}") from exc
     if index.ntotal != len(ids) or vectors.shape != (len(ids), dim):

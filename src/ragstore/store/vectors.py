@@ -27,10 +27,12 @@ from typing import Any
 import numpy as np
 
 from ragstore.config import IndexConfig
+from ragstore.filters import Filter
 from ragstore.index import FlatIndex, ann
 from ragstore.index.base import Ids, Matrix, Scores
 from ragstore.store import rows, segments
 from ragstore.store.db import Database
+from ragstore.store.payload import PayloadIndex
 from ragstore.store.segments import SealedSegment, SegmentDamaged, SegmentRow
 
 log = logging.getLogger(__name__)
@@ -78,6 +80,8 @@ class SegmentedIndex:
         self._last_chunk = 0
         self._last_tombstone = 0
         self._repairs: list[tuple[SegmentRow, str]] = []
+        self._payload = PayloadIndex(collection_id)
+        self._synced_at: dict[int, tuple[int, int, int]] = {}
 
     # -- reading ---------------------------------------------------------------------
 
@@ -86,8 +90,16 @@ class SegmentedIndex:
 
         The caller holds :attr:`lock` and keeps the transaction open while it searches.
         """
+        stamp = self._db.change_stamp(conn)
+        if self._loaded and self._synced_at.get(stamp[0]) == stamp:
+            return  # nothing was committed since this connection last caught up
         self._sync(conn)
+        self._synced_at[stamp[0]] = stamp
         self._start_background_work()
+
+    def allowed(self, conn: sqlite3.Connection, where: Filter) -> Ids:
+        """Ids of the chunks a filter lets through, from in-memory metadata columns."""
+        return self._payload.allowed(conn, where)
 
     def search(self, query: Matrix, k: int, allowed: Ids | None, knobs: ann.Knobs) -> DenseResult:
         """The ``k`` best live chunks over every segment, only ``allowed`` ones if given."""
@@ -176,6 +188,7 @@ class SegmentedIndex:
     # -- catching up -----------------------------------------------------------------
 
     def _reload(self, conn: sqlite3.Connection) -> None:
+        self._payload = PayloadIndex(self._collection_id)
         self._growing = FlatIndex(self._dim)
         self._sealed = {}
         self._last_chunk = 0

@@ -1,0 +1,368 @@
+"""The query cache in front of search: exact and semantic levels, freshness checks,
+TTLs, statistics, and the rule that a failing backend never fails a search."""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import json
+import logging
+import threading
+import time
+import weakref
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any, Literal, TypeVar
+
+import numpy as np
+
+from ragstore.cache import freshness, keys
+from ragstore.cache.base import CacheBackend, Entry, Vector
+from ragstore.cache.settings import CacheSettings
+from ragstore.config import CollectionConfig
+from ragstore.errors import StoreError
+from ragstore.search import keyword
+from ragstore.store.db import Database
+from ragstore.types import Hit
+
+logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+Level = Literal["exact", "semantic"]
+ClockFn = Callable[[], float]
+STATS_FLUSH_S = 5.0
+"""Counters are saved with every stored entry, and at least this often while serving."""
+LATENCIES_KEPT = 10_000
+COUNTERS = (
+    "exact_hits",
+    "semantic_hits",
+    "misses",
+    "evictions",
+    "invalidations",
+    "expirations",
+    "hit_seconds",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class CacheKey:
+    """What a cached search is asked with (``params`` is a ``SearchParams``)."""
+
+    collection_id: int
+    collection_name: str
+    config: CollectionConfig
+    text: str
+    params: Any
+    tenant: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CacheStats:
+    """Counters since the store's cache was created, plus the current size.
+
+    ``hit_ms_mean`` is over every hit recorded; ``hit_ms_p50``/``hit_ms_p99`` over this
+    process's recent hits (``None`` before the first).
+    """
+
+    backend: str
+    entries: int
+    bytes: int
+    exact_hits: int
+    semantic_hits: int
+    misses: int
+    evictions: int
+    invalidations: int
+    expirations: int
+    hit_ms_mean: float | None
+    hit_ms_p50: float | None
+    hit_ms_p99: float | None
+
+    @property
+    def hit_rate(self) -> float:
+        """Share of cached lookups answered from the cache."""
+        hits = self.exact_hits + self.semantic_hits
+        return hits / (hits + self.misses) if hits + self.misses else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form."""
+        out = {name: getattr(self, name) for name in self.__slots__}
+        out["hit_rate"] = round(self.hit_rate, 4)
+        return out
+
+
+@dataclass(slots=True)
+class _Lookup:
+    """A search on its way through the cache."""
+
+    key: CacheKey
+    collection_id: int
+    scope: str
+    text_key: str
+    clock: freshness.Clock
+    semantic: bool
+    started: float
+
+
+class QueryCache:
+    """Answers repeated and paraphrased searches from earlier results, never stale ones.
+
+    An entry is served only when it is unexpired, computed under the same scope (see
+    ``keys``) and no document it cites was updated or deleted after it was computed (see
+    ``freshness``). When the backend fails, the search runs uncached and a warning is
+    logged once per outage.
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        backend: CacheBackend,
+        settings: CacheSettings,
+        *,
+        backend_name: str,
+        clock: ClockFn = time.time,
+    ) -> None:
+        self.settings = settings
+        self.backend = backend
+        self.backend_name = backend_name
+        self._db = db
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._synced: dict[int, int] = {}
+        self._epoch: int | None = None
+        self._configs: dict[int, tuple[CollectionConfig, str]] = {}
+        self._pending: Counter[str] = Counter()
+        self._latencies: deque[float] = deque(maxlen=LATENCIES_KEPT)
+        self._flushed_at = time.monotonic()
+        self._failing = False
+        self._at_exit = functools.partial(_flush_at_exit, weakref.ref(self))
+        atexit.register(self._at_exit)
+
+    def search(
+        self,
+        key: CacheKey,
+        *,
+        embed: Callable[[], Vector | None],
+        run: Callable[[Vector | None], list[Hit]],
+    ) -> list[Hit]:
+        """The hits for ``key``: from the cache when it holds a fresh answer, otherwise
+        from ``run`` (given the query vector from ``embed``), then remembered."""
+        lookup = self._guard(lambda: self._begin(key), backend=False)
+        if lookup is None:
+            return run(embed())
+        hits = self._guard(lambda: self._exact(lookup))
+        if hits is not None:
+            return hits
+        vector = embed()
+        if vector is not None and lookup.semantic:
+            lookup.started = time.perf_counter()
+            hits = self._guard(lambda: self._semantic(lookup, vector))
+            if hits is not None:
+                return hits
+        self._count("misses")
+        hits = run(vector)
+        self._guard(lambda: self._store(lookup, vector, hits))
+        return hits
+
+    def stats(self) -> CacheStats:
+        """Counters, size and hit latency."""
+        self.flush()
+        saved = self.backend.read_stats()
+        entries, size = self.backend.size()
+        hits = saved.get("exact_hits", 0) + saved.get("semantic_hits", 0)
+        seconds = saved.get("hit_seconds", 0.0)
+        recent = sorted(self._latencies)
+        return CacheStats(
+            backend=self.backend_name,
+            entries=entries,
+            bytes=size,
+            exact_hits=int(saved.get("exact_hits", 0)),
+            semantic_hits=int(saved.get("semantic_hits", 0)),
+            misses=int(saved.get("misses", 0)),
+            evictions=int(saved.get("evictions", 0)),
+            invalidations=int(saved.get("invalidations", 0)),
+            expirations=int(saved.get("expirations", 0)),
+            hit_ms_mean=round(seconds / hits * 1000, 4) if hits else None,
+            hit_ms_p50=_percentile(recent, 50),
+            hit_ms_p99=_percentile(recent, 99),
+        )
+
+    def clear(self) -> int:
+        """Drop every entry; returns how many there were."""
+        with self._lock:
+            self._synced.clear()
+        return self.backend.clear()
+
+    def flush(self) -> None:
+        """Save the counters gathered in this process."""
+        with self._lock:
+            pending, self._pending = self._pending, Counter()
+            self._flushed_at = time.monotonic()
+        if pending:
+            self.backend.add_stats(pending)
+
+    def close(self) -> None:
+        """Save counters and release the backend's connections."""
+        atexit.unregister(self._at_exit)
+        self._guard(self.flush)
+        self.backend.close()
+
+    # ------------------------------------------------------------------ lookup steps
+
+    def _begin(self, key: CacheKey) -> _Lookup | None:
+        params = keys.params_json(key.params)
+        if params is None:
+            return None
+        clock = freshness.read_clock(self._db.connection(), key.collection_id)
+        self._sync(key.collection_id, clock)
+        scope = keys.scope_key(
+            (key.collection_id, key.collection_name),
+            self._config_json(key.collection_id, key.config),
+            clock.index_version,
+            key.tenant,
+            params,
+        )
+        semantic = self.settings.semantic and params.get("mode") != "keyword"
+        text_key = keys.normalize(key.text)
+        return _Lookup(
+            key, key.collection_id, scope, text_key, clock, semantic, time.perf_counter()
+        )
+
+    def _exact(self, lookup: _Lookup) -> list[Hit] | None:
+        entry = self.backend.get(lookup.scope, lookup.text_key)
+        if entry is None or not self._usable(entry, lookup):
+            return None
+        return self._serve(entry, lookup, "exact")
+
+    def _semantic(self, lookup: _Lookup, vector: Vector) -> list[Hit] | None:
+        found = self.backend.nearest(lookup.scope, np.ascontiguousarray(vector, np.float32))
+        if found is None or found[1] < self.settings.threshold:
+            return None
+        entry = found[0]
+        if not self._usable(entry, lookup):
+            return None
+        return self._serve(entry, lookup, "semantic")
+
+    def _store(self, lookup: _Lookup, vector: Vector | None, hits: list[Hit]) -> None:
+        cites = tuple(sorted({hit.doc_id for hit in hits}))
+        conn = self._db.connection()
+        if freshness.changed_since(conn, lookup.collection_id, cites, lookup.clock.seq):
+            return  # a cited document changed while the search ran
+        now = self._clock()
+        youngest = freshness.youngest_update(conn, lookup.collection_id, cites)
+        ttl = self.settings.ttl.seconds(None if youngest is None else now - youngest)
+        entry = Entry(
+            collection_id=lookup.collection_id,
+            scope=lookup.scope,
+            text_key=lookup.text_key,
+            hits=json.dumps([_stored(hit) for hit in hits], ensure_ascii=False),
+            cites=cites,
+            vector=None if vector is None else _vector_bytes(vector),
+            seq=lookup.clock.seq,
+            writes=lookup.clock.writes,
+            created_at=now,
+            expires_at=now + ttl,
+        )
+        evicted = self.backend.put(entry, now)
+        self._count("evictions", evicted)
+        self.flush()
+
+    def _usable(self, entry: Entry, lookup: _Lookup) -> bool:
+        """Unexpired and fresh; drops the entry (and counts why) when it is not."""
+        if entry.expires_at <= self._clock():
+            self.backend.remove(entry)
+            self._count("expirations")
+            return False
+        if self.settings.strict and entry.writes < lookup.clock.writes:
+            self.backend.remove(entry)
+            self._count("invalidations")
+            return False
+        if entry.seq < lookup.clock.seq:
+            conn = self._db.connection()
+            if freshness.changed_since(conn, lookup.collection_id, entry.cites, entry.seq):
+                self.backend.remove(entry)
+                self._count("invalidations")
+                return False
+            entry.seq = lookup.clock.seq  # verified up to now: skip the check next time
+        return True
+
+    def _serve(self, entry: Entry, lookup: _Lookup, level: Level) -> list[Hit]:
+        self.backend.touch(entry, self._clock())
+        hits = [Hit(**{**data, "cached": level}) for data in json.loads(entry.hits)]
+        if level == "semantic" and lookup.key.params.highlight:
+            text = lookup.key.text
+            hits = [replace(hit, highlight=keyword.highlight(hit.text, text)) for hit in hits]
+        elapsed = time.perf_counter() - lookup.started
+        self._count(f"{level}_hits")
+        self._count("hit_seconds", elapsed)
+        self._latencies.append(elapsed * 1000)
+        if time.monotonic() - self._flushed_at > STATS_FLUSH_S:
+            self.flush()
+        return hits
+
+    # ------------------------------------------------------------------ bookkeeping
+
+    def _sync(self, collection_id: int, clock: freshness.Clock) -> None:
+        """Drop entries citing documents changed since this process last looked."""
+        if clock.epoch != self._epoch:
+            if self._epoch is not None:
+                self.backend.reset()
+            self._epoch = clock.epoch
+        seen = self._synced.get(collection_id)
+        if seen is None or clock.seq <= seen:
+            self._synced.setdefault(collection_id, clock.seq)
+            return
+        changed = freshness.changes_after(self._db.connection(), collection_id, seen)
+        self._count("invalidations", self.backend.invalidate(collection_id, changed))
+        self._synced[collection_id] = clock.seq
+
+    def _config_json(self, collection_id: int, config: CollectionConfig) -> str:
+        known = self._configs.get(collection_id)
+        if known is None or known[0] is not config:
+            known = config, keys.config_json(config)
+            self._configs[collection_id] = known
+        return known[1]
+
+    def _count(self, name: str, amount: float = 1) -> None:
+        if amount:
+            with self._lock:
+                self._pending[name] += amount  # type: ignore[assignment]
+
+    def _guard(self, action: Callable[[], _T], *, backend: bool = True) -> _T | None:
+        """Run a cache step; on a failure log once per outage, and answer ``None``.
+
+        Only a step that reached the backend (``backend``) ends an outage."""
+        errors: tuple[type[Exception], ...] = (*self.backend.errors, StoreError)
+        try:
+            result = action()
+        except errors as exc:
+            if not self._failing:
+                logger.warning("query cache unavailable, searching uncached: %s", exc)
+            self._failing = True
+            return None
+        if self._failing and backend:
+            logger.info("query cache available again")
+            self._failing = False
+        return result
+
+
+def _stored(hit: Hit) -> dict[str, Any]:
+    data = hit.to_dict()
+    data.pop("cached", None)
+    return data
+
+
+def _vector_bytes(vector: Vector) -> bytes:
+    return np.ascontiguousarray(vector, dtype=np.float32).reshape(-1).tobytes()
+
+
+def _percentile(sorted_ms: list[float], q: float) -> float | None:
+    if not sorted_ms:
+        return None
+    return round(float(np.percentile(sorted_ms, q)), 4)
+
+
+def _flush_at_exit(ref: weakref.ref[QueryCache]) -> None:
+    cache = ref()
+    if cache is not None:
+        cache._guard(cache.flush)
