@@ -24,7 +24,7 @@ def column_and_sql_ids(col: Collection, raw: object) -> tuple[list[int], list[in
     where = parse_filter(raw)
     assert where is not None
     with col._index.lock, col._db.read() as conn:
-        from_columns = sorted(col._index.allowed(conn, where).tolist())
+        from_columns = np.flatnonzero(col._index.allowed(conn, where)).tolist()
         from_sql = sorted(rows.allowed_chunk_ids(conn, col.id, where).tolist())
     return from_columns, from_sql
 

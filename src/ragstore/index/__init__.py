@@ -1,6 +1,6 @@
-"""Vector indexes: the seam every index kind implements, and the kinds by name."""
+"""Vector indexes: the exact growing-segment index, and the FAISS kinds sealed segments use."""
 
-from ragstore.index.base import IndexFactory, VectorIndex, create_index
+from ragstore.index.base import AllowedMask, Ids, Matrix, Scores, id_mask
 from ragstore.index.flat import FlatIndex
 
-__all__ = ["FlatIndex", "IndexFactory", "VectorIndex", "create_index"]
+__all__ = ["AllowedMask", "FlatIndex", "Ids", "Matrix", "Scores", "id_mask"]

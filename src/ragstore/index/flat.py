@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from ragstore.index.base import Ids, Matrix, Scores, register_index
+from ragstore.index.base import AllowedMask, Ids, Matrix, Scores, lookup
 
 _INITIAL_CAPACITY = 1024
 
@@ -81,16 +81,16 @@ class FlatIndex:
         self._vectors = vectors
         self._row_of = {chunk_id: row for row, chunk_id in enumerate(ids.tolist())}
 
-    def search(self, query: Matrix, k: int, allowed: Ids | None = None) -> tuple[Ids, Scores]:
+    def search(
+        self, query: Matrix, k: int, allowed: AllowedMask | None = None
+    ) -> tuple[Ids, Scores]:
         """Exact top-k by inner product, over all vectors or only the allowed ids."""
         size = len(self._row_of)
         rows: Ids | None = None
         if allowed is None:
             scores = self._vectors[:size] @ query
         else:
-            rows = np.fromiter(
-                (self._row_of[i] for i in allowed.tolist() if i in self._row_of), dtype=np.int64
-            )
+            rows = np.flatnonzero(lookup(allowed, self._ids[:size]))
             scores = self._vectors[rows] @ query
         if k <= 0 or scores.size == 0:
             return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
@@ -135,6 +135,3 @@ def top_k(scores: Scores, k: int) -> Ids:
     candidates = np.argpartition(-scores, k - 1)[:k] if k < scores.size else np.arange(scores.size)
     order = np.lexsort((candidates, -scores[candidates]))
     return candidates[order].astype(np.int64)
-
-
-register_index("flat", FlatIndex)

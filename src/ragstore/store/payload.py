@@ -23,7 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ragstore.filters import And, Compare, Filter, Not, Or, matches
-from ragstore.index.base import Ids
+from ragstore.index.base import AllowedMask, Ids, id_mask
 from ragstore.store import rows
 
 MAX_DISTINCT = 65_536
@@ -80,14 +80,15 @@ class PayloadIndex:
         self._columns: dict[tuple[str, ...], _Column] = {}
         self._last_chunk = 0
 
-    def allowed(self, conn: sqlite3.Connection, where: Filter) -> Ids:
-        """Ids of the chunks whose documents match ``where``, as of ``conn``'s snapshot
-        (deleted chunks may be among them). Callers serialise access."""
+    def allowed(self, conn: sqlite3.Connection, where: Filter) -> AllowedMask:
+        """The chunks whose documents match ``where``, as of ``conn``'s snapshot (deleted
+        chunks may be among them). Callers serialise access."""
         self._catch_up(conn)
         if any(self._column(conn, path).too_varied for path in _paths(where)):
-            return rows.allowed_chunk_ids(conn, self._collection_id, where)
-        ids: Ids = self._chunk_ids[self._mask(where)]
-        return ids
+            return id_mask(rows.allowed_chunk_ids(conn, self._collection_id, where))
+        mask = np.zeros(self._last_chunk + 1, dtype=bool)
+        mask[self._chunk_ids] = self._mask(where)
+        return mask
 
     def _mask(self, where: Filter) -> Mask:
         match where:

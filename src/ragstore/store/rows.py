@@ -274,13 +274,14 @@ def replace_segments(
     return int(cursor.lastrowid or 0)
 
 
-def update_segment(conn: sqlite3.Connection, segment_id: int, new: SegmentValues) -> None:
-    """Point a manifest row at rebuilt files (same chunk range)."""
+def update_segment(conn: sqlite3.Connection, segment_id: int, new: SegmentValues) -> bool:
+    """Point a manifest row at rebuilt files (same chunk range); ``False`` if it is gone."""
     kind, vectors, _, _, files = new
-    conn.execute(
+    cursor = conn.execute(
         "UPDATE segments SET kind = ?, vectors = ?, files = ? WHERE id = ?",
         (kind, vectors, json.dumps(files, sort_keys=True), segment_id),
     )
+    return cursor.rowcount > 0
 
 
 def sample_vectors(

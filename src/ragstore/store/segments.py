@@ -26,10 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from ragstore.config import IndexConfig, IndexKind
 from ragstore.index import ann
-from ragstore.index.base import Ids, Matrix, Scores
+from ragstore.index.base import AllowedMask, Ids, Matrix, Scores, lookup
 from ragstore.index.flat import top_k
 
 INDEX_FILE = "index.faiss"
@@ -107,6 +108,11 @@ class SealedSegment:
         live: Ids = found[self.live[found]].astype(np.int64)
         return live
 
+    def allowed_here(self, allowed: AllowedMask) -> npt.NDArray[np.bool_]:
+        """Per position: live and let through by ``allowed``."""
+        here: npt.NDArray[np.bool_] = lookup(allowed, self.ids) & self.live
+        return here
+
     def mark_deleted(self, chunk_ids: Ids) -> None:
         """Mask out chunks that were deleted or replaced; absent ids are ignored."""
         found = self.positions(np.sort(chunk_ids))
@@ -120,9 +126,14 @@ class SealedSegment:
         return np.flatnonzero(self.live).astype(np.int64)
 
     def search(
-        self, query: Matrix, k: int, allowed: Ids | None, knobs: ann.Knobs, config: IndexConfig
+        self,
+        query: Matrix,
+        k: int,
+        allowed: AllowedMask | None,
+        knobs: ann.Knobs,
+        config: IndexConfig,
     ) -> SegmentSearch:
-        """Best ``k`` live chunks, restricted to ``allowed`` chunk ids (sorted) if given.
+        """Best ``k`` live chunks, restricted to the ``allowed`` ones if given.
 
         A filter that matches few vectors is searched exactly over them; otherwise the
         index searches with a bitmap of the allowed positions and a search breadth
@@ -132,8 +143,10 @@ class SealedSegment:
         kind = self.row.kind
         plan: dict[str, Any] = {"segment": self.row.id, "kind": kind, "vectors": self.size}
         positions: Ids | None = None
+        here: npt.NDArray[np.bool_] | None = None
         if allowed is not None:
-            positions = self.positions(allowed)
+            here = self.allowed_here(allowed)
+            positions = np.flatnonzero(here)
             matching = len(positions)
             plan["matching"] = matching
         else:
@@ -144,7 +157,7 @@ class SealedSegment:
         if kind == "flat" or (positions is not None and matching <= exact_limit):
             return self._exact(query, k, positions, plan | {"plan": "exact"})
         share = matching / self.size
-        bits = self._bitmap(positions)
+        bits = self._bitmap(here)
         fetch = k * config.rerank if kind in ann.COMPRESSED else k
         widened = _widen(kind, knobs, config, share)
         found, scores = ann.search(self.index, kind, query, fetch, widened, bits)
@@ -172,16 +185,14 @@ class SealedSegment:
         chosen = positions[best]
         return SegmentSearch(self.ids[chosen].astype(np.int64), scores[best], plan)
 
-    def _bitmap(self, positions: Ids | None) -> np.ndarray | None:
-        if positions is None:
-            if self.deleted == 0:
-                return None
-            if self._live_bits is None:
-                self._live_bits = np.packbits(self.live, bitorder="little")
-            return self._live_bits
-        mask = np.zeros(self.size, dtype=bool)
-        mask[positions] = True
-        return np.packbits(mask, bitorder="little")
+    def _bitmap(self, here: npt.NDArray[np.bool_] | None) -> npt.NDArray[np.uint8] | None:
+        if here is not None:
+            return np.packbits(here, bitorder="little")
+        if self.deleted == 0:
+            return None
+        if self._live_bits is None:
+            self._live_bits = np.packbits(self.live, bitorder="little")
+        return self._live_bits
 
 
 _NO_IDS: Ids = np.empty(0, dtype=np.int64)

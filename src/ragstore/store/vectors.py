@@ -29,7 +29,7 @@ import numpy as np
 from ragstore.config import IndexConfig
 from ragstore.filters import Filter
 from ragstore.index import FlatIndex, ann
-from ragstore.index.base import Ids, Matrix, Scores
+from ragstore.index.base import AllowedMask, Ids, Matrix, Scores
 from ragstore.store import rows, segments
 from ragstore.store.db import Database
 from ragstore.store.payload import PayloadIndex
@@ -97,14 +97,14 @@ class SegmentedIndex:
         self._synced_at[stamp[0]] = stamp
         self._start_background_work()
 
-    def allowed(self, conn: sqlite3.Connection, where: Filter) -> Ids:
-        """Ids of the chunks a filter lets through, from in-memory metadata columns."""
+    def allowed(self, conn: sqlite3.Connection, where: Filter) -> AllowedMask:
+        """The chunks a filter lets through, from in-memory metadata columns."""
         return self._payload.allowed(conn, where)
 
-    def search(self, query: Matrix, k: int, allowed: Ids | None, knobs: ann.Knobs) -> DenseResult:
+    def search(
+        self, query: Matrix, k: int, allowed: AllowedMask | None, knobs: ann.Knobs
+    ) -> DenseResult:
         """The ``k`` best live chunks over every segment, only ``allowed`` ones if given."""
-        if allowed is not None:
-            allowed = np.unique(allowed)
         results = []
         plan: list[dict[str, Any]] = []
         for segment in self._sealed.values():
@@ -240,8 +240,10 @@ class SegmentedIndex:
         for fresh, old_directory in repairs:
             values = (fresh.kind, fresh.vectors, fresh.first_chunk, fresh.last_chunk, fresh.files)
             with self._db.write() as conn:
-                rows.update_segment(conn, fresh.id, values)
-            segments.remove_files(self._segment_root, old_directory)
+                current = rows.update_segment(conn, fresh.id, values)
+            # A segment merged away meanwhile by another process leaves its repair unused.
+            stale = old_directory if current else fresh.directory_name
+            segments.remove_files(self._segment_root, stale)
 
     def _apply_tombstones(self, conn: sqlite3.Connection) -> None:
         removed, self._last_tombstone = rows.tombstones_after(
