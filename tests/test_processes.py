@@ -110,6 +110,24 @@ def test_kill_9_during_index_builds_leaves_a_working_index(tmp_path: Path) -> No
         assert col.index_stats()["segments"][0]["kind"] == col.config.index.kind
 
 
+def test_a_segment_sealed_by_another_process_is_adopted(tmp_path: Path) -> None:
+    store_path = tmp_path / "store"
+    vectors = np.random.default_rng(8).normal(size=(3000, 16)).astype(np.float32)
+    with ragstore.open(store_path) as store:
+        col = store.create_collection("ann", embedder=None, dim=16, index={"kind": "hnsw"})
+        col.upsert_vectors([str(i) for i in range(3000)], vectors)
+        assert col.search_vectors(vectors[5], 1)[0] == ["5"]  # all in the growing segment
+        subprocess.run([sys.executable, WORKERS, "optimize", str(store_path)], check=True)
+        col.delete(["6"])
+        stats = col.index_stats()
+        assert [(s["kind"], s["vectors"], s["deleted"]) for s in stats["segments"]] == [
+            ("hnsw", 3000, 1),
+            ("flat", 0, 0),
+        ]
+        assert col.search_vectors(vectors[5], 1)[0] == ["5"]
+        assert "6" not in col.search_vectors(vectors[6], 10)[0]
+
+
 def wait_for_documents(db: Path, proc: subprocess.Popen[bytes]) -> int:
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:

@@ -65,5 +65,8 @@ if __name__ == "__main__":
         writer(path, rest[0], int(rest[1]))
     elif role == "rebuilder":
         rebuilder(path)
+    elif role == "optimize":
+        with ragstore.open(path) as store:
+            store.get_collection("ann").optimize()
     else:
         reader(path, float(rest[0]))
