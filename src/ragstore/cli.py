@@ -373,6 +373,43 @@ def cache_clear(obj: Context) -> None:
     click.echo(f"cleared {dropped} cached answer(s)")
 
 
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8000, show_default=True, type=int, help="Port to listen on.")
+@click.option(
+    "--keys",
+    "keys_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    envvar="RAGSTORE_KEYS_FILE",
+    help="API key file (env RAGSTORE_KEYS_FILE; or the keys as JSON in env RAGSTORE_KEYS).",
+)
+@click.option("--limits", "limits_json", help="Limits as JSON, e.g. '{\"max_batch\": 500}'.")
+@pass_context
+def serve(
+    obj: Context, host: str, port: int, keys_file: Path | None, limits_json: str | None
+) -> None:
+    """Serve the store over HTTP (routes under /v1, /healthz, /readyz, /metrics).
+
+    Without API keys it listens only on a loopback address.
+    """
+    import os
+
+    from ragstore.server import Limits, ServerSettings
+    from ragstore.server import serve as run_server
+
+    with _failures():
+        limits = Limits.model_validate(_parse_json_option(limits_json, "--limits") or {})
+        settings = ServerSettings(
+            store_path=obj.store_path,
+            host=host,
+            port=port,
+            keys_file=keys_file,
+            keys_json=os.environ.get("RAGSTORE_KEYS"),
+            limits=limits,
+        )
+        run_server(settings)
+
+
 def _query_cache(obj: Context) -> QueryCache:
     redis_url = click.get_current_context().meta.get("cache_redis")
     if redis_url is None:

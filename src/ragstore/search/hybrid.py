@@ -18,7 +18,7 @@ import numpy as np
 from ragstore.errors import InvalidInput
 from ragstore.filters import Filter, to_json
 from ragstore.index.ann import Knobs
-from ragstore.index.base import Matrix
+from ragstore.index.base import AllowedMask, Matrix
 from ragstore.search import fusion, keyword
 from ragstore.store import rows
 from ragstore.store.vectors import SegmentedIndex
@@ -113,7 +113,7 @@ class Side:
 def run(
     conn: sqlite3.Connection,
     collection_id: int,
-    index: SegmentedIndex | None,
+    index: SegmentedIndex,
     params: SearchParams,
     *,
     text: str | None,
@@ -122,12 +122,15 @@ def run(
 ) -> SearchResults:
     """Execute one search inside the caller's read transaction.
 
-    Candidates stay ``(chunk id, score)`` pairs until the end; only the hits returned
-    (or handed to the reranker) are read in full.
+    ``index`` must be caught up when ``vector`` is given. The filter is evaluated once, on
+    the index's metadata columns, and restricts both sides. Candidates stay
+    ``(chunk id, score)`` pairs until the end; only the hits returned (or handed to the
+    reranker) are read in full.
     """
     depth = params.candidates
-    dense = _dense(conn, collection_id, index, vector, params, depth)
-    lexical = _keyword(conn, collection_id, text, params.where, depth, params.mode)
+    allowed = None if params.where is None else index.allowed(conn, params.where)
+    dense = _dense(index, vector, allowed, params, depth)
+    lexical = _keyword(conn, collection_id, text, allowed, depth, params.mode)
     ranked = _fuse(params, dense, lexical)
     if params.group_by_doc:
         ranked = best_per_document(conn, ranked)
@@ -174,16 +177,14 @@ def best_per_document(
 
 
 def _dense(
-    conn: sqlite3.Connection,
-    collection_id: int,
-    index: SegmentedIndex | None,
+    index: SegmentedIndex,
     vector: Matrix | None,
+    allowed: AllowedMask | None,
     params: SearchParams,
     depth: int,
 ) -> Side | None:
-    if index is None or vector is None:
+    if vector is None:
         return None
-    allowed = None if params.where is None else index.allowed(conn, params.where)
     found = index.search(vector, depth, allowed, params.knobs)
     return Side(list(zip(found.ids.tolist(), found.scores.tolist(), strict=True)), found.plan)
 
@@ -192,13 +193,13 @@ def _keyword(
     conn: sqlite3.Connection,
     collection_id: int,
     text: str | None,
-    where: Filter | None,
+    allowed: AllowedMask | None,
     depth: int,
     mode: Mode,
 ) -> Side | None:
     if mode == "dense" or text is None:
         return None
-    return Side(keyword.search(conn, collection_id, text, depth, where))
+    return Side(keyword.search(conn, collection_id, text, depth, allowed))
 
 
 def _fuse(

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import re
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-from ragstore.filters import Filter, compile_sql
+from ragstore.index.base import AllowedMask
 
 # The stop words of Lucene's EnglishAnalyzer (ENGLISH_STOP_WORDS_SET).
 STOP_WORDS = frozenset(
@@ -163,28 +163,34 @@ def search(
     collection_id: int,
     query: str,
     k: int,
-    where: Filter | None = None,
+    allowed: AllowedMask | None = None,
 ) -> list[tuple[int, float]]:
-    """The ``k`` best ``(chunk id, bm25 score)`` pairs, best first, under the filter."""
+    """The ``k`` best ``(chunk id, bm25 score)`` pairs, best first, among the allowed chunks.
+
+    ``allowed`` (a filter already evaluated) is checked per matching row inside the same
+    query, so the ``k`` returned are the best allowed ones.
+    """
     expression = match_expression(query)
     if expression is None:
         return []
     table = table_name(collection_id)
-    sql, params = _filter_sql(where)
-    joins = (
-        "JOIN chunks c ON c.id = f.rowid JOIN documents d ON d.id = c.document_id " if sql else ""
-    )
+    restrict = ""
+    if allowed is not None:
+        conn.create_function(_ALLOWED_FUNCTION, 1, _allowed_check(allowed), deterministic=True)
+        restrict = f"AND {_ALLOWED_FUNCTION}(f.rowid) "
     rows: Sequence[tuple[int, float]] = conn.execute(
         f"SELECT f.rowid, -bm25({table}, {TITLE_WEIGHT}, {TEXT_WEIGHT}) AS score "
-        f"FROM {table} f {joins}WHERE {table} MATCH ? {sql} "
+        f"FROM {table} f WHERE {table} MATCH ? {restrict}"
         "ORDER BY score DESC, f.rowid LIMIT ?",
-        (expression, *params, k),
+        (expression, k),
     ).fetchall()
     return [(int(chunk_id), float(score)) for chunk_id, score in rows]
 
 
-def _filter_sql(where: Filter | None) -> tuple[str, list[object]]:
-    if where is None:
-        return "", []
-    sql, params = compile_sql(where, "d.metadata")
-    return f"AND ({sql})", params
+_ALLOWED_FUNCTION = "ragstore_allowed"
+
+
+def _allowed_check(allowed: AllowedMask) -> Callable[[int], bool]:
+    size = len(allowed)
+    flags = allowed.tobytes()  # one byte per chunk id: the fastest per-row lookup here
+    return lambda rowid: rowid < size and flags[rowid] == 1

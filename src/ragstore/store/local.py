@@ -326,12 +326,16 @@ class Collection:
         reranker: Reranker | None,
     ) -> SearchResults:
         with self._index.lock, self._db.read() as conn:
-            index = None
             if query_vector is not None:
                 self._index.catch_up(conn)
-                index = self._index
             return hybrid.run(
-                conn, self.id, index, params, text=query, vector=query_vector, reranker=reranker
+                conn,
+                self.id,
+                self._index,
+                params,
+                text=query,
+                vector=query_vector,
+                reranker=reranker,
             )
 
     def _cached_search(

@@ -1,0 +1,95 @@
+"""Prometheus metrics of one server, in a registry of its own.
+
+Counters and histograms are updated as requests are served; collection sizes, queue
+depths and job counts are read when ``/metrics`` is scraped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0
+)  # fmt: skip
+
+Sizes = Callable[[], Iterable[tuple[str, str, int, int]]]
+"""-> (tenant, collection, documents, chunks) for every collection."""
+Gauges = Callable[[], Iterable[tuple[str, float]]]
+"""-> (label value, value)."""
+
+
+class Metrics:
+    """Everything the server counts."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "ragstore_http_requests", "HTTP requests served", ["method", "route", "status"],
+            registry=r,
+        )  # fmt: skip
+        self.latency = Histogram(
+            "ragstore_http_request_duration_seconds", "HTTP request latency",
+            ["method", "route"], buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.search = Histogram(
+            "ragstore_search_duration_seconds", "Search latency, by mode and cache use",
+            ["mode", "cached"], buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.cache = Counter(
+            "ragstore_cache_lookups", "Query cache lookups by result", ["result"], registry=r
+        )
+        self.embedding = Histogram(
+            "ragstore_embedding_duration_seconds", "Embedding latency, queries and passages",
+            ["kind"], buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.documents_written = Counter(
+            "ragstore_documents_written", "Documents added or updated", registry=r
+        )
+        self.rejected = Counter(
+            "ragstore_rejected", "Requests refused with 429, by pool", ["pool"], registry=r
+        )
+        self.jobs_started = Counter("ragstore_ingest_jobs", "Ingest jobs accepted", registry=r)
+
+    def watch(self, sizes: Sizes, queues: Gauges, jobs: Gauges) -> None:
+        """Read collection sizes, queue depths and job counts at scrape time."""
+        self.registry.register(_Scraped(sizes, queues, jobs))
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition."""
+        return generate_latest(self.registry)
+
+
+class _Scraped(Collector):
+    def __init__(self, sizes: Sizes, queues: Gauges, jobs: Gauges) -> None:
+        self._sizes, self._queues, self._jobs = sizes, queues, jobs
+
+    def collect(self) -> Iterator[Metric]:
+        labels = ["tenant", "collection"]
+        docs = GaugeMetricFamily(
+            "ragstore_collection_documents", "Documents per collection", labels=labels
+        )
+        chunks = GaugeMetricFamily("ragstore_collection_chunks", "Chunks", labels=labels)
+        for tenant, name, n_docs, n_chunks in self._sizes():
+            docs.add_metric([tenant, name], n_docs)
+            chunks.add_metric([tenant, name], n_chunks)
+        yield docs
+        yield chunks
+        yield _gauge("ragstore_queue_depth", "Work running or waiting", "pool", self._queues())
+        yield _gauge("ragstore_ingest_jobs_current", "Ingest jobs", "status", self._jobs())
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+
+def _gauge(
+    name: str, doc: str, label: str, values: Iterable[tuple[str, float]]
+) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(name, doc, labels=[label])
+    for value_label, value in values:
+        family.add_metric([value_label], value)
+    return family

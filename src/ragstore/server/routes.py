@@ -1,0 +1,332 @@
+"""The ``/v1`` routes: the Python API's verbs over HTTP, each a thin shell.
+
+Every route authenticates, checks the caller's role and scope, checks the limits,
+then runs the store call on a bounded pool (reads and searches on ``search``, writes
+on ``write``), so the event loop only ever waits.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from ragstore.errors import InvalidInput, NotFound
+from ragstore.search.hybrid import SearchResults
+from ragstore.server.auth import TENANT_PATTERN, Principal, Role
+from ragstore.server.errors import ApiError
+from ragstore.server.responses import JSON
+from ragstore.server.runtime import Runtime, check_filter_depth, check_text
+from ragstore.server.schemas import (
+    CollectionCreate,
+    CountRequest,
+    DeleteRequest,
+    DocumentIn,
+    SearchRequest,
+    UpsertRequest,
+)
+from ragstore.server.tenancy import (
+    NAME_PATTERN,
+    CollectionSpec,
+    decode_cursor,
+    encode_cursor,
+    page_of_ids,
+)
+from ragstore.store.local import Collection, CollectionInfo
+from ragstore.types import IngestReport
+
+router = APIRouter(prefix="/v1")
+_bearer = HTTPBearer(auto_error=False, description="An API key: 'Authorization: Bearer <key>'.")
+
+Tenant = Annotated[str, Path(pattern=TENANT_PATTERN, description="The tenant that owns it.")]
+Name = Annotated[str, Path(pattern=NAME_PATTERN, description="The collection's name.")]
+DocId = Annotated[str, Path(min_length=1, max_length=1024, description="A document id.")]
+COLLECTION = "/tenants/{tenant}/collections/{collection}"
+
+
+def runtime(request: Request) -> Runtime:
+    """The running server's state."""
+    rt: Runtime = request.app.state.runtime
+    return rt
+
+
+def principal(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal:
+    """The caller, from its API key (401 when missing or unknown)."""
+    who = runtime(request).keys.authenticate(credentials.credentials if credentials else None)
+    request.state.key_id = who.key_id
+    return who
+
+
+Rt = Annotated[Runtime, Depends(runtime)]
+Who = Annotated[Principal, Depends(principal)]
+
+
+# ----------------------------------------------------------------- collections
+
+
+@router.get("/tenants/{tenant}/collections", summary="List a tenant's collections")
+async def list_collections(tenant: Tenant, rt: Rt, who: Who) -> JSON:
+    """The tenant's collections (those this key may see) with configs and counts."""
+    who.require("read", tenant)
+    found = await rt.search_pool.run(lambda: rt.collections.list(tenant))
+    visible = [_info(i) for i in found if who.may_see(tenant, _short(i.name))]
+    return JSON({"collections": visible})
+
+
+@router.post("/tenants/{tenant}/collections", status_code=201, summary="Create a collection")
+async def create_collection(tenant: Tenant, body: CollectionCreate, rt: Rt, who: Who) -> JSON:
+    """A new collection: text (embedded by the server's model) or vectors (``dim``)."""
+    who.require("admin", tenant, body.name)
+    spec = CollectionSpec(
+        body.embedder is not None, body.dim, body.chunk_size, body.chunk_overlap, body.index
+    )
+    created = await rt.write_pool.run(lambda: rt.collections.create(tenant, body.name, spec))
+    return JSON(_info(created.info()), status_code=201)
+
+
+@router.get(COLLECTION, summary="Get a collection")
+async def get_collection(tenant: Tenant, collection: Name, rt: Rt, who: Who) -> JSON:
+    """The collection's config, counts and index segments."""
+    who.require("read", tenant, collection)
+
+    def work() -> dict[str, Any]:
+        col = rt.collections.get(tenant, collection)
+        return _info(col.info()) | {"index": col.index_stats()}
+
+    return JSON(await rt.search_pool.run(work))
+
+
+@router.delete(COLLECTION, summary="Delete a collection")
+async def delete_collection(tenant: Tenant, collection: Name, rt: Rt, who: Who) -> JSON:
+    """Delete the collection and every document in it."""
+    who.require("admin", tenant, collection)
+    await rt.write_pool.run(lambda: rt.collections.delete(tenant, collection))
+    return JSON({"deleted": collection})
+
+
+# ------------------------------------------------------------------- documents
+
+
+@router.post(COLLECTION + "/documents", summary="Upsert documents")
+async def upsert(tenant: Tenant, collection: Name, body: UpsertRequest, rt: Rt, who: Who) -> JSON:
+    """Insert or replace a batch. Up to ``sync_max_documents`` documents are written
+    before the answer (200, the report); a larger batch becomes a job (202)."""
+    who.require("write", tenant, collection)
+    _check_batch(body.documents, rt)
+    records = [d.record() for d in body.documents]
+    if len(records) > rt.limits.sync_max_documents:
+        col = await rt.search_pool.run(lambda: rt.collections.get(tenant, collection))
+        job = rt.jobs.submit(tenant, col, records)
+        rt.metrics.jobs_started.inc()
+        headers = {"Location": f"/v1/jobs/{job.id}"}
+        return JSON({"job": job.to_dict()}, status_code=202, headers=headers)
+    write = lambda: _upsert(rt.collections.get(tenant, collection), records)  # noqa: E731
+    report = await rt.write_pool.run(write)
+    rt.metrics.documents_written.inc(report.documents_added + report.documents_updated)
+    return JSON({"report": report.to_dict()})
+
+
+@router.get(COLLECTION + "/documents", summary="List documents")
+async def list_documents(
+    tenant: Tenant,
+    collection: Name,
+    rt: Rt,
+    who: Who,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    cursor: Annotated[str | None, Query(max_length=8192)] = None,
+) -> JSON:
+    """Documents in id order, ``limit`` at a time; pass ``next_cursor`` back as
+    ``cursor`` for the next page (``null`` at the end)."""
+    who.require("read", tenant, collection)
+    after = decode_cursor(cursor) if cursor else None
+
+    def work() -> dict[str, Any]:
+        col = rt.collections.get(tenant, collection)
+        store = rt.store
+        assert store is not None
+        ids = page_of_ids(store, col, after, limit)
+        docs = [d.to_dict() for d in col.get(ids)]
+        more = len(ids) == limit
+        return {"documents": docs, "next_cursor": encode_cursor(ids[-1]) if more else None}
+
+    return JSON(await rt.search_pool.run(work))
+
+
+@router.get(COLLECTION + "/documents/{doc_id:path}", summary="Get a document")
+async def get_document(tenant: Tenant, collection: Name, doc_id: DocId, rt: Rt, who: Who) -> JSON:
+    """One stored document; 404 when there is none."""
+    who.require("read", tenant, collection)
+    found = await rt.search_pool.run(lambda: rt.collections.get(tenant, collection).get([doc_id]))
+    if not found:
+        raise NotFound(f"no document {doc_id!r} in collection {collection!r}")
+    return JSON(found[0].to_dict())
+
+
+@router.delete(COLLECTION + "/documents/{doc_id:path}", summary="Delete a document")
+async def delete_document(
+    tenant: Tenant, collection: Name, doc_id: DocId, rt: Rt, who: Who
+) -> JSON:
+    """Delete one document; 404 when there is none."""
+    who.require("write", tenant, collection)
+    count = await rt.write_pool.run(lambda: rt.collections.get(tenant, collection).delete([doc_id]))
+    if not count:
+        raise NotFound(f"no document {doc_id!r} in collection {collection!r}")
+    return JSON({"deleted": count})
+
+
+@router.post(COLLECTION + "/delete", summary="Delete documents by ids or filter")
+async def delete_documents(
+    tenant: Tenant, collection: Name, body: DeleteRequest, rt: Rt, who: Who
+) -> JSON:
+    """Delete the documents with ``ids``, or every one matching ``filter``."""
+    who.require("write", tenant, collection)
+    if body.ids is not None and len(body.ids) > rt.limits.max_batch:
+        raise _too_many("ids", len(body.ids), rt.limits.max_batch)
+    check_filter_depth(body.filter, rt.limits.max_filter_depth)
+
+    def work() -> int:
+        col = rt.collections.get(tenant, collection)
+        return col.delete(body.ids, where=body.filter)
+
+    return JSON({"deleted": await rt.write_pool.run(work)})
+
+
+@router.post(COLLECTION + "/count", summary="Count documents")
+async def count(tenant: Tenant, collection: Name, body: CountRequest, rt: Rt, who: Who) -> JSON:
+    """How many documents (match ``filter``)."""
+    who.require("read", tenant, collection)
+    check_filter_depth(body.filter, rt.limits.max_filter_depth)
+    found = await rt.search_pool.run(
+        lambda: rt.collections.get(tenant, collection).count(body.filter)
+    )
+    return JSON({"count": found})
+
+
+# ---------------------------------------------------------------------- search
+
+
+@router.post(COLLECTION + "/search", summary="Search")
+async def search(tenant: Tenant, collection: Name, body: SearchRequest, rt: Rt, who: Who) -> JSON:
+    """The ``k`` best chunks for a text query or a vector (see ``Collection.search``).
+
+    ``cache`` (default true) answers repeated text queries from the query cache;
+    ``explain`` adds the plan each side ran.
+    """
+    who.require("read", tenant, collection)
+    _check_search(body, rt)
+    hits, seconds = await rt.search_pool.run(lambda: _search(rt, tenant, collection, body))
+    cached = next((h.cached for h in hits if h.cached), None)
+    mode = body.mode or ("dense" if body.vector is not None else "hybrid")
+    rt.metrics.search.labels(mode, cached or "no").observe(seconds)
+    if body.cache and body.query is not None and body.vector is None and not body.explain:
+        rt.metrics.cache.labels("hit" if cached else "miss").inc()
+    out: dict[str, Any] = {"hits": [h.to_dict() for h in hits], "took_ms": round(seconds * 1e3, 3)}
+    if body.explain:
+        out["plan"] = hits.plan
+    return JSON(out)
+
+
+def _search(
+    rt: Runtime, tenant: str, collection: str, body: SearchRequest
+) -> tuple[SearchResults, float]:
+    col = rt.collections.get(tenant, collection)
+    started = time.perf_counter()
+    hits = col.search(
+        body.query,
+        vector=body.vector,
+        k=body.k,
+        where=body.filter,
+        mode=body.mode,
+        candidates=body.candidates,
+        fusion=body.fusion,
+        rrf_k=body.rrf_k,
+        alpha=body.alpha,
+        group_by_doc=body.group_by_doc,
+        mmr_lambda=body.mmr_lambda,
+        highlight=body.highlight,
+        ef_search=body.ef_search,
+        nprobe=body.nprobe,
+        explain=body.explain,
+        cache=body.cache,
+        tenant=tenant,
+    )
+    return hits, time.perf_counter() - started
+
+
+# ------------------------------------------------------------- jobs and cache
+
+
+@router.get("/jobs/{job_id}", summary="Get an ingest job")
+async def get_job(job_id: Annotated[str, Path(max_length=64)], rt: Rt, who: Who) -> JSON:
+    """Status, progress, report and per-document errors of an ingest job."""
+    job = rt.jobs.get(job_id)
+    if job is None or not who.may_see(job.tenant, job.collection):
+        raise NotFound(f"no job {job_id!r}")
+    who.require("read", job.tenant, job.collection)
+    return JSON(job.to_dict())
+
+
+@router.get("/cache/stats", summary="Query cache statistics")
+async def cache_stats(rt: Rt, who: Who) -> JSON:
+    """The store-wide query cache's counters and size (keys scoped to all tenants)."""
+    return JSON(await _cache_call(rt, who, "read", lambda: rt.cache_stats()))
+
+
+@router.post("/cache/clear", summary="Empty the query cache")
+async def cache_clear(rt: Rt, who: Who) -> JSON:
+    """Drop every cached answer (keys scoped to all tenants, admin)."""
+    return JSON({"cleared": await _cache_call(rt, who, "admin", lambda: rt.cache_clear())})
+
+
+async def _cache_call(rt: Runtime, who: Principal, role: Role, fn: Any) -> Any:
+    who.require(role, None)
+    return await rt.search_pool.run(fn)
+
+
+# --------------------------------------------------------------------- helpers
+
+
+def _check_batch(documents: list[DocumentIn], rt: Runtime) -> None:
+    limits = rt.limits
+    if len(documents) > limits.max_batch:
+        raise _too_many("documents", len(documents), limits.max_batch)
+    for i, doc in enumerate(documents):
+        check_text(doc.text, limits.max_text_chars, f"documents[{i}].text")
+        check_text(doc.title, limits.max_text_chars, f"documents[{i}].title")
+        check_filter_depth(doc.metadata, limits.max_metadata_depth, f"documents[{i}].metadata")
+
+
+def _check_search(body: SearchRequest, rt: Runtime) -> None:
+    limits = rt.limits
+    check_text(body.query, limits.max_query_chars, "query")
+    if body.k > limits.max_k:
+        raise ApiError(422, f"k must be at most {limits.max_k}", field="k")
+    check_filter_depth(body.filter, limits.max_filter_depth)
+
+
+def _too_many(field: str, got: int, limit: int) -> ApiError:
+    return ApiError(413, f"{field} has {got} items; at most {limit} per request", field=field)
+
+
+def _upsert(col: Collection, records: list[dict[str, Any]]) -> IngestReport:
+    try:
+        return col.upsert(records)
+    except InvalidInput as error:  # name the request's field, not the library's
+        if error.field:
+            error.field = error.field.replace("records[", "documents[", 1)
+        error.args = tuple(str(a).replace("records[", "documents[") for a in error.args)
+        raise
+
+
+def _short(stored: str) -> str:
+    return stored.split(".", 1)[-1]
+
+
+def _info(info: CollectionInfo) -> dict[str, Any]:
+    tenant, _, name = info.name.partition(".")
+    return info.to_dict() | {"name": name, "tenant": tenant}

@@ -1,0 +1,139 @@
+"""What a running server holds: the store, the model, the pools, the jobs, the metrics."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import ragstore
+from ragstore.embed.base import Embedder
+from ragstore.server.auth import KeyRing
+from ragstore.server.errors import ApiError
+from ragstore.server.jobs import JobRunner
+from ragstore.server.metrics import Metrics
+from ragstore.server.settings import ServerSettings
+from ragstore.server.tenancy import Collections, ServerEmbedder, split_name
+from ragstore.server.work import WorkPool
+from ragstore.store.local import Store
+
+log = logging.getLogger(__name__)
+
+
+class Runtime:
+    """The server's state, built at start-up and released at shutdown."""
+
+    def __init__(self, settings: ServerSettings, keys: KeyRing) -> None:
+        limits = settings.limits
+        self.settings = settings
+        self.limits = limits
+        self.keys = keys
+        self.metrics = Metrics()
+        rejected = self.metrics.rejected
+        reject = lambda pool: rejected.labels(pool).inc()  # noqa: E731
+        retry = limits.retry_after_s
+        self.search_pool = WorkPool(
+            "search", limits.search_workers, limits.search_queue, retry, reject
+        )
+        self.write_pool = WorkPool("write", limits.write_workers, limits.write_queue, retry, reject)
+        self.jobs = JobRunner(limits.max_pending_jobs, limits.jobs_kept, retry, reject)
+        self.store: Store | None = None
+        self._collections: Collections | None = None
+        self._ready = threading.Event()
+        self.metrics.watch(self._sizes, self._queues, self.jobs.counts)
+
+    def start(self) -> None:
+        """Open the store now and load the model in the background (``/readyz`` says
+        when it is done)."""
+        self.store = ragstore.open(self.settings.store_path)
+        threading.Thread(target=self._load_model, name="ragstore-model", daemon=True).start()
+
+    @property
+    def ready(self) -> bool:
+        """The store is open and the model loaded."""
+        return self._ready.is_set()
+
+    @property
+    def collections(self) -> Collections:
+        """The open collections; 503 until the server is ready."""
+        if self._collections is None:
+            raise ApiError(503, "server is starting: model not loaded yet", kind="not_ready",
+                           headers={"Retry-After": "1"})  # fmt: skip
+        return self._collections
+
+    def cache_stats(self) -> dict[str, Any]:
+        """The store's query cache statistics."""
+        return self._store().cache.stats().to_dict()
+
+    def cache_clear(self) -> int:
+        """Empty the store's query cache; how many entries there were."""
+        return self._store().cache.clear()
+
+    def _store(self) -> Store:
+        if self.store is None:
+            raise ApiError(503, "store is not open", kind="not_ready")
+        return self.store
+
+    def stop(self) -> None:
+        """Let the running job finish its batch, drain the pools, close the store."""
+        self.jobs.shutdown()
+        self.write_pool.shutdown()
+        self.search_pool.shutdown()
+        if self.store is not None:
+            self.store.close()
+        log.info("store closed")
+
+    def _load_model(self) -> None:
+        try:
+            self._open_collections()
+        except Exception:
+            log.exception("could not load the model; the server stays not ready")
+
+    def _open_collections(self) -> None:
+        import torch
+
+        from ragstore.embed.local import MiniLMEmbedder
+
+        # Parallelism comes from the worker pools; one torch thread per call keeps a
+        # query from fighting an ingest for the same cores.
+        torch.set_num_threads(1)
+        observe = self.metrics.embedding.labels
+        embedder: Embedder = ServerEmbedder(
+            MiniLMEmbedder, lambda kind, seconds: observe(kind).observe(seconds)
+        )
+        assert self.store is not None
+        self._collections = Collections(self.store, embedder)
+        self._ready.set()
+        log.info("ready: model loaded", extra={"model": embedder.name})
+
+    def _sizes(self) -> Iterator[tuple[str, str, int, int]]:
+        if self.store is None:
+            return
+        for info in self.store.list_collections():
+            names = split_name(info.name)
+            if names is not None:
+                yield names[0], names[1], info.documents, info.chunks
+
+    def _queues(self) -> list[tuple[str, float]]:
+        return [(p.name, float(p.depth)) for p in (self.search_pool, self.write_pool)]
+
+
+def check_text(value: str | None, limit: int, field: str) -> None:
+    """413 naming ``field`` when a text is longer than ``limit`` characters."""
+    if value is not None and len(value) > limit:
+        raise ApiError(413, f"{field} is {len(value)} characters; at most {limit}", field=field)
+
+
+def check_filter_depth(value: object, limit: int, field: str = "filter") -> None:
+    """422 naming ``field`` when a filter nests deeper than ``limit``."""
+    if _depth(value, limit + 1) > limit:
+        raise ApiError(422, f"{field} is nested deeper than {limit} levels", field=field)
+
+
+def _depth(value: object, stop: int) -> int:
+    """Nesting depth of a JSON value, not counting beyond ``stop``."""
+    if stop <= 0 or not isinstance(value, dict | list):
+        return 0
+    children = value.values() if isinstance(value, dict) else value
+    return 1 + max((_depth(child, stop - 1) for child in children), default=0)

@@ -1,0 +1,203 @@
+"""Tenants own namespaces of collections.
+
+Collection ``docs`` of tenant ``acme`` is the store collection ``acme.docs``. Tenant
+and collection names over HTTP cannot contain a dot, so the mapping is one-to-one and
+a tenant can only ever name its own collections: there is no query-time filter to
+forget. Collections whose store name has no dot (made with the CLI or Python API) are
+not reachable over HTTP.
+
+The server keeps one :class:`Collection` per collection it has opened, so its vector
+index is loaded once, and gives text collections the server's embedder.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ragstore.embed.base import Embedder, Vectors
+from ragstore.errors import InvalidInput, NotFound
+from ragstore.store.db import DB_FILENAME
+from ragstore.store.local import Collection, CollectionInfo, Store
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$"
+"""A collection name over HTTP: no dot, so ``tenant.name`` is unambiguous."""
+
+Observe = Callable[[str, float], None]
+
+
+def store_name(tenant: str, name: str) -> str:
+    """The store collection that holds ``tenant``'s collection ``name``."""
+    return f"{tenant}.{name}"
+
+
+def split_name(stored: str) -> tuple[str, str] | None:
+    """``"acme.docs"`` -> ``("acme", "docs")``; ``None`` for names outside any tenant."""
+    tenant, dot, name = stored.partition(".")
+    return (tenant, name) if dot and "." not in name else None
+
+
+class ServerEmbedder:
+    """The default model for the server: one instance for queries and one for
+    passages, each used by one thread at a time (a tokenizer is not thread-safe), so
+    a large ingest never holds up query embedding."""
+
+    def __init__(self, load: Callable[[], Embedder], observe: Observe) -> None:
+        self._query = load()
+        self._passages = load()
+        self._query_lock = threading.Lock()
+        self._passage_lock = threading.Lock()
+        self._observe = observe
+
+    @property
+    def name(self) -> str:
+        """The model's registered name."""
+        return self._query.name
+
+    @property
+    def version(self) -> str:
+        """The model's version."""
+        return self._query.version
+
+    @property
+    def dim(self) -> int:
+        """Vector length."""
+        return self._query.dim
+
+    @property
+    def max_tokens(self) -> int:
+        """Content tokens per input."""
+        return self._query.max_tokens
+
+    def token_offsets(self, text: str) -> list[tuple[int, int]]:
+        """Token spans, from the passage model's tokenizer."""
+        with self._passage_lock:
+            return self._passages.token_offsets(text)
+
+    def embed_documents(self, texts: Sequence[str]) -> Vectors:
+        """Embed passages on the passage model."""
+        with self._passage_lock:
+            return _timed(lambda: self._passages.embed_documents(texts), "passages", self._observe)
+
+    def embed_query(self, text: str) -> Vectors:
+        """Embed a query on the query model."""
+        with self._query_lock:
+            return _timed(lambda: self._query.embed_query(text), "query", self._observe)
+
+
+def _timed(fn: Callable[[], Vectors], kind: str, observe: Observe) -> Vectors:
+    started = time.perf_counter()
+    try:
+        return fn()
+    finally:
+        observe(kind, time.perf_counter() - started)
+
+
+@dataclass(frozen=True, slots=True)
+class CollectionSpec:
+    """What a new collection is made of."""
+
+    text: bool
+    dim: int | None
+    chunk_size: int
+    chunk_overlap: int
+    index: dict[str, Any]
+
+
+class Collections:
+    """The server's open collections, by store name."""
+
+    def __init__(self, store: Store, embedder: Embedder) -> None:
+        self.store = store
+        self.embedder = embedder
+        self._open: dict[str, Collection] = {}
+        self._lock = threading.Lock()
+
+    def get(self, tenant: str, name: str) -> Collection:
+        """An existing collection; 404 when there is none, 409 on a model mismatch."""
+        stored = store_name(tenant, name)
+        with self._lock:
+            found = self._open.get(stored)
+            if found is None:
+                found = self._load(stored)
+                self._open[stored] = found
+            return found
+
+    def create(self, tenant: str, name: str, spec: CollectionSpec) -> Collection:
+        """A new collection: text (the server's model) or caller-supplied vectors."""
+        stored = store_name(tenant, name)
+        with self._lock:
+            created = self.store.create_collection(
+                stored,
+                embedder=self.embedder if spec.text else None,
+                dim=spec.dim,
+                chunk_size=spec.chunk_size,
+                chunk_overlap=spec.chunk_overlap,
+                index=spec.index,
+            )
+            self._open[stored] = created
+            return created
+
+    def delete(self, tenant: str, name: str) -> None:
+        """Delete a collection and forget it."""
+        stored = store_name(tenant, name)
+        with self._lock:
+            self._open.pop(stored, None)
+            self.store.delete_collection(stored)
+
+    def list(self, tenant: str) -> list[CollectionInfo]:
+        """The tenant's collections, with their configs and counts."""
+        prefix = f"{tenant}."
+        return [c for c in self.store.list_collections() if c.name.startswith(prefix)]
+
+    def _load(self, stored: str) -> Collection:
+        plain = self.store.get_collection(stored)
+        if plain.config.embedder is None:
+            return plain
+        # refuses (409) a collection built with another model or version
+        return self.store.get_collection(stored, embedder=self.embedder)
+
+
+def encode_cursor(doc_id: str) -> str:
+    """An opaque cursor that resumes after ``doc_id``."""
+    return base64.urlsafe_b64encode(doc_id.encode("utf-8")).decode("ascii")
+
+
+def decode_cursor(cursor: str) -> str:
+    """The document id a cursor resumes after; 422 naming ``cursor`` when malformed."""
+    try:
+        raw = base64.b64decode(cursor.encode("ascii"), altchars=b"-_", validate=True)
+        return raw.decode("utf-8")
+    except (binascii.Error, UnicodeError, ValueError):
+        raise InvalidInput("cursor is not one this server returned", field="cursor") from None
+
+
+def page_of_ids(store: Store, collection: Collection, after: str | None, limit: int) -> list[str]:
+    """Up to ``limit`` document ids after ``after``, in id order.
+
+    Read with a read-only connection of the server's own: the store has no listing
+    call yet.
+    """
+    uri = f"file:{store.path / DB_FILENAME}?mode=ro"
+    conn = sqlite3.connect(uri, uri=True, timeout=60.0)
+    try:
+        rows = conn.execute(
+            "SELECT doc_id FROM documents WHERE collection_id = ? AND doc_id > ? "
+            "ORDER BY doc_id LIMIT ?",
+            (collection.id, after or "", limit),
+        ).fetchall()
+    finally:
+        conn.close()
+    return [str(row[0]) for row in rows]
+
+
+def require_document_found(count: int, doc_id: str) -> None:
+    """404 when nothing was found for ``doc_id``."""
+    if count == 0:
+        raise NotFound(f"no document {doc_id!r}")
