@@ -88,8 +88,7 @@ def write_rows(db: Database, collection_id: int, documents: Sequence[DocumentRow
     """Write prepared rows in one transaction."""
     now = time.time()
     with db.write() as conn:
-        for row in documents:
-            rows.write_document(conn, collection_id, row, now)
+        rows.write_documents(conn, collection_id, documents, now)
         rows.trim_tombstones(conn, collection_id, rows.TOMBSTONES_KEPT)
 
 

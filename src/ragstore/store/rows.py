@@ -93,6 +93,75 @@ def vectors_by_hash(
     return found
 
 
+def write_documents(
+    conn: sqlite3.Connection, collection_id: int, docs: Sequence[DocumentRow], now: float
+) -> None:
+    """Insert or replace documents with all their chunks (inside the caller's transaction).
+
+    Documents that do not exist yet are inserted in bulk; existing ones are replaced one
+    by one. A batch must not name a document twice.
+    """
+    existing = content_hashes(conn, collection_id, [d.doc_id for d in docs])
+    for doc in docs:
+        if doc.doc_id in existing:
+            write_document(conn, collection_id, doc, now)
+    for part in batched([d for d in docs if d.doc_id not in existing]):
+        _insert_new_documents(conn, collection_id, part, now)
+
+
+def _insert_new_documents(
+    conn: sqlite3.Connection, collection_id: int, docs: Sequence[DocumentRow], now: float
+) -> None:
+    conn.executemany(
+        "INSERT INTO documents (source, origin, title, text, metadata, content_hash, "
+        "updated_at, collection_id, doc_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [(*_document_values(doc, now), collection_id, doc.doc_id) for doc in docs],
+    )
+    row_of = dict(
+        conn.execute(
+            "SELECT doc_id, id FROM documents "
+            f"WHERE collection_id = ? AND doc_id IN ({placeholders(len(docs))})",
+            (collection_id, *[d.doc_id for d in docs]),
+        ).fetchall()
+    )
+    conn.executemany(
+        "INSERT INTO chunks (collection_id, document_id, ordinal, text, start_char, "
+        "end_char, hash, vector) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            _chunk_values(collection_id, row_of[doc.doc_id], chunk)
+            for doc in docs
+            for chunk in doc.chunks
+        ],
+    )
+    worded = [d for d in docs if d.title.strip() or any(c.text.strip() for c in d.chunks)]
+    for doc in worded:
+        chunk_ids = conn.execute(
+            "SELECT id FROM chunks WHERE document_id = ? ORDER BY ordinal", (row_of[doc.doc_id],)
+        ).fetchall()
+        title_terms = keyword.indexed_text(doc.title)
+        for (chunk_id,), chunk in zip(chunk_ids, doc.chunks, strict=True):
+            keyword.add_chunk(conn, collection_id, int(chunk_id), title_terms, chunk.text)
+
+
+def _document_values(doc: DocumentRow, now: float) -> tuple[Any, ...]:
+    metadata = json.dumps(doc.metadata, ensure_ascii=False, sort_keys=True)
+    return (doc.source, doc.origin, doc.title, doc.text, metadata, doc.content_hash, now)
+
+
+def _chunk_values(collection_id: int, document_id: int, chunk: ChunkRow) -> tuple[Any, ...]:
+    vector = np.ascontiguousarray(chunk.vector, dtype=np.float32).tobytes()
+    return (
+        collection_id,
+        document_id,
+        chunk.ordinal,
+        chunk.text,
+        chunk.start,
+        chunk.end,
+        chunk.hash,
+        vector,
+    )
+
+
 def write_document(
     conn: sqlite3.Connection, collection_id: int, doc: DocumentRow, now: float
 ) -> None:
@@ -101,15 +170,7 @@ def write_document(
         "SELECT id FROM documents WHERE collection_id = ? AND doc_id = ?",
         (collection_id, doc.doc_id),
     ).fetchone()
-    values = (
-        doc.source,
-        doc.origin,
-        doc.title,
-        doc.text,
-        json.dumps(doc.metadata, ensure_ascii=False, sort_keys=True),
-        doc.content_hash,
-        now,
-    )
+    values = _document_values(doc, now)
     if row is None:
         cursor = conn.execute(
             "INSERT INTO documents (source, origin, title, text, metadata, content_hash, "
@@ -130,16 +191,7 @@ def write_document(
         cursor = conn.execute(
             "INSERT INTO chunks (collection_id, document_id, ordinal, text, start_char, "
             "end_char, hash, vector) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                collection_id,
-                document_id,
-                chunk.ordinal,
-                chunk.text,
-                chunk.start,
-                chunk.end,
-                chunk.hash,
-                np.ascontiguousarray(chunk.vector, dtype=np.float32).tobytes(),
-            ),
+            _chunk_values(collection_id, document_id, chunk),
         )
         keyword.add_chunk(conn, collection_id, int(cursor.lastrowid or 0), title_terms, chunk.text)
 

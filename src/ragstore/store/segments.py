@@ -154,7 +154,7 @@ class SealedSegment:
         if matching == 0:
             return SegmentSearch(_NO_IDS, _NO_SCORES, plan | {"plan": "none match"})
         exact_limit = max(k * config.rerank, EXACT_FRACTION * self.size)
-        if kind == "flat" or (positions is not None and matching <= exact_limit):
+        if positions is not None and matching <= exact_limit:
             return self._exact(query, k, positions, plan | {"plan": "exact"})
         share = matching / self.size
         bits = self._bitmap(here)
@@ -162,7 +162,7 @@ class SealedSegment:
         widened = _widen(kind, knobs, config, share)
         found, scores = ann.search(self.index, kind, query, fetch, widened, bits)
         found = found[found >= 0]
-        plan |= {"plan": "ann" if bits is None else "ann + filter bitmap"}
+        plan |= {"plan": _ANN_PLANS[kind == "flat", bits is not None]}
         plan |= {"ef_search": widened.ef_search} if widened.ef_search else {}
         plan |= {"nprobe": widened.nprobe} if widened.nprobe else {}
         if len(found) < min(k, matching):
@@ -195,6 +195,12 @@ class SealedSegment:
         return self._live_bits
 
 
+_ANN_PLANS = {
+    (False, False): "ann",
+    (False, True): "ann + filter bitmap",
+    (True, False): "exact scan",
+    (True, True): "exact scan + filter bitmap",
+}
 _NO_IDS: Ids = np.empty(0, dtype=np.int64)
 _NO_SCORES: Scores = np.empty(0, dtype=np.float32)
 
