@@ -8,6 +8,7 @@ graph or list traversal rather than after it.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -124,13 +125,25 @@ def search(
 def _params(kind: IndexKind, index: FaissIndex, knobs: Knobs, selector: Any) -> Any:
     if kind == "hnsw":
         ef = knobs.ef_search if knobs.ef_search is not None else index.hnsw.efSearch
+        if selector is None:
+            return _plain_params(kind, ef)
         return faiss.SearchParametersHNSW(efSearch=ef, sel=selector)
     if kind in ("ivf", "ivfpq"):
-        nprobe = knobs.nprobe if knobs.nprobe is not None else index.nprobe
-        return faiss.SearchParametersIVF(nprobe=min(nprobe, index.nlist), sel=selector)
+        nprobe = min(knobs.nprobe if knobs.nprobe is not None else index.nprobe, index.nlist)
+        if selector is None:
+            return _plain_params(kind, nprobe)
+        return faiss.SearchParametersIVF(nprobe=nprobe, sel=selector)
     if selector is None:
         return None
     return faiss.SearchParameters(sel=selector)
+
+
+@functools.lru_cache(maxsize=256)
+def _plain_params(kind: IndexKind, breadth: int) -> Any:
+    """Search parameters without a selector: read-only in a search, so they are shared."""
+    if kind == "hnsw":
+        return faiss.SearchParametersHNSW(efSearch=breadth)
+    return faiss.SearchParametersIVF(nprobe=breadth)
 
 
 def write(index: FaissIndex, path: str) -> None:

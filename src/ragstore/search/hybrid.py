@@ -122,14 +122,18 @@ def run(
 ) -> SearchResults:
     """Execute one search inside the caller's read transaction.
 
-    ``index`` must be caught up when ``vector`` is given. The filter is evaluated once, on
-    the index's metadata columns, and restricts both sides. Candidates stay
+    The index lock is held only while the index catches up, the filter is evaluated (once,
+    on the index's metadata columns; it restricts both sides) and the dense side runs; the
+    keyword side and reading the hits go on without it. Candidates stay
     ``(chunk id, score)`` pairs until the end; only the hits returned (or handed to the
     reranker) are read in full.
     """
     depth = params.candidates
-    allowed = None if params.where is None else index.allowed(conn, params.where)
-    dense = _dense(index, vector, allowed, params, depth)
+    with index.lock:
+        if vector is not None:
+            index.catch_up(conn)
+        allowed = None if params.where is None else index.allowed(conn, params.where)
+        dense = _dense(index, vector, allowed, params, depth)
     lexical = _keyword(conn, collection_id, text, allowed, depth, params.mode)
     ranked = _fuse(params, dense, lexical)
     if params.group_by_doc:

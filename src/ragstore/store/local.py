@@ -325,9 +325,7 @@ class Collection:
         params: hybrid.SearchParams,
         reranker: Reranker | None,
     ) -> SearchResults:
-        with self._index.lock, self._db.read() as conn:
-            if query_vector is not None:
-                self._index.catch_up(conn)
+        with self._db.read() as conn:
             return hybrid.run(
                 conn,
                 self.id,
@@ -368,14 +366,16 @@ class Collection:
             mode="dense", k=k, where=parse_filter(where), ef_search=ef_search, nprobe=nprobe
         )
         query = unit_vector(vector, self.config.dim, "vector")
-        with self._index.lock, self._db.read() as conn:
-            self._index.catch_up(conn)
-            allowed = None
-            if params.where is not None:
-                allowed = self._index.allowed(conn, params.where)
-            found = self._index.search(query, k, allowed, params.knobs)
-            doc_ids = rows.doc_ids_of_chunks(conn, found.ids.tolist())
-        return doc_ids, found.scores
+        with self._index.lock:
+            if params.where is None:
+                self._index.refresh()
+                found = self._index.search(query, k, None, params.knobs)
+            else:
+                with self._db.read() as conn:
+                    self._index.catch_up(conn)
+                    allowed = self._index.allowed(conn, params.where)
+                    found = self._index.search(query, k, allowed, params.knobs)
+        return found.docs, found.scores
 
     def wait_for_index(self) -> None:
         """Wait until background sealing and merging have finished."""

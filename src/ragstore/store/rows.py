@@ -251,19 +251,6 @@ def allowed_chunk_ids(conn: sqlite3.Connection, collection_id: int, where: Filte
     return np.fromiter((row[0] for row in rows), dtype=np.int64)
 
 
-def chunks_after(
-    conn: sqlite3.Connection, collection_id: int, after_id: int, dim: int
-) -> tuple[Ids, Matrix]:
-    """Ids and vectors of the collection's chunks with id greater than ``after_id``."""
-    rows = conn.execute(
-        "SELECT id, vector FROM chunks WHERE collection_id = ? AND id > ? ORDER BY id",
-        (collection_id, after_id),
-    ).fetchall()
-    ids = np.fromiter((row[0] for row in rows), dtype=np.int64, count=len(rows))
-    vectors = np.frombuffer(b"".join(row[1] for row in rows), dtype=np.float32)
-    return ids, vectors.reshape(len(rows), dim)
-
-
 def chunk_ids_between(conn: sqlite3.Connection, collection_id: int, first: int, last: int) -> Ids:
     """Ids of the collection's chunks in ``[first, last]``, ascending."""
     found = conn.execute(
@@ -273,17 +260,19 @@ def chunk_ids_between(conn: sqlite3.Connection, collection_id: int, first: int, 
     return np.fromiter((row[0] for row in found), dtype=np.int64)
 
 
-def chunks_between(
+def chunk_vectors(
     conn: sqlite3.Connection, collection_id: int, first: int, last: int, dim: int
-) -> tuple[Ids, Matrix]:
-    """Ids (ascending) and vectors of the collection's chunks in ``[first, last]``."""
+) -> tuple[Ids, Matrix, list[str]]:
+    """Ids (ascending), vectors and document ids of the collection's chunks with ids in
+    ``[first, last]``."""
     found = conn.execute(
-        "SELECT id, vector FROM chunks WHERE collection_id = ? AND id BETWEEN ? AND ? ORDER BY id",
+        "SELECT c.id, c.vector, d.doc_id FROM chunks c JOIN documents d ON d.id = c.document_id "
+        "WHERE c.collection_id = ? AND c.id BETWEEN ? AND ? ORDER BY c.id",
         (collection_id, first, last),
     ).fetchall()
     ids = np.fromiter((row[0] for row in found), dtype=np.int64, count=len(found))
     vectors = np.frombuffer(b"".join(row[1] for row in found), dtype=np.float32)
-    return ids, vectors.reshape(len(found), dim)
+    return ids, vectors.reshape(len(found), dim), [row[2] for row in found]
 
 
 SegmentValues = tuple[str, int, int, int, dict[str, Any]]
@@ -324,6 +313,18 @@ def replace_segments(
         (collection_id, kind, vectors, first, last, json.dumps(files, sort_keys=True), time.time()),
     )
     return int(cursor.lastrowid or 0)
+
+
+def delete_segments(conn: sqlite3.Connection, segment_ids: Sequence[int]) -> bool:
+    """Remove manifest rows; ``False`` (and nothing removed) unless all still exist."""
+    marks = placeholders(len(segment_ids))
+    present = conn.execute(
+        f"SELECT count(*) FROM segments WHERE id IN ({marks})", list(segment_ids)
+    ).fetchone()[0]
+    if present != len(segment_ids):
+        return False
+    conn.execute(f"DELETE FROM segments WHERE id IN ({marks})", list(segment_ids))
+    return True
 
 
 def update_segment(conn: sqlite3.Connection, segment_id: int, new: SegmentValues) -> bool:
@@ -399,20 +400,6 @@ def hits_by_chunk(conn: sqlite3.Connection, chunk_ids: Sequence[int]) -> dict[in
         ):
             found[row[0]] = _hit(row)
     return found
-
-
-def doc_ids_of_chunks(conn: sqlite3.Connection, chunk_ids: Sequence[int]) -> list[str]:
-    """The document id of each chunk, in order (chunks must exist)."""
-    found: dict[int, str] = {}
-    for part in batched(list(chunk_ids)):
-        found.update(
-            conn.execute(
-                "SELECT c.id, d.doc_id FROM chunks c JOIN documents d ON d.id = c.document_id "
-                f"WHERE c.id IN ({placeholders(len(part))})",
-                part,
-            ).fetchall()
-        )
-    return [found[chunk_id] for chunk_id in chunk_ids]
 
 
 def documents_of(conn: sqlite3.Connection, chunk_ids: Sequence[int]) -> dict[int, int]:

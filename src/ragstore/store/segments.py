@@ -6,7 +6,10 @@ when it was built. Its files live in one directory under ``indexes/<collection i
 - ``index.faiss``: the FAISS index, numbering vectors by position;
 - ``ids.npy``: the chunk id at each position, ascending;
 - ``vectors.npy``: the exact vectors at each position, memory-mapped; they serve exact
-  search over a filter's few matches and the re-ranking of compressed kinds.
+  search over a filter's few matches and the re-ranking of compressed kinds;
+- ``doc_ids.npy`` and ``doc_offsets.npy``: each position's document id, UTF-8 bytes laid
+  end to end with their offsets, so a search names documents without a database read
+  (a chunk never changes document: an update replaces it with new chunks).
 
 The directory is written under a temporary name and renamed, then recorded in the
 ``segments`` table with each file's CRC-32. Chunks deleted after sealing stay in the
@@ -36,7 +39,9 @@ from ragstore.index.flat import top_k
 INDEX_FILE = "index.faiss"
 IDS_FILE = "ids.npy"
 VECTORS_FILE = "vectors.npy"
-_FILES = (INDEX_FILE, IDS_FILE, VECTORS_FILE)
+DOC_IDS_FILE = "doc_ids.npy"
+DOC_OFFSETS_FILE = "doc_offsets.npy"
+_FILES = (INDEX_FILE, IDS_FILE, VECTORS_FILE, DOC_IDS_FILE, DOC_OFFSETS_FILE)
 
 EXACT_FRACTION = 0.03
 """A filter matching at most this share of a segment is searched exactly over its matches."""
@@ -71,6 +76,7 @@ class SegmentSearch:
 
     ids: Ids
     scores: Scores
+    docs: list[str]
     plan: dict[str, Any]
 
 
@@ -82,6 +88,8 @@ class SealedSegment:
     index: ann.FaissIndex
     ids: Ids
     vectors: Matrix
+    doc_bytes: npt.NDArray[np.uint8]
+    doc_offsets: Ids
     index_bytes: int
     live: np.ndarray = field(init=False)
     deleted: int = field(default=0, init=False)
@@ -121,6 +129,12 @@ class SealedSegment:
             self.deleted = int(self.size - np.count_nonzero(self.live))
             self._live_bits = None
 
+    def doc_ids(self, positions: Ids) -> list[str]:
+        """The document id of each position."""
+        starts = self.doc_offsets[positions].tolist()
+        ends = self.doc_offsets[positions + 1].tolist()
+        return [self.doc_bytes[a:b].tobytes().decode() for a, b in zip(starts, ends, strict=True)]
+
     def live_positions(self) -> Ids:
         """Positions of every live vector."""
         return np.flatnonzero(self.live).astype(np.int64)
@@ -152,7 +166,7 @@ class SealedSegment:
         else:
             matching = self.size - self.deleted
         if matching == 0:
-            return SegmentSearch(_NO_IDS, _NO_SCORES, plan | {"plan": "none match"})
+            return SegmentSearch(_NO_IDS, _NO_SCORES, [], plan | {"plan": "none match"})
         exact_limit = max(k * config.rerank, EXACT_FRACTION * self.size)
         if positions is not None and matching <= exact_limit:
             return self._exact(query, k, positions, plan | {"plan": "exact"})
@@ -170,7 +184,7 @@ class SealedSegment:
         if kind in ann.COMPRESSED:
             plan["reranked"] = len(found)
             return self._ranked(query, k, np.sort(found), plan)
-        return SegmentSearch(self.ids[found].astype(np.int64), scores[: len(found)], plan)
+        return self._result(found, scores[: len(found)], plan)
 
     def _exact(
         self, query: Matrix, k: int, positions: Ids | None, plan: dict[str, Any]
@@ -182,8 +196,11 @@ class SealedSegment:
     def _ranked(self, query: Matrix, k: int, positions: Ids, plan: dict[str, Any]) -> SegmentSearch:
         scores = np.asarray(self.vectors[positions] @ query, dtype=np.float32)
         best = top_k(scores, min(k, len(scores)))
-        chosen = positions[best]
-        return SegmentSearch(self.ids[chosen].astype(np.int64), scores[best], plan)
+        return self._result(positions[best], scores[best], plan)
+
+    def _result(self, positions: Ids, scores: Scores, plan: dict[str, Any]) -> SegmentSearch:
+        ids = self.ids[positions].astype(np.int64)
+        return SegmentSearch(ids, scores, self.doc_ids(positions), plan)
 
     def _bitmap(self, here: npt.NDArray[np.bool_] | None) -> npt.NDArray[np.uint8] | None:
         if here is not None:
@@ -223,7 +240,7 @@ def _scaled(value: int, share: float) -> int:
 
 
 def build_files(
-    root: Path, kind: IndexKind, ids: Ids, vectors: Matrix, config: IndexConfig
+    root: Path, kind: IndexKind, ids: Ids, vectors: Matrix, docs: list[str], config: IndexConfig
 ) -> tuple[IndexKind, dict[str, Any]]:
     """Build a segment's index and write its directory; returns the kind built and the
     manifest's ``files`` entry (directory name and checksums)."""
@@ -235,6 +252,11 @@ def build_files(
     ann.write(index, str(staging / INDEX_FILE))
     np.save(staging / IDS_FILE, np.ascontiguousarray(ids, dtype=np.int64))
     np.save(staging / VECTORS_FILE, np.ascontiguousarray(vectors, dtype=np.float32))
+    encoded = [doc.encode() for doc in docs]
+    offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+    offsets[1:] = np.cumsum([len(e) for e in encoded])
+    np.save(staging / DOC_IDS_FILE, np.frombuffer(b"".join(encoded), dtype=np.uint8))
+    np.save(staging / DOC_OFFSETS_FILE, offsets)
     checksums = {}
     for filename in _FILES:
         checksums[filename] = _crc32(staging / filename)
@@ -255,12 +277,19 @@ def load(root: Path, row: SegmentRow, dim: int) -> SealedSegment:
         # Plain ndarray views of the maps: indexing a np.memmap costs more per call.
         ids = np.asarray(np.load(directory / IDS_FILE, mmap_mode="r"))
         vectors = np.asarray(np.load(directory / VECTORS_FILE, mmap_mode="r"))
+        doc_bytes = np.asarray(np.load(directory / DOC_IDS_FILE, mmap_mode="r"))
+        doc_offsets = np.asarray(np.load(directory / DOC_OFFSETS_FILE, mmap_mode="r"))
     except (OSError, ValueError, RuntimeError, KeyError) as exc:
         raise SegmentDamaged(f"{directory}: {exc}") from exc
-    if index.ntotal != len(ids) or vectors.shape != (len(ids), dim):
-        raise SegmentDamaged(f"{directory}: index, ids and vectors disagree")
+    if (
+        index.ntotal != len(ids)
+        or vectors.shape != (len(ids), dim)
+        or doc_offsets.shape != (len(ids) + 1,)
+        or doc_offsets[-1] != len(doc_bytes)
+    ):
+        raise SegmentDamaged(f"{directory}: index, ids, vectors and document ids disagree")
     size = (directory / INDEX_FILE).stat().st_size
-    return SealedSegment(row, index, ids, vectors, size)
+    return SealedSegment(row, index, ids, vectors, doc_bytes, doc_offsets, size)
 
 
 def remove_files(root: Path, directory_name: str) -> None:
@@ -274,18 +303,18 @@ def parse_row(row: tuple[Any, ...]) -> SegmentRow:
     return SegmentRow(int(segment_id), kind, int(vectors), int(first), int(last), json.loads(files))
 
 
-def merge_top(results: list[tuple[Ids, Scores]], k: int) -> tuple[Ids, Scores]:
-    """The best ``k`` of several ``(ids, scores)`` lists."""
-    results = [r for r in results if len(r[0])]
+def merge_top(results: list[SegmentSearch], k: int) -> tuple[Ids, Scores, list[str]]:
+    """The best ``k`` of several segments' results: ids, scores and document ids."""
+    results = [r for r in results if len(r.ids)]
     if not results:
-        return _NO_IDS, _NO_SCORES
-    if len(results) == 1:
-        ids, scores = results[0]
-    else:
-        ids = np.concatenate([r[0] for r in results])
-        scores = np.concatenate([r[1] for r in results])
+        return _NO_IDS, _NO_SCORES, []
+    if len(results) == 1 and len(results[0].ids) <= k:
+        return results[0].ids, results[0].scores, results[0].docs
+    ids = np.concatenate([r.ids for r in results])
+    scores = np.concatenate([r.scores for r in results])
+    docs = [doc for r in results for doc in r.docs]
     best = top_k(scores, min(k, len(scores)))
-    return ids[best], scores[best]
+    return ids[best], scores[best], [docs[i] for i in best.tolist()]
 
 
 def _crc32(path: Path) -> int:

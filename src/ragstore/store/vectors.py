@@ -33,11 +33,12 @@ from ragstore.index.base import AllowedMask, Ids, Matrix, Scores
 from ragstore.store import rows, segments
 from ragstore.store.db import Database
 from ragstore.store.payload import PayloadIndex
-from ragstore.store.segments import SealedSegment, SegmentDamaged, SegmentRow
+from ragstore.store.segments import SealedSegment, SegmentDamaged, SegmentRow, SegmentSearch
 
 log = logging.getLogger(__name__)
 
 _EXACT_BLOCK = 16_384
+_LAST_ID = 2**63 - 1
 _MANIFEST = (
     "SELECT id, kind, vectors, first_chunk, last_chunk, files FROM segments "
     "WHERE collection_id = ? ORDER BY first_chunk"
@@ -50,6 +51,7 @@ class DenseResult:
 
     ids: Ids
     scores: Scores
+    docs: list[str]
     plan: list[dict[str, Any]]
 
 
@@ -76,6 +78,7 @@ class SegmentedIndex:
         self._worker: threading.Thread | None = None
         self._loaded = False
         self._growing = FlatIndex(dim)
+        self._growing_docs: dict[int, str] = {}
         self._sealed: dict[int, SealedSegment] = {}
         self._last_chunk = 0
         self._last_tombstone = 0
@@ -91,9 +94,27 @@ class SegmentedIndex:
         The caller holds :attr:`lock` and keeps the transaction open while it searches.
         """
         stamp = self._db.change_stamp(conn)
-        if self._loaded and self._synced_at.get(stamp[0]) == stamp:
-            return  # nothing was committed since this connection last caught up
-        self._sync(conn)
+        if not self._is_current(stamp):
+            self._sync(conn)
+            self._caught_up(stamp)
+
+    def refresh(self) -> None:
+        """:meth:`catch_up` in a read transaction of its own, opened only when something
+        was committed since this thread's connection last looked. The caller holds
+        :attr:`lock` and is not inside a transaction."""
+        conn = self._db.connection()
+        stamp = self._db.change_stamp(conn)
+        if not self._is_current(stamp):
+            # A commit landing after the stamp is read is caught up too, and changes the
+            # stamp, so the next call looks again: nothing is ever missed.
+            with self._db.read() as tx:
+                self._sync(tx)
+            self._caught_up(stamp)
+
+    def _is_current(self, stamp: tuple[int, int, int]) -> bool:
+        return self._loaded and self._synced_at.get(stamp[0]) == stamp
+
+    def _caught_up(self, stamp: tuple[int, int, int]) -> None:
         self._synced_at[stamp[0]] = stamp
         self._start_background_work()
 
@@ -105,18 +126,14 @@ class SegmentedIndex:
         self, query: Matrix, k: int, allowed: AllowedMask | None, knobs: ann.Knobs
     ) -> DenseResult:
         """The ``k`` best live chunks over every segment, only ``allowed`` ones if given."""
-        results = []
-        plan: list[dict[str, Any]] = []
-        for segment in self._sealed.values():
-            found = segment.search(query, k, allowed, knobs, self.config)
-            results.append((found.ids, found.scores))
-            plan.append(found.plan)
+        results = [s.search(query, k, allowed, knobs, self.config) for s in self._sealed.values()]
         if len(self._growing):
             ids, scores = self._growing.search(query, k, allowed)
-            results.append((ids, scores))
-            plan.append({"segment": "growing", "vectors": len(self._growing), "plan": "exact"})
-        ids, scores = segments.merge_top(results, k)
-        return DenseResult(ids, scores, plan)
+            docs = [self._growing_docs[i] for i in ids.tolist()]
+            plan = {"segment": "growing", "vectors": len(self._growing), "plan": "exact"}
+            results.append(SegmentSearch(ids, scores, docs, plan))
+        ids, scores, docs = segments.merge_top(results, k)
+        return DenseResult(ids, scores, docs, [r.plan for r in results])
 
     def exact(self, queries: Matrix, k: int) -> Ids:
         """Exact top-``k`` chunk ids of each query row over every live vector: ``(nq, k)``,
@@ -190,6 +207,7 @@ class SegmentedIndex:
     def _reload(self, conn: sqlite3.Connection) -> None:
         self._payload = PayloadIndex(self._collection_id)
         self._growing = FlatIndex(self._dim)
+        self._growing_docs = {}
         self._sealed = {}
         self._last_chunk = 0
         self._last_tombstone = rows.last_tombstone(conn)
@@ -217,18 +235,17 @@ class SegmentedIndex:
         live = rows.chunk_ids_between(conn, self._collection_id, row.first_chunk, row.last_chunk)
         segment.mark_deleted(np.setdiff1d(segment.ids, live, assume_unique=True))
         self._sealed[row.id] = segment
-        in_growing = self._growing.ids_between(row.first_chunk, row.last_chunk)
-        self._growing.remove(in_growing)
+        self._shrink_growing(self._growing.ids_between(row.first_chunk, row.last_chunk))
         self._last_chunk = max(self._last_chunk, row.last_chunk)
 
     def _rebuild_damaged(self, conn: sqlite3.Connection, row: SegmentRow) -> SealedSegment:
         """Rebuild a segment's files from the chunks in its range. The manifest is pointed
         at them by the background thread, since ``conn`` is inside a read transaction."""
-        ids, vectors = rows.chunks_between(
+        ids, vectors, docs = rows.chunk_vectors(
             conn, self._collection_id, row.first_chunk, row.last_chunk, self._dim
         )
         kind, files = segments.build_files(
-            self._segment_root, self.config.kind, ids, vectors, self.config
+            self._segment_root, self.config.kind, ids, vectors, docs, self.config
         )
         fresh = SegmentRow(row.id, kind, len(ids), row.first_chunk, row.last_chunk, files)
         self._repairs.append((fresh, row.directory_name))
@@ -250,15 +267,23 @@ class SegmentedIndex:
             conn, self._collection_id, self._last_tombstone
         )
         if removed.size:
-            self._growing.remove(removed)
+            self._shrink_growing(removed)
             for segment in self._sealed.values():
                 segment.mark_deleted(removed)
 
     def _add_new_chunks(self, conn: sqlite3.Connection) -> None:
-        ids, vectors = rows.chunks_after(conn, self._collection_id, self._last_chunk, self._dim)
+        ids, vectors, docs = rows.chunk_vectors(
+            conn, self._collection_id, self._last_chunk + 1, _LAST_ID, self._dim
+        )
         if ids.size:
             self._growing.add(ids, vectors)
+            self._growing_docs.update(zip(ids.tolist(), docs, strict=True))
             self._last_chunk = int(ids[-1])
+
+    def _shrink_growing(self, ids: Ids) -> None:
+        self._growing.remove(ids)
+        for chunk_id in ids.tolist():
+            self._growing_docs.pop(chunk_id, None)
 
     def _tombstone_floor(self, conn: sqlite3.Connection) -> int:
         row = conn.execute(
@@ -324,10 +349,11 @@ class SegmentedIndex:
     def _seal(self) -> None:
         with self.lock:
             ids, vectors = self._growing.snapshot()
+            docs = [self._growing_docs[i] for i in ids.tolist()]
         if not len(ids):
             return
         kind, files = segments.build_files(
-            self._segment_root, self.config.kind, ids, vectors, self.config
+            self._segment_root, self.config.kind, ids, vectors, docs, self.config
         )
         with self.lock:
             row = self._record(kind, ids, files, replaced=[])
@@ -336,7 +362,7 @@ class SegmentedIndex:
             segment = segments.load(self._segment_root, row, self._dim)
             still_here = self._growing.contains(ids)
             segment.mark_deleted(ids[~still_here])
-            self._growing.remove(ids[still_here])
+            self._shrink_growing(ids[still_here])
             self._sealed[row.id] = segment
             self._sealed = dict(sorted(self._sealed.items(), key=lambda s: s[1].row.first_chunk))
 
@@ -360,9 +386,13 @@ class SegmentedIndex:
         with self.lock:
             parts = [(s, s.live_positions()) for s in job.replaced]
         ids = np.concatenate([s.ids[p] for s, p in parts]).astype(np.int64)
+        if not len(ids):
+            self._drop(job.replaced)
+            return
         vectors = np.concatenate([np.asarray(s.vectors[p]) for s, p in parts])
+        docs = [doc for s, p in parts for doc in s.doc_ids(p)]
         kind, files = segments.build_files(
-            self._segment_root, self.config.kind, ids, vectors, self.config
+            self._segment_root, self.config.kind, ids, vectors, docs, self.config
         )
         with self.lock:
             row = self._record(kind, ids, files, replaced=job.replaced)
@@ -376,6 +406,17 @@ class SegmentedIndex:
                 segments.remove_files(self._segment_root, old.row.directory_name)
             self._sealed[row.id] = segment
             self._sealed = dict(sorted(self._sealed.items(), key=lambda s: s[1].row.first_chunk))
+
+    def _drop(self, replaced: Sequence[SealedSegment]) -> None:
+        """Forget segments whose every vector was deleted."""
+        with self.lock:
+            with self._db.write() as conn:
+                gone = rows.delete_segments(conn, [s.row.id for s in replaced])
+            if not gone:
+                return
+            for old in replaced:
+                del self._sealed[old.row.id]
+                segments.remove_files(self._segment_root, old.row.directory_name)
 
     def _record(
         self, kind: str, ids: Ids, files: dict[str, Any], replaced: Sequence[SealedSegment]
