@@ -53,6 +53,7 @@ from ragstore.errors import InvalidFilter
 
 __all__ = [
     "MAX_DEPTH",
+    "MISSING",
     "And",
     "Compare",
     "Filter",
@@ -61,6 +62,7 @@ __all__ = [
     "Scalar",
     "Value",
     "compile_sql",
+    "lookup",
     "matches",
     "parse_filter",
     "to_json",
@@ -445,7 +447,8 @@ def _compile_tests(template: str, values: tuple[Scalar, ...]) -> tuple[str, list
 
 # --------------------------------------------------------------------------- Python
 
-_MISSING: Final = object()
+MISSING: Final = object()
+"""What :func:`lookup` returns for a path that leads nowhere."""
 
 
 def matches(flt: Filter, metadata: Mapping[str, object]) -> bool:
@@ -465,9 +468,9 @@ def matches(flt: Filter, metadata: Mapping[str, object]) -> bool:
 
 
 def _matches_compare(cmp: Compare, metadata: Mapping[str, object]) -> bool:
-    node = _lookup(metadata, cmp.path)
+    node = lookup(metadata, cmp.path)
     if cmp.op == "$exists":
-        return (node is not _MISSING) == cmp.value
+        return (node is not MISSING) == cmp.value
     op, negated = _positive(cmp.op)
     test = _COMPARISONS[op][1]
     hit = any(
@@ -478,11 +481,12 @@ def _matches_compare(cmp: Compare, metadata: Mapping[str, object]) -> bool:
     return hit != negated
 
 
-def _lookup(metadata: Mapping[str, object], path: tuple[str, ...]) -> object:
+def lookup(metadata: Mapping[str, object], path: tuple[str, ...]) -> object:
+    """The value at ``path`` in ``metadata``, or :data:`MISSING`."""
     node: object = metadata
     for key in path:
         if not isinstance(node, Mapping) or key not in node:
-            return _MISSING
+            return MISSING
         node = node[key]
     return node
 

@@ -14,8 +14,7 @@ import logging
 import sqlite3
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +22,7 @@ import numpy as np
 from ragstore.cache import freshness
 from ragstore.cache.base import Entry, Vector
 from ragstore.cache.settings import CacheSettings
+from ragstore.store.db import Database
 from ragstore.store.rows import batched, placeholders
 
 logger = logging.getLogger(__name__)
@@ -39,10 +39,10 @@ class LocalBackend:
     errors: tuple[type[Exception], ...] = (sqlite3.Error, OSError)
 
     def __init__(self, db_path: Path, settings: CacheSettings) -> None:
-        self._path = db_path
+        # Connections of its own, which give up on the write lock quickly: a busy store
+        # skips persisting an entry rather than delaying the search.
+        self._db = Database(db_path.parent, busy_timeout_s=WRITE_WAIT_S)
         self._settings = settings
-        self._local = threading.local()
-        self._connections: list[sqlite3.Connection] = []
         self._lock = threading.RLock()
         self._memory = _Memory()
         self._touched: dict[Key, float] = {}
@@ -56,7 +56,7 @@ class LocalBackend:
         if found is not None:
             return found
         row = (
-            self._conn()
+            self._db.connection()
             .execute(
                 f"SELECT {_COLUMNS} FROM cache_entries WHERE scope = ? AND text_key = ?",
                 (scope, text_key),
@@ -80,7 +80,7 @@ class LocalBackend:
         """Persist ``entry`` and keep it in memory; returns how many entries were evicted."""
         evicted: list[Key] = []
         try:
-            with self._write() as conn:
+            with self._db.write() as conn:
                 self._flush_touched(conn)
                 _insert(conn, entry, now)
                 evicted = _evict(conn, self._settings)
@@ -106,7 +106,7 @@ class LocalBackend:
             self._memory.drop(entry.key)
             self._touched.pop(entry.key, None)
         try:
-            with self._write() as conn:
+            with self._db.write() as conn:
                 conn.execute(
                     "DELETE FROM cache_entries WHERE scope = ? AND text_key = ?", entry.key
                 )
@@ -132,7 +132,7 @@ class LocalBackend:
 
     def clear(self) -> int:
         """Delete every entry of the store and tell other processes."""
-        with self._write() as conn:
+        with self._db.write() as conn:
             count = int(conn.execute("SELECT count(*) FROM cache_entries").fetchone()[0])
             conn.execute("DELETE FROM cache_entries")
             freshness.bump_epoch(conn)
@@ -142,7 +142,7 @@ class LocalBackend:
     def add_stats(self, deltas: Mapping[str, float]) -> None:
         """Add to the store's persisted counters."""
         try:
-            with self._write() as conn:
+            with self._db.write() as conn:
                 self._flush_touched(conn)
                 conn.executemany(
                     "INSERT INTO cache_stats (name, value) VALUES (?, ?) "
@@ -156,20 +156,20 @@ class LocalBackend:
 
     def read_stats(self) -> dict[str, float]:
         """The store's persisted counters."""
-        return dict(self._conn().execute("SELECT name, value FROM cache_stats").fetchall())
+        return dict(self._db.connection().execute("SELECT name, value FROM cache_stats").fetchall())
 
     def size(self) -> tuple[int, int]:
         """Entries and bytes held in the store."""
-        row = self._conn().execute("SELECT count(*), total(bytes) FROM cache_entries").fetchone()
+        row = (
+            self._db.connection()
+            .execute("SELECT count(*), total(bytes) FROM cache_entries")
+            .fetchone()
+        )
         return int(row[0]), int(row[1])
 
     def close(self) -> None:
         """Close this backend's connections."""
-        with self._lock:
-            for conn in self._connections:
-                conn.close()
-            self._connections.clear()
-            self._local = threading.local()
+        self._db.close()
 
     def _add(self, entry: Entry) -> None:
         self._memory.add(entry)
@@ -178,7 +178,7 @@ class LocalBackend:
     def _ensure_loaded(self) -> None:
         if self._loaded:
             return
-        conn = self._conn()
+        conn = self._db.connection()
         cites: dict[int, list[str]] = {}
         for entry_id, doc_id in conn.execute("SELECT entry_id, doc_id FROM cache_cites"):
             cites.setdefault(entry_id, []).append(doc_id)
@@ -188,7 +188,7 @@ class LocalBackend:
         self._loaded = True
 
     def _cites_of(self, entry_id: int) -> list[str]:
-        rows = self._conn().execute(
+        rows = self._db.connection().execute(
             "SELECT doc_id FROM cache_cites WHERE entry_id = ?", (entry_id,)
         )
         return [row[0] for row in rows]
@@ -200,30 +200,6 @@ class LocalBackend:
             "UPDATE cache_entries SET last_used = ? WHERE scope = ? AND text_key = ?",
             [(when, scope, text) for (scope, text), when in touched.items()],
         )
-
-    def _conn(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(
-                self._path, timeout=WRITE_WAIT_S, isolation_level=None, check_same_thread=False
-            )
-            conn.execute("PRAGMA foreign_keys = ON")
-            conn.execute("PRAGMA synchronous = NORMAL")
-            self._local.conn = conn
-            with self._lock:
-                self._connections.append(conn)
-        return conn
-
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
 
 
 class _Memory:

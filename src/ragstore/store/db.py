@@ -190,8 +190,9 @@ SCHEMA_VERSION = len(_MIGRATIONS)
 class Database:
     """One SQLite database file, shared safely by threads and processes."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, busy_timeout_s: float = BUSY_TIMEOUT_S) -> None:
         self.path = directory / DB_FILENAME
+        self._busy_timeout_s = busy_timeout_s
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
@@ -248,10 +249,11 @@ class Database:
         self._local = threading.local()
 
     def _connect(self) -> sqlite3.Connection:
+        timeout = self._busy_timeout_s
         conn = sqlite3.connect(
-            self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+            self.path, timeout=timeout, isolation_level=None, check_same_thread=False
         )
-        conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+        conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
         _retry_locked(lambda: conn.execute("PRAGMA journal_mode = WAL"))
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute(f"PRAGMA mmap_size = {MMAP_BYTES}")

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from ragstore.filters import And, Compare, Filter, Not, Or, matches
+from ragstore.filters import MISSING, And, Compare, Filter, Not, Or, lookup, matches
 from ragstore.index.base import AllowedMask, Ids, id_mask
 from ragstore.store import rows
 
@@ -62,8 +62,8 @@ class _Column:
         return holds[self.codes]
 
     def _code(self, metadata: dict[str, object]) -> int:
-        node = _lookup(metadata, self.path)
-        key = _MISSING_KEY if node is _ABSENT else json.dumps(node, sort_keys=True)
+        node = lookup(metadata, self.path)
+        key = _MISSING_KEY if node is MISSING else json.dumps(node, sort_keys=True)
         code = self.code_of.get(key)
         if code is None:
             code = self.code_of[key] = len(self.values)
@@ -124,7 +124,6 @@ class PayloadIndex:
         self._last_chunk = int(ids[-1])
 
 
-_ABSENT = object()
 _LAST_ID = 2**63 - 1
 
 
@@ -151,18 +150,9 @@ def _parsed(cache: dict[int, dict[str, object]], document: int, text: str) -> di
     return value
 
 
-def _lookup(metadata: dict[str, object], path: tuple[str, ...]) -> object:
-    node: object = metadata
-    for key in path:
-        if not isinstance(node, dict) or key not in node:
-            return _ABSENT
-        node = node[key]
-    return node
-
-
 def _rebuilt(path: tuple[str, ...], value: object) -> dict[str, object]:
     """The smallest metadata holding ``value`` at ``path`` (nothing, for absent)."""
-    if value is _ABSENT:
+    if value is MISSING:
         return {}
     node: object = value
     for key in reversed(path):
