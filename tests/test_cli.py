@@ -135,3 +135,11 @@ def test_every_command_has_help() -> None:
         code, output = invoke(Path("unused"), name, "--help")
         assert code == 0
         assert "Usage:" in output
+
+
+def test_serve_refuses_bad_limits_as_a_usage_error(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        cli, ["--store", str(tmp_path / "s"), "serve", "--limits", '{"max_batch": 0}']
+    )
+    assert result.exit_code == 2
+    assert "max_batch" in result.output

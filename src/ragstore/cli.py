@@ -16,9 +16,11 @@ from pathlib import Path
 from typing import Any, NoReturn, cast
 
 import click
+from pydantic import ValidationError
 
 import ragstore
 from ragstore.cache import QueryCache
+from ragstore.config import config_error
 from ragstore.errors import InvalidConfig, InvalidFilter, InvalidInput, RagstoreError
 from ragstore.ingest.pipeline import ProgressFn
 from ragstore.search.hybrid import DEFAULT_ALPHA, DEFAULT_FUSION, RRF_K, Fusion, Mode
@@ -398,7 +400,10 @@ def serve(
     from ragstore.server import serve as run_server
 
     with _failures():
-        limits = Limits.model_validate(_parse_json_option(limits_json, "--limits") or {})
+        try:
+            limits = Limits.model_validate(_parse_json_option(limits_json, "--limits") or {})
+        except ValidationError as exc:
+            raise config_error(exc, "--limits") from None
         settings = ServerSettings(
             store_path=obj.store_path,
             host=host,

@@ -85,15 +85,16 @@ class CollectionConfig(BaseModel):
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            raise _config_error(exc) from None
+            raise config_error(exc, "collection config") from None
 
     def to_json(self) -> str:
         """Canonical JSON form, as stored in the collection row."""
         return self.model_dump_json()
 
 
-def _config_error(exc: ValidationError) -> InvalidConfig:
+def config_error(exc: ValidationError, what: str) -> InvalidConfig:
+    """A pydantic validation error as :class:`InvalidConfig`, naming the first bad field."""
     first = exc.errors()[0]
     field = ".".join(str(part) for part in first["loc"]) or None
     where = f"{field}: " if field else ""
-    return InvalidConfig(f"invalid collection config: {where}{first['msg']}", field=field)
+    return InvalidConfig(f"invalid {what}: {where}{first['msg']}", field=field)
