@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,6 +74,45 @@ def _text_record(i: int, record: Mapping[str, Any] | Document) -> Document:
         }
     _check_fields(record, _TEXT_FIELDS, where)
     return _document(record, where, text_required=True)
+
+
+def vector_batch(
+    ids: Sequence[Any], vectors: Any, metadata: Sequence[Any] | None, dim: int
+) -> list[VectorRecord]:
+    """Validate a bulk upsert (ids, an ``(n, dim)`` array, metadata per row); the vectors
+    are checked and normalised as one array."""
+    if metadata is not None and len(metadata) != len(ids):
+        raise InvalidInput("metadata must have one entry per id", field="metadata")
+    matrix = _unit_rows(vectors, len(ids), dim)
+    return [
+        VectorRecord(
+            Document(
+                id=_doc_id(doc_id, f"ids[{i}]"),
+                text="",
+                metadata=_metadata(metadata[i] or {}, f"metadata[{i}]") if metadata else {},
+            ),
+            matrix[i],
+        )
+        for i, doc_id in enumerate(ids)
+    ]
+
+
+def _unit_rows(vectors: Any, count: int, dim: int) -> Matrix:
+    try:
+        matrix = np.asarray(vectors, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise InvalidInput("vectors must be an array of numbers", field="vectors") from None
+    if matrix.ndim != 2 or len(matrix) != count:
+        raise InvalidInput("vectors must be an array with one row per id", field="vectors")
+    if matrix.shape[1] != dim:
+        raise DimensionMismatch(dim, int(matrix.shape[1]), field="vectors")
+    norms = np.linalg.norm(matrix, axis=1)
+    bad = np.flatnonzero(~np.isfinite(norms) | (norms == 0))
+    if len(bad):
+        field = f"vectors[{bad[0]}]"
+        raise InvalidInput(f"{field} must be finite and not all zeros", field=field)
+    unit: Matrix = matrix / norms[:, None]
+    return unit
 
 
 def _check_fields(record: Any, allowed: frozenset[str], where: str) -> None:

@@ -26,7 +26,13 @@ from ragstore.index.ann import Knobs
 from ragstore.index.base import Matrix
 from ragstore.ingest import pipeline
 from ragstore.ingest.pipeline import ProgressFn
-from ragstore.records import text_records, unit_vector, vector_records
+from ragstore.records import (
+    VectorRecord,
+    text_records,
+    unit_vector,
+    vector_batch,
+    vector_records,
+)
 from ragstore.search import hybrid, keyword
 from ragstore.search.hybrid import Fusion, Mode, Reranker, SearchResults
 from ragstore.store import rows
@@ -222,7 +228,7 @@ class Collection:
         started = time.perf_counter()
         report = IngestReport()
         if self.config.embedder is None:
-            self._upsert_vectors(records, report)
+            self._write_vectors(vector_records(records, self.config.dim), report)
         else:
             docs = text_records(records)
             pipeline.write_batches(self._target(), ((d, None) for d in docs), report)
@@ -237,16 +243,16 @@ class Collection:
     ) -> IngestReport:
         """Bulk :meth:`upsert` for a vector collection: ids, an ``(n, dim)`` array and
         optional metadata per row."""
-        matrix = np.asarray(vectors)
-        if matrix.ndim != 2 or len(matrix) != len(ids):
-            raise InvalidInput("vectors must be an array with one row per id", field="vectors")
-        if metadata is not None and len(metadata) != len(ids):
-            raise InvalidInput("metadata must have one entry per id", field="metadata")
-        records = [
-            {"id": doc_id, "vector": row, "metadata": metadata[i] if metadata else {}}
-            for i, (doc_id, row) in enumerate(zip(ids, matrix, strict=True))
-        ]
-        return self.upsert(records)
+        if self.config.embedder is not None:
+            raise InvalidInput(
+                f"collection {self.name!r} embeds its own text: upsert text records",
+                field="vectors",
+            )
+        started = time.perf_counter()
+        report = IngestReport()
+        self._write_vectors(vector_batch(ids, vectors, metadata, self.config.dim), report)
+        report.seconds = round(time.perf_counter() - started, 3)
+        return report
 
     def ingest(
         self,
@@ -480,8 +486,7 @@ class Collection:
             )
         return self.embedder.embed_query(query)
 
-    def _upsert_vectors(self, records: Iterable[Mapping[str, Any]], report: IngestReport) -> None:
-        parsed = vector_records(records, self.config.dim)
+    def _write_vectors(self, parsed: list[VectorRecord], report: IngestReport) -> None:
         with self._db.read() as conn:
             stored = rows.content_hashes(conn, self.id, [r.document.id for r in parsed])
         changed: dict[str, DocumentRow] = {}

@@ -355,16 +355,17 @@ class SegmentedIndex:
         kind, files = segments.build_files(
             self._segment_root, self.config.kind, ids, vectors, docs, self.config
         )
+        row = self._record(kind, ids, files, replaced=[])
+        if row is None:
+            return
+        segment = segments.load(self._segment_root, row, self._dim)
         with self.lock:
-            row = self._record(kind, ids, files, replaced=[])
-            if row is None:
-                return
-            segment = segments.load(self._segment_root, row, self._dim)
+            if row.id in self._sealed:
+                return  # a search caught up with the manifest first and adopted it
             still_here = self._growing.contains(ids)
             segment.mark_deleted(ids[~still_here])
             self._shrink_growing(ids[still_here])
-            self._sealed[row.id] = segment
-            self._sealed = dict(sorted(self._sealed.items(), key=lambda s: s[1].row.first_chunk))
+            self._add_sealed(segment)
 
     def _locked_next_job(self, force: bool) -> _Job | None:
         with self.lock:
@@ -394,29 +395,35 @@ class SegmentedIndex:
         kind, files = segments.build_files(
             self._segment_root, self.config.kind, ids, vectors, docs, self.config
         )
+        row = self._record(kind, ids, files, replaced=job.replaced)
+        if row is None:
+            return
+        segment = segments.load(self._segment_root, row, self._dim)
         with self.lock:
-            row = self._record(kind, ids, files, replaced=job.replaced)
-            if row is None:
-                return
-            segment = segments.load(self._segment_root, row, self._dim)
-            still_live = np.concatenate([s.live[p] for s, p in parts])
-            segment.mark_deleted(ids[~still_live])
-            for old in job.replaced:
-                del self._sealed[old.row.id]
-                segments.remove_files(self._segment_root, old.row.directory_name)
-            self._sealed[row.id] = segment
-            self._sealed = dict(sorted(self._sealed.items(), key=lambda s: s[1].row.first_chunk))
+            if row.id not in self._sealed:  # else a search adopted it and dropped the old
+                still_live = np.concatenate([s.live[p] for s, p in parts])
+                segment.mark_deleted(ids[~still_live])
+                for old in job.replaced:
+                    self._sealed.pop(old.row.id, None)
+                self._add_sealed(segment)
+        for old in job.replaced:
+            segments.remove_files(self._segment_root, old.row.directory_name)
 
     def _drop(self, replaced: Sequence[SealedSegment]) -> None:
         """Forget segments whose every vector was deleted."""
+        with self._db.write() as conn:
+            gone = rows.delete_segments(conn, [s.row.id for s in replaced])
+        if not gone:
+            return
         with self.lock:
-            with self._db.write() as conn:
-                gone = rows.delete_segments(conn, [s.row.id for s in replaced])
-            if not gone:
-                return
             for old in replaced:
-                del self._sealed[old.row.id]
-                segments.remove_files(self._segment_root, old.row.directory_name)
+                self._sealed.pop(old.row.id, None)
+        for old in replaced:
+            segments.remove_files(self._segment_root, old.row.directory_name)
+
+    def _add_sealed(self, segment: SealedSegment) -> None:
+        self._sealed[segment.row.id] = segment
+        self._sealed = dict(sorted(self._sealed.items(), key=lambda s: s[1].row.first_chunk))
 
     def _record(
         self, kind: str, ids: Ids, files: dict[str, Any], replaced: Sequence[SealedSegment]
