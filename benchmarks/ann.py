@@ -1042,11 +1042,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     engines = measure_kinds(kinds, data, params, rs, args, report)
     last = kinds[-1]
     setting = chosen_setting(last, report["kinds"][last]["sweep"], params)
-    print(f"\n== filtered queries on {last} at setting {setting}", flush=True)
-    faiss_index = engines["faiss"].extra["index"]
-    report["filtered"] = filtered(
-        last, setting, params, rs, faiss_index, data, args.filter_queries, args.budget
-    )
+    if args.filter_queries > 0:
+        print(f"\n== filtered queries on {last} at setting {setting}", flush=True)
+        faiss_index = engines["faiss"].extra["index"]
+        report["filtered"] = filtered(
+            last, setting, params, rs, faiss_index, data, args.filter_queries, args.budget
+        )
     if rs is not None and args.upsert_seconds > 0:
         print(f"\n== upserts while searching ({last}, {args.upsert_seconds:g} s)", flush=True)
         live = upserts_while_searching(rs, last, setting, gen, upsert_rng, data, args)
@@ -1278,7 +1279,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--nprobe", type=_ints, default=[1, 2, 4, 8, 16, 32, 64, 128])
     parser.add_argument("--pq-m", type=int, default=48)
     parser.add_argument("--nbits", type=int, default=8)
-    parser.add_argument("--rerank", type=int, default=8, help="candidates per k re-ranked")
+    parser.add_argument("--rerank", type=int, default=32, help="candidates per k re-ranked")
     parser.add_argument(
         "--budget",
         type=float,

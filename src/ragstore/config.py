@@ -50,7 +50,7 @@ class IndexConfig(BaseModel):
     nprobe: int = Field(default=32, ge=1, le=1 << 20)
     pq_m: int = Field(default=48, ge=1, le=1024)
     nbits: int = Field(default=8, ge=4, le=12)
-    rerank: int = Field(default=8, ge=1, le=100)
+    rerank: int = Field(default=32, ge=1, le=100)
     seal_threshold: int = Field(default=20_000, ge=1)
     max_segments: int = Field(default=8, ge=1)
     max_segment_vectors: int = Field(default=4_000_000, ge=1)
