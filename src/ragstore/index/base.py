@@ -6,8 +6,13 @@ SQLite. Vectors are unit length, so inner product is cosine similarity.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import numpy as np
 import numpy.typing as npt
+from threadpoolctl import ThreadpoolController
 
 Ids = npt.NDArray[np.int64]
 Scores = npt.NDArray[np.float32]
@@ -33,3 +38,20 @@ def lookup(mask: AllowedMask, ids: Ids) -> npt.NDArray[np.bool_]:
     result = np.zeros(len(ids), dtype=bool)
     result[inside] = mask[ids[inside]]
     return result
+
+
+@contextmanager
+def one_blas_thread() -> Iterator[None]:
+    """Run numpy's matrix products on one thread inside the block.
+
+    One search uses one core, like the FAISS searches and the query embedding: a
+    vector-matrix product gains little from a second thread, and takes it from
+    concurrent writes and searches. The limit is process-wide while the block runs.
+    """
+    with _blas().limit(limits=1, user_api="blas"):
+        yield
+
+
+@functools.cache
+def _blas() -> ThreadpoolController:
+    return ThreadpoolController()

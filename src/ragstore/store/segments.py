@@ -33,7 +33,7 @@ import numpy.typing as npt
 
 from ragstore.config import IndexConfig, IndexKind
 from ragstore.index import ann
-from ragstore.index.base import AllowedMask, Ids, Matrix, Scores, lookup
+from ragstore.index.base import AllowedMask, Ids, Matrix, Scores, lookup, one_blas_thread
 from ragstore.index.flat import top_k
 
 INDEX_FILE = "index.faiss"
@@ -194,7 +194,11 @@ class SealedSegment:
         return self._ranked(query, k, positions, plan)
 
     def _ranked(self, query: Matrix, k: int, positions: Ids, plan: dict[str, Any]) -> SegmentSearch:
-        scores = np.asarray(self.vectors[positions] @ query, dtype=np.float32)
+        if len(positions) > _SMALL_PRODUCT:
+            with one_blas_thread():
+                scores = np.asarray(self.vectors[positions] @ query, dtype=np.float32)
+        else:  # too small for a second thread to matter; skip the limit's cost
+            scores = np.asarray(self.vectors[positions] @ query, dtype=np.float32)
         best = top_k(scores, min(k, len(scores)))
         return self._result(positions[best], scores[best], plan)
 
@@ -212,6 +216,8 @@ class SealedSegment:
         return self._live_bits
 
 
+_SMALL_PRODUCT = 8192
+"""Rows below which a vector-matrix product is left to BLAS as it is."""
 _ANN_PLANS = {
     (False, False): "ann",
     (False, True): "ann + filter bitmap",

@@ -15,8 +15,10 @@ Reads and writes go on meanwhile: the lock is held only to snapshot and to swap.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
+import os
 import sqlite3
 import threading
 from collections.abc import Sequence
@@ -29,7 +31,7 @@ import numpy as np
 from ragstore.config import IndexConfig
 from ragstore.filters import Filter
 from ragstore.index import FlatIndex, ann
-from ragstore.index.base import AllowedMask, Ids, Matrix, Scores
+from ragstore.index.base import AllowedMask, Ids, Matrix, Scores, one_blas_thread
 from ragstore.store import rows, segments
 from ragstore.store.db import Database
 from ragstore.store.payload import PayloadIndex
@@ -128,7 +130,8 @@ class SegmentedIndex:
         """The ``k`` best live chunks over every segment, only ``allowed`` ones if given."""
         results = [s.search(query, k, allowed, knobs, self.config) for s in self._sealed.values()]
         if len(self._growing):
-            ids, scores = self._growing.search(query, k, allowed)
+            with one_blas_thread():
+                ids, scores = self._growing.search(query, k, allowed)
             docs = [self._growing_docs[i] for i in ids.tolist()]
             plan = {"segment": "growing", "vectors": len(self._growing), "plan": "exact"}
             results.append(SegmentSearch(ids, scores, docs, plan))
@@ -309,6 +312,7 @@ class SegmentedIndex:
         self._worker.start()
 
     def _background(self) -> None:
+        _lower_priority()
         try:
             with self._building:
                 self._work(force=False)
@@ -441,6 +445,17 @@ class SegmentedIndex:
             segments.remove_files(self._segment_root, files["dir"])
             return None
         return SegmentRow(segment_id, kind, len(ids), first, last, files)  # type: ignore[arg-type]
+
+
+BACKGROUND_NICENESS = 10
+"""How much lower the background sealing thread runs than searches and writes."""
+
+
+def _lower_priority() -> None:
+    """Lower this thread's CPU priority, so searches and writes come first and index
+    builds use what is left (Linux sets niceness per thread; elsewhere nothing)."""
+    with contextlib.suppress(AttributeError, OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICENESS)
 
 
 def _merge_run(ordered: list[SealedSegment], config: IndexConfig) -> _Job | None:
