@@ -1,14 +1,20 @@
-"""Keyword search engines compared: SQLite FTS5 as ragstore runs it, bm25s and tantivy.
+"""Keyword search engines compared: ragstore's BM25 postings, SQLite FTS5, bm25s, tantivy.
 
 Every engine indexes the same BEIR corpora, read in place; a document is one unit, its
 title and text. All score with Okapi BM25, k1 = 1.2 and b = 0.75, and analyse text the
 same way as far as each allows:
 
-* ``fts5``: ragstore's exact configuration. Text goes through ``keyword.indexed_text``
-  (lower case, code-like compounds kept whole and split, Lucene's English stop words
-  dropped) into a collection's ``chunk_fts_<id>(title, text)`` table made by
-  ``keyword.create_table`` (``FTS_TOKENIZE``, Porter), and queries run through
-  ``keyword.search`` itself, on a WAL database file with ragstore's pragmas.
+* ``ragstore``: ragstore's keyword side. ``keyword.encode_terms`` (lower case, code-like
+  compounds kept whole and split, Lucene's English stop words dropped, Porter stems)
+  writes each chunk's terms into a ``chunks`` row in a WAL database file with ragstore's
+  pragmas; ``BM25Index`` loads its postings from those rows, and a query runs
+  ``BM25Index.search`` on ``keyword.query_terms``. An update deletes and inserts the row
+  in one committed transaction, then catches the postings up (remove + add), as a search
+  does after a write.
+* ``fts5``: the engine ragstore used before, with the same analyser: the analysed text
+  into an FTS5 ``(title, text)`` table (``porter unicode61 remove_diacritics 2
+  tokenchars '._-'``), ranked by ``bm25()`` with column weights 1/1. Its scores are the
+  ones ragstore's postings reproduce (tests/test_bm25.py).
 * ``bm25s``: its English stop words (the same Lucene set) and the PyStemmer English
   (Snowball) stemmer, for documents and queries alike; numpy backend.
 * ``tantivy``: the ``en_stem`` tokenizer (lower case, Snowball English stemmer, no stop
@@ -33,7 +39,8 @@ on the shared machine hits all of them alike:
   rebuilt from the token lists of all the others, kept from the build (a lower bound of
   what a rebuild costs). Each update is checked, untimed, to be searchable. tantivy
   fsyncs every commit; ragstore's SQLite (WAL, ``synchronous = NORMAL``) does not, so
-  FTS5 updates are timed a second time with ``synchronous = FULL``, durable alike.
+  the two SQLite engines' updates are timed a second time with ``synchronous = FULL``,
+  durable alike.
 
 bm25s is also run once with the settings of MTEB's bm25s baseline (k1 = 1.5), to check
 the pipeline against the published SciFact figure, which the output quotes.
@@ -69,6 +76,7 @@ import tantivy
 
 from ragstore.eval.beir import BeirDataset, load_beir
 from ragstore.eval.metrics import evaluate_run
+from ragstore.index.bm25 import BM25Index
 from ragstore.search import keyword
 
 DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
@@ -108,63 +116,117 @@ class Engine(Protocol):
     def close(self) -> None: ...
 
 
-COLLECTION = 1
-
-
-class Fts5Engine:
-    """ragstore's FTS5 table, analyser and search SQL, on a minimal store schema."""
+class PostingsEngine:
+    """ragstore's stored terms and in-memory BM25 postings."""
 
     def __init__(self, folder: Path) -> None:
-        self.conn = sqlite3.connect(folder / "fts.db", isolation_level=None)
-        self.conn.execute("PRAGMA journal_mode = WAL")
-        self.conn.execute("PRAGMA synchronous = NORMAL")
-        self.conn.executescript(
-            "CREATE TABLE documents (id INTEGER PRIMARY KEY, metadata TEXT NOT NULL);"
+        self.conn = _database(folder / "terms.db")
+        self.conn.execute(
             "CREATE TABLE chunks (id INTEGER PRIMARY KEY AUTOINCREMENT, "
-            "collection_id INTEGER NOT NULL, document_id INTEGER NOT NULL);"
-            "CREATE INDEX chunks_document ON chunks (document_id);"
+            "document_id INTEGER NOT NULL, terms BLOB NOT NULL)"
         )
-        keyword.create_table(self.conn, COLLECTION)
+        self.conn.execute("CREATE INDEX chunks_document ON chunks (document_id)")
+        self.index = BM25Index()
         self.chunk_doc: dict[int, int] = {}
 
     def build(self, docs: Sequence[Doc]) -> None:
-        with self._transaction():
-            for index, doc in enumerate(docs):
-                self.conn.execute("INSERT INTO documents VALUES (?, '{}')", (index,))
-                self._insert_chunk(index, doc)
+        with _transaction(self.conn):
+            self.conn.executemany(
+                "INSERT INTO chunks (document_id, terms) VALUES (?, ?)",
+                [(i, keyword.encode_terms(doc.title, doc.text)) for i, doc in enumerate(docs)],
+            )
+        self._catch_up()
 
     def search(self, query: str, k: int) -> list[tuple[int, float]]:
-        hits = keyword.search(self.conn, COLLECTION, query, k)
-        return [(self.chunk_doc[chunk], score) for chunk, score in hits]
+        ids, scores = self.index.search(keyword.query_terms(query), k)
+        return [(self.chunk_doc[c], s) for c, s in zip(ids.tolist(), scores.tolist(), strict=True)]
 
     def replace(self, index: int, doc: Doc) -> None:
-        with self._transaction():
-            old = self.conn.execute("SELECT id FROM chunks WHERE document_id = ?", (index,))
-            for (chunk,) in old.fetchall():  # the table's trigger drops the FTS5 row
-                self.conn.execute("DELETE FROM chunks WHERE id = ?", (chunk,))
-                del self.chunk_doc[chunk]
-            self._insert_chunk(index, doc)
+        with _transaction(self.conn):
+            old = [
+                r[0]
+                for r in self.conn.execute("SELECT id FROM chunks WHERE document_id = ?", (index,))
+            ]
+            self.conn.execute("DELETE FROM chunks WHERE document_id = ?", (index,))
+            self.conn.execute(
+                "INSERT INTO chunks (document_id, terms) VALUES (?, ?)",
+                (index, keyword.encode_terms(doc.title, doc.text)),
+            )
+        self.index.remove(np.array(old, dtype=np.int64))
+        self._catch_up()
 
     def close(self) -> None:
         self.conn.close()
 
-    def _insert_chunk(self, index: int, doc: Doc) -> None:
-        cursor = self.conn.execute(
-            "INSERT INTO chunks (collection_id, document_id) VALUES (?, ?)", (COLLECTION, index)
-        )
-        chunk = int(cursor.lastrowid or 0)
-        keyword.add_chunk(self.conn, COLLECTION, chunk, keyword.indexed_text(doc.title), doc.text)
-        self.chunk_doc[chunk] = index
+    def _catch_up(self) -> None:
+        found = self.conn.execute(
+            "SELECT id, document_id, terms FROM chunks WHERE id > ? ORDER BY id",
+            (self.index.last_chunk,),
+        ).fetchall()
+        ids = np.array([row[0] for row in found], dtype=np.int64)
+        self.chunk_doc.update((row[0], row[1]) for row in found)
+        self.index.add(ids, [row[2] for row in found])
 
-    @contextmanager
-    def _transaction(self) -> Iterator[None]:
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        self.conn.execute("COMMIT")
+
+FTS_TOKENIZE = "porter unicode61 remove_diacritics 2 tokenchars '._-'"
+
+
+class Fts5Engine:
+    """The FTS5 table, analyser and ranking SQL ragstore used before its own postings."""
+
+    def __init__(self, folder: Path) -> None:
+        self.conn = _database(folder / "fts.db")
+        self.conn.execute(
+            f'CREATE VIRTUAL TABLE fts USING fts5(title, text, tokenize = "{FTS_TOKENIZE}")'
+        )
+
+    def build(self, docs: Sequence[Doc]) -> None:
+        with _transaction(self.conn):
+            for index, doc in enumerate(docs):
+                self._insert(index, doc)
+
+    def search(self, query: str, k: int) -> list[tuple[int, float]]:
+        terms = dict.fromkeys(keyword.analyze(query))
+        if not terms:
+            return []
+        rows = self.conn.execute(
+            "SELECT rowid, -bm25(fts, 1.0, 1.0) AS score FROM fts WHERE fts MATCH ? "
+            "ORDER BY score DESC, rowid LIMIT ?",
+            (" OR ".join(f'"{term}"' for term in terms), k),
+        ).fetchall()
+        return [(int(rowid) - 1, float(score)) for rowid, score in rows]
+
+    def replace(self, index: int, doc: Doc) -> None:
+        with _transaction(self.conn):
+            self.conn.execute("DELETE FROM fts WHERE rowid = ?", (index + 1,))
+            self._insert(index, doc)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def _insert(self, index: int, doc: Doc) -> None:
+        title, text = " ".join(keyword.analyze(doc.title)), " ".join(keyword.analyze(doc.text))
+        self.conn.execute(
+            "INSERT INTO fts (rowid, title, text) VALUES (?, ?, ?)", (index + 1, title, text)
+        )
+
+
+def _database(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = NORMAL")
+    return conn
+
+
+@contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
 
 
 class Bm25sEngine:
@@ -265,8 +327,11 @@ def _en_stem_stop() -> tantivy.TextAnalyzer:
 
 
 CONFIGS = {
-    "fts5": f"ragstore keyword.indexed_text + fts5 tokenize '{keyword.FTS_TOKENIZE}', "
-    "bm25() k1=1.2 b=0.75, columns (title, text) weights 1/1, queried by keyword.search; "
+    "ragstore": "keyword.encode_terms stored per chunk in SQLite (WAL, synchronous=NORMAL), "
+    "BM25Index postings in memory, k1=1.2 b=0.75 as FTS5's bm25(); update = delete + insert "
+    "the row in one committed transaction, then remove + add on the postings",
+    "fts5": f"keyword.analyze + fts5 tokenize '{FTS_TOKENIZE}', "
+    "bm25() k1=1.2 b=0.75, columns (title, text) weights 1/1; "
     "update = delete + insert rows, one committed transaction (WAL, synchronous=NORMAL "
     "as ragstore; update_one_doc_synchronous_full_ms: the same with an fsync per commit)",
     "bm25s": "bm25s.BM25(k1=1.2, b=0.75, method='lucene'), stopwords='en' (Lucene set), "
@@ -280,6 +345,7 @@ CONFIGS = {
 }
 
 ENGINES: dict[str, Callable[[Path], Engine]] = {
+    "ragstore": PostingsEngine,
     "fts5": Fts5Engine,
     "bm25s": lambda _folder: Bm25sEngine(),
     "tantivy": lambda folder: TantivyEngine(folder, stop_words=False),
@@ -358,12 +424,13 @@ def measure(name: str, corpus: Corpus, updates: int, seed: int) -> dict[str, Any
 
 
 def durable_updates_ms(engine: Engine, corpus: Corpus, count: int, seed: int) -> list[float]:
-    """FTS5 only: updates again with ``synchronous = FULL`` (each commit fsyncs, as tantivy's).
+    """SQLite engines only: updates again with ``synchronous = FULL`` (each commit fsyncs,
+    as tantivy's).
 
     ragstore runs with ``synchronous = NORMAL``: in WAL mode a commit survives a crash of
     the process but not of the machine, while tantivy fsyncs every commit.
     """
-    if not isinstance(engine, Fts5Engine):
+    if not isinstance(engine, PostingsEngine | Fts5Engine):
         return []
     engine.conn.execute("PRAGMA synchronous = FULL")
     return update_latencies_ms(engine, corpus, count, seed + 1000)
@@ -389,7 +456,7 @@ def summarize(samples: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def durable_summary(samples: list[dict[str, Any]]) -> dict[str, float]:
-    """The median FTS5 update under ``synchronous = FULL``, when it was measured."""
+    """The median SQLite update under ``synchronous = FULL``, when it was measured."""
     durable = [ms for sample in samples for ms in sample["durable_updates"]]
     if not durable:
         return {}

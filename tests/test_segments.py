@@ -321,4 +321,4 @@ def test_query_explain_prints_the_plan(tmp_path: Path, embedder: Embedder) -> No
     assert result.exit_code == 0, result.output
     plan = json.loads(result.output)["plan"]
     assert plan["mode"] == "hybrid" and plan["dense"][0]["plan"] == "exact"
-    assert plan["keyword"].startswith("FTS5")
+    assert plan["keyword"] == "bm25 postings"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import numpy.typing as npt
 
@@ -130,7 +132,7 @@ class FlatIndex:
         self._vectors, self._ids = vectors, ids
 
 
-def top_k(scores: Scores, k: int) -> Ids:
+def top_k(scores: npt.NDArray[np.floating[Any]], k: int) -> Ids:
     """Positions of the k largest scores, best first (ties broken by position)."""
     candidates = np.argpartition(-scores, k - 1)[:k] if k < scores.size else np.arange(scores.size)
     order = np.lexsort((candidates, -scores[candidates]))

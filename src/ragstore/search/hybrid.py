@@ -1,8 +1,9 @@
 """One search, from request to hits: dense side, keyword side, fusion, grouping,
 diversity and reranking.
 
-Both sides retrieve ``depth`` candidates under the same filter: the dense side exactly
-over the chunks that match it, the keyword side in the same SQL as the BM25 match.
+Both sides retrieve ``depth`` candidates under the same filter, evaluated once into a mask
+over chunk ids: the dense side searches only the chunks it lets through, and the BM25
+side keeps only those among the chunks that contain a query term.
 """
 
 from __future__ import annotations
@@ -112,7 +113,6 @@ class Side:
 
 def run(
     conn: sqlite3.Connection,
-    collection_id: int,
     index: SegmentedIndex,
     params: SearchParams,
     *,
@@ -122,19 +122,18 @@ def run(
 ) -> SearchResults:
     """Execute one search inside the caller's read transaction.
 
-    The index lock is held only while the index catches up, the filter is evaluated (once,
-    on the index's metadata columns; it restricts both sides) and the dense side runs; the
-    keyword side and reading the hits go on without it. Candidates stay
+    The index lock is held while the index catches up, the filter is evaluated (once, on
+    the index's metadata columns; it restricts both sides) and both sides run, all in
+    memory; fusion and reading the hits go on without it. Candidates stay
     ``(chunk id, score)`` pairs until the end; only the hits returned (or handed to the
     reranker) are read in full.
     """
     depth = params.candidates
     with index.lock:
-        if vector is not None:
-            index.catch_up(conn)
+        index.catch_up(conn)
         allowed = None if params.where is None else index.allowed(conn, params.where)
         dense = _dense(index, vector, allowed, params, depth)
-    lexical = _keyword(conn, collection_id, text, allowed, depth, params.mode)
+        lexical = _keyword(conn, index, text, allowed, depth, params.mode)
     ranked = _fuse(params, dense, lexical)
     if params.group_by_doc:
         ranked = best_per_document(conn, ranked)
@@ -159,7 +158,7 @@ def _plan(params: SearchParams, dense: Side | None, lexical: Side | None) -> dic
     if dense is not None:
         plan["dense"] = dense.plan
     if lexical is not None:
-        plan["keyword"] = "FTS5 bm25" + (" with the filter in SQL" if params.where else "")
+        plan["keyword"] = "bm25 postings" + (" + filter mask" if params.where else "")
     if dense is not None and lexical is not None:
         plan["fusion"] = params.fusion
     return plan
@@ -195,7 +194,7 @@ def _dense(
 
 def _keyword(
     conn: sqlite3.Connection,
-    collection_id: int,
+    index: SegmentedIndex,
     text: str | None,
     allowed: AllowedMask | None,
     depth: int,
@@ -203,7 +202,8 @@ def _keyword(
 ) -> Side | None:
     if mode == "dense" or text is None:
         return None
-    return Side(keyword.search(conn, collection_id, text, depth, allowed))
+    ids, scores = index.keyword_search(conn, keyword.query_terms(text), depth, allowed)
+    return Side(list(zip(ids.tolist(), scores.tolist(), strict=True)))
 
 
 def _fuse(

@@ -1,21 +1,29 @@
-"""BM25 keyword search over chunk text and titles, on SQLite FTS5.
+"""Text analysis for BM25 keyword search: what a chunk is indexed under, and a query.
 
-Text is analysed here, in Python, before FTS5 sees it, so code-like tokens survive:
-``O_CREAT``, ``pthread_create`` and ``v2.3.1`` are indexed whole *and* as their parts
-(``o``, ``creat``; ``pthread``, ``create``; ``v2``, ``3``, ``1``), so a query for the exact
-identifier ranks it first while a query for one of its words still finds it. Common
-English stop words are dropped (Lucene's English set); FTS5's Porter stemmer folds
-inflections. Scores are FTS5's ``bm25()`` (Robertson et al., Okapi BM25, k1 = 1.2,
-b = 0.75), negated so that higher is better.
+Code-like tokens survive: ``O_CREAT``, ``pthread_create`` and ``v2.3.1`` are indexed whole
+*and* as their parts (``o``, ``creat``; ``pthread``, ``create``; ``v2``, ``3``, ``1``), so a
+query for the exact identifier ranks it first while a query for one of its words still
+finds it. Words are lower-cased and stripped of diacritics; common English stop words are
+dropped (Lucene's English set); the Porter stemmer folds inflections. Each distinct term
+is kept as a 64-bit hash of its text, with its count in the chunk: a chunk's terms are
+stored with it in SQLite (:func:`encode_terms`, in the same transaction as its text) and
+the in-memory postings of :mod:`ragstore.index.bm25` are built from them.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
-import sqlite3
-from collections.abc import Callable, Sequence
+import threading
+import unicodedata
+from collections import Counter
+from functools import lru_cache
 
-from ragstore.index.base import AllowedMask
+import numpy as np
+import Stemmer
+
+from ragstore.index.base import Ids
+from ragstore.index.bm25 import TERM_DTYPE
 
 # The stop words of Lucene's EnglishAnalyzer (ENGLISH_STOP_WORDS_SET).
 STOP_WORDS = frozenset(
@@ -57,57 +65,17 @@ STOP_WORDS = frozenset(
 )
 _TOKEN = re.compile(r"\w+(?:[.\-]\w+)*")
 _PARTS = re.compile(r"[._\-]+")
-TITLE_WEIGHT = 1.0
-TEXT_WEIGHT = 1.0
-
-# FTS5 must keep our compound tokens whole: '.', '_' and '-' are token characters there.
-FTS_TOKENIZE = "porter unicode61 remove_diacritics 2 tokenchars '._-'"
-
-
-def table_name(collection_id: int) -> str:
-    """The FTS5 table of one collection (each has its own, so BM25 statistics and
-    query cost are the collection's, not the whole store's)."""
-    return f"chunk_fts_{int(collection_id)}"
-
-
-def create_table(conn: sqlite3.Connection, collection_id: int) -> None:
-    """Create a collection's FTS5 table and the trigger that drops a chunk's row with it."""
-    table = table_name(collection_id)
-    conn.execute(
-        f'CREATE VIRTUAL TABLE {table} USING fts5(title, text, tokenize = "{FTS_TOKENIZE}")'
-    )
-    conn.execute(
-        f"CREATE TRIGGER {table}_removed AFTER DELETE ON chunks "
-        f"WHEN old.collection_id = {int(collection_id)} BEGIN "
-        f"DELETE FROM {table} WHERE rowid = old.id; END"
-    )
-
-
-def drop_table(conn: sqlite3.Connection, collection_id: int) -> None:
-    """Drop a collection's FTS5 table and its trigger."""
-    table = table_name(collection_id)
-    conn.execute(f"DROP TRIGGER IF EXISTS {table}_removed")
-    conn.execute(f"DROP TABLE IF EXISTS {table}")
-
-
-def add_chunk(
-    conn: sqlite3.Connection, collection_id: int, chunk_id: int, title_terms: str, text: str
-) -> None:
-    """Index one chunk (``title_terms`` is the document title's :func:`indexed_text`).
-
-    A chunk with no words at all (a bare vector record) gets no row.
-    """
-    terms = indexed_text(text)
-    if not terms and not title_terms:
-        return
-    conn.execute(
-        f"INSERT INTO {table_name(collection_id)} (rowid, title, text) VALUES (?, ?, ?)",
-        (chunk_id, title_terms, terms),
-    )
+_MAX_COUNT = np.iinfo(np.uint16).max
+_stemmers = threading.local()  # a Stemmer object must not be shared between threads
 
 
 def analyze(text: str) -> list[str]:
-    """Index terms of ``text``: lower-cased words, compounds whole and split, no stop words."""
+    """Index terms of ``text`` before stemming: lower-cased words without diacritics,
+    compounds whole and split, no stop words."""
+    if not text.isascii():
+        text = "".join(
+            c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c)
+        )
     terms: list[str] = []
     for match in _TOKEN.finditer(text.lower()):
         token = match.group()
@@ -118,15 +86,45 @@ def analyze(text: str) -> list[str]:
     return terms
 
 
-def indexed_text(text: str) -> str:
-    """The analysed form of ``text`` that is stored in the FTS5 table."""
-    return " ".join(analyze(text))
+def stems(text: str) -> list[str]:
+    """The Porter stems of :func:`analyze`'s terms, in order."""
+    stemmer = getattr(_stemmers, "porter", None)
+    if stemmer is None:
+        stemmer = _stemmers.porter = Stemmer.Stemmer("porter")
+    words: list[str] = stemmer.stemWords(analyze(text))
+    return words
 
 
-def match_expression(query: str) -> str | None:
-    """An FTS5 MATCH expression: any of the query's distinct terms (None if it has none)."""
-    terms = list(dict.fromkeys(analyze(query)))
-    return " OR ".join(f'"{term}"' for term in terms) if terms else None
+@lru_cache(maxsize=1 << 18)
+def term_hash(stem: str) -> int:
+    """A stable 64-bit id of a stem (BLAKE2b; a collision among a billion distinct terms
+    has odds of about 1 in 40)."""
+    return int.from_bytes(
+        hashlib.blake2b(stem.encode(), digest_size=8).digest(), "little", signed=True
+    )
+
+
+def encode_terms(title: str, text: str) -> bytes:
+    """A chunk's terms as stored: each distinct term's hash and its count (title and
+    text together, as one field), ascending by hash; empty when it has no words."""
+    if not title and not text:  # a bare vector record
+        return b""
+    counts = Counter(stems(title))
+    counts.update(stems(text))
+    if not counts:
+        return b""
+    pairs = np.array(
+        [(term_hash(term), min(count, _MAX_COUNT)) for term, count in counts.items()],
+        dtype=TERM_DTYPE,
+    )
+    pairs.sort(order="term")
+    return pairs.tobytes()
+
+
+def query_terms(query: str) -> Ids:
+    """The distinct term hashes of a query (a query term counts once)."""
+    hashes = {term_hash(term) for term in stems(query)}
+    return np.array(sorted(hashes), dtype=np.int64)
 
 
 def highlight(text: str, query: str, *, mark: tuple[str, str] = ("**", "**")) -> str:
@@ -156,41 +154,3 @@ def _light_stem(term: str) -> str:
         if len(term) > len(suffix) + 2 and term.endswith(suffix):
             return term[: -len(suffix)]
     return term
-
-
-def search(
-    conn: sqlite3.Connection,
-    collection_id: int,
-    query: str,
-    k: int,
-    allowed: AllowedMask | None = None,
-) -> list[tuple[int, float]]:
-    """The ``k`` best ``(chunk id, bm25 score)`` pairs, best first, among the allowed chunks.
-
-    ``allowed`` (a filter already evaluated) is checked per matching row inside the same
-    query, so the ``k`` returned are the best allowed ones.
-    """
-    expression = match_expression(query)
-    if expression is None:
-        return []
-    table = table_name(collection_id)
-    restrict = ""
-    if allowed is not None:
-        conn.create_function(_ALLOWED_FUNCTION, 1, _allowed_check(allowed), deterministic=True)
-        restrict = f"AND {_ALLOWED_FUNCTION}(f.rowid) "
-    rows: Sequence[tuple[int, float]] = conn.execute(
-        f"SELECT f.rowid, -bm25({table}, {TITLE_WEIGHT}, {TEXT_WEIGHT}) AS score "
-        f"FROM {table} f WHERE {table} MATCH ? {restrict}"
-        "ORDER BY score DESC, f.rowid LIMIT ?",
-        (expression, k),
-    ).fetchall()
-    return [(int(chunk_id), float(score)) for chunk_id, score in rows]
-
-
-_ALLOWED_FUNCTION = "ragstore_allowed"
-
-
-def _allowed_check(allowed: AllowedMask) -> Callable[[int], bool]:
-    size = len(allowed)
-    flags = allowed.tobytes()  # one byte per chunk id: the fastest per-row lookup here
-    return lambda rowid: rowid < size and flags[rowid] == 1

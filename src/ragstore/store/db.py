@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ragstore.errors import SchemaTooNew, StoreError
+from ragstore.search import keyword
 
 DB_FILENAME = "ragstore.db"
 BUSY_TIMEOUT_S = 60.0
@@ -65,7 +66,7 @@ CREATE TABLE tombstones (
     chunk_id INTEGER NOT NULL
 );
 CREATE INDEX tombstones_by_collection ON tombstones(collection_id, seq);
--- Each collection also has its keyword index, chunk_fts_<id> (see search/keyword.py).
+-- Schema 4 adds chunks.terms, the chunk's keyword terms (see search/keyword.py).
 CREATE TRIGGER chunk_removed AFTER DELETE ON chunks BEGIN
     INSERT INTO tombstones (collection_id, chunk_id) VALUES (old.collection_id, old.id);
 END;
@@ -181,9 +182,39 @@ END;
     )
 )
 
-# The schema is built by applying these scripts in order; ``user_version`` counts how many
+
+def _keyword_terms(conn: sqlite3.Connection) -> None:
+    """Each chunk stores its keyword terms, the source of the in-memory BM25 postings;
+    the per-collection FTS5 tables that schemas 1-3 kept go."""
+    conn.execute("ALTER TABLE chunks ADD COLUMN terms BLOB NOT NULL DEFAULT x''")
+    last = 0
+    while found := conn.execute(
+        "SELECT c.id, d.title, c.text FROM chunks c JOIN documents d ON d.id = c.document_id "
+        "WHERE c.id > ? ORDER BY c.id LIMIT 10000",
+        (last,),
+    ).fetchall():
+        conn.executemany(
+            "UPDATE chunks SET terms = ? WHERE id = ?",
+            [(keyword.encode_terms(title, text), chunk_id) for chunk_id, title, text in found],
+        )
+        last = int(found[-1][0])
+    tables = conn.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name GLOB 'chunk_fts_[0-9]*' "
+        "AND sql LIKE 'CREATE VIRTUAL TABLE%'"
+    ).fetchall()
+    for (table,) in tables:
+        conn.execute(f"DROP TRIGGER IF EXISTS {table}_removed")
+        conn.execute(f"DROP TABLE {table}")
+
+
+# The schema is built by applying these steps in order; ``user_version`` counts how many
 # have been applied, so an older store is upgraded in place by running the rest.
-_MIGRATIONS = (_SCHEMA, _SEGMENTS, _CACHE)
+_MIGRATIONS: tuple[str | Callable[[sqlite3.Connection], None], ...] = (
+    _SCHEMA,
+    _SEGMENTS,
+    _CACHE,
+    _keyword_terms,
+)
 SCHEMA_VERSION = len(_MIGRATIONS)
 
 
@@ -269,8 +300,11 @@ class Database:
         with self.write() as tx:
             version = _user_version(tx)  # another process may have upgraded it meanwhile
             _refuse_newer(version, self.path)
-            for script in _MIGRATIONS[version:]:
-                for statement in _statements(script):
+            for step in _MIGRATIONS[version:]:
+                if callable(step):
+                    step(tx)
+                    continue
+                for statement in _statements(step):
                     tx.execute(statement)
             tx.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 

@@ -33,7 +33,7 @@ from ragstore.records import (
     vector_batch,
     vector_records,
 )
-from ragstore.search import hybrid, keyword
+from ragstore.search import hybrid
 from ragstore.search.hybrid import Fusion, Mode, Reranker, SearchResults
 from ragstore.store import rows
 from ragstore.store.db import Database
@@ -106,11 +106,10 @@ class Store:
         with self._db.write() as conn:
             if _collection_row(conn, name) is not None:
                 raise Conflict(f"collection {name!r} already exists")
-            cursor = conn.execute(
+            conn.execute(
                 "INSERT INTO collections (name, config, created_at) VALUES (?, ?, ?)",
                 (name, config.to_json(), time.time()),
             )
-            keyword.create_table(conn, int(cursor.lastrowid or 0))
         return self.get_collection(name, embedder=model)
 
     def get_collection(self, name: str, *, embedder: Embedder | None = None) -> Collection:
@@ -150,7 +149,6 @@ class Store:
             if row is None:
                 raise NotFound(f"no collection named {name!r}")
             collection_id = row[0]
-            keyword.drop_table(conn, collection_id)
             for table in ("chunks", "documents", "tombstones", "segments"):
                 conn.execute(f"DELETE FROM {table} WHERE collection_id = ?", (collection_id,))
             conn.execute("DELETE FROM collections WHERE id = ?", (collection_id,))
@@ -334,7 +332,6 @@ class Collection:
         with self._db.read() as conn:
             return hybrid.run(
                 conn,
-                self.id,
                 self._index,
                 params,
                 text=query,

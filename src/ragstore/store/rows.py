@@ -125,22 +125,19 @@ def _insert_new_documents(
         ).fetchall()
     )
     conn.executemany(
-        "INSERT INTO chunks (collection_id, document_id, ordinal, text, start_char, "
-        "end_char, hash, vector) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        _INSERT_CHUNK,
         [
-            _chunk_values(collection_id, row_of[doc.doc_id], chunk)
+            _chunk_values(collection_id, row_of[doc.doc_id], doc.title, chunk)
             for doc in docs
             for chunk in doc.chunks
         ],
     )
-    worded = [d for d in docs if d.title.strip() or any(c.text.strip() for c in d.chunks)]
-    for doc in worded:
-        chunk_ids = conn.execute(
-            "SELECT id FROM chunks WHERE document_id = ? ORDER BY ordinal", (row_of[doc.doc_id],)
-        ).fetchall()
-        title_terms = keyword.indexed_text(doc.title)
-        for (chunk_id,), chunk in zip(chunk_ids, doc.chunks, strict=True):
-            keyword.add_chunk(conn, collection_id, int(chunk_id), title_terms, chunk.text)
+
+
+_INSERT_CHUNK = (
+    "INSERT INTO chunks (collection_id, document_id, ordinal, text, start_char, end_char, "
+    "hash, vector, terms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
 
 
 def _document_values(doc: DocumentRow, now: float) -> tuple[Any, ...]:
@@ -148,7 +145,9 @@ def _document_values(doc: DocumentRow, now: float) -> tuple[Any, ...]:
     return (doc.source, doc.origin, doc.title, doc.text, metadata, doc.content_hash, now)
 
 
-def _chunk_values(collection_id: int, document_id: int, chunk: ChunkRow) -> tuple[Any, ...]:
+def _chunk_values(
+    collection_id: int, document_id: int, title: str, chunk: ChunkRow
+) -> tuple[Any, ...]:
     vector = np.ascontiguousarray(chunk.vector, dtype=np.float32).tobytes()
     return (
         collection_id,
@@ -159,6 +158,7 @@ def _chunk_values(collection_id: int, document_id: int, chunk: ChunkRow) -> tupl
         chunk.end,
         chunk.hash,
         vector,
+        keyword.encode_terms(title, chunk.text),
     )
 
 
@@ -186,14 +186,10 @@ def write_document(
             "content_hash = ?, updated_at = ? WHERE id = ?",
             (*values, document_id),
         )
-    title_terms = keyword.indexed_text(doc.title)
-    for chunk in doc.chunks:
-        cursor = conn.execute(
-            "INSERT INTO chunks (collection_id, document_id, ordinal, text, start_char, "
-            "end_char, hash, vector) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            _chunk_values(collection_id, document_id, chunk),
-        )
-        keyword.add_chunk(conn, collection_id, int(cursor.lastrowid or 0), title_terms, chunk.text)
+    conn.executemany(
+        _INSERT_CHUNK,
+        [_chunk_values(collection_id, document_id, doc.title, chunk) for chunk in doc.chunks],
+    )
 
 
 def delete_documents(conn: sqlite3.Connection, collection_id: int, doc_ids: Sequence[str]) -> int:
@@ -273,6 +269,18 @@ def chunk_vectors(
     ids = np.fromiter((row[0] for row in found), dtype=np.int64, count=len(found))
     vectors = np.frombuffer(b"".join(row[1] for row in found), dtype=np.float32)
     return ids, vectors.reshape(len(found), dim), [row[2] for row in found]
+
+
+def chunk_terms(
+    conn: sqlite3.Connection, collection_id: int, first: int
+) -> tuple[Ids, list[bytes]]:
+    """Ids (ascending) and stored keyword terms of the collection's chunks from ``first``."""
+    found = conn.execute(
+        "SELECT id, terms FROM chunks WHERE collection_id = ? AND id >= ? ORDER BY id",
+        (collection_id, first),
+    ).fetchall()
+    ids = np.fromiter((row[0] for row in found), dtype=np.int64, count=len(found))
+    return ids, [row[1] for row in found]
 
 
 SegmentValues = tuple[str, int, int, int, dict[str, Any]]

@@ -32,6 +32,7 @@ from ragstore.config import IndexConfig
 from ragstore.filters import Filter
 from ragstore.index import FlatIndex, ann
 from ragstore.index.base import AllowedMask, Ids, Matrix, Scores, one_blas_thread
+from ragstore.index.bm25 import BM25Index, Floats
 from ragstore.store import rows, segments
 from ragstore.store.db import Database
 from ragstore.store.payload import PayloadIndex
@@ -86,6 +87,7 @@ class SegmentedIndex:
         self._last_tombstone = 0
         self._repairs: list[tuple[SegmentRow, str]] = []
         self._payload = PayloadIndex(collection_id)
+        self._keywords: BM25Index | None = None  # built at the first keyword search
         self._synced_at: dict[int, tuple[int, int, int]] = {}
 
     # -- reading ---------------------------------------------------------------------
@@ -137,6 +139,19 @@ class SegmentedIndex:
             results.append(SegmentSearch(ids, scores, docs, plan))
         ids, scores, docs = segments.merge_top(results, k)
         return DenseResult(ids, scores, docs, [r.plan for r in results])
+
+    def keyword_search(
+        self, conn: sqlite3.Connection, terms: Ids, k: int, allowed: AllowedMask | None
+    ) -> tuple[Ids, Floats]:
+        """BM25 top-``k`` chunk ids and scores for a query's term hashes.
+
+        The caller holds :attr:`lock` and has caught up in ``conn``'s transaction; the
+        first call builds the postings from every chunk's stored terms.
+        """
+        if self._keywords is None:
+            self._keywords = BM25Index()
+            self._keywords.add(*rows.chunk_terms(conn, self._collection_id, 0))
+        return self._keywords.search(terms, k, allowed)
 
     def exact(self, queries: Matrix, k: int) -> Ids:
         """Exact top-``k`` chunk ids of each query row over every live vector: ``(nq, k)``,
@@ -209,6 +224,7 @@ class SegmentedIndex:
 
     def _reload(self, conn: sqlite3.Connection) -> None:
         self._payload = PayloadIndex(self._collection_id)
+        self._keywords = None
         self._growing = FlatIndex(self._dim)
         self._growing_docs = {}
         self._sealed = {}
@@ -273,6 +289,8 @@ class SegmentedIndex:
             self._shrink_growing(removed)
             for segment in self._sealed.values():
                 segment.mark_deleted(removed)
+            if self._keywords is not None:
+                self._keywords.remove(removed)
 
     def _add_new_chunks(self, conn: sqlite3.Connection) -> None:
         ids, vectors, docs = rows.chunk_vectors(
@@ -346,6 +364,9 @@ class SegmentedIndex:
             self._apply_manifest(conn)
             self._apply_tombstones(conn)
             self._add_new_chunks(conn)
+            if self._keywords is not None:
+                first = self._keywords.last_chunk + 1
+                self._keywords.add(*rows.chunk_terms(conn, self._collection_id, first))
 
     def _growing_full(self) -> bool:
         return len(self._growing) >= self.config.seal_threshold
