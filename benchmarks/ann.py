@@ -61,7 +61,6 @@ import hashlib
 import itertools
 import json
 import os
-import platform
 import shutil
 import sqlite3
 import tempfile
@@ -79,6 +78,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import faiss
 import numpy as np
 import numpy.typing as npt
+from environment import describe
 
 import ragstore
 
@@ -1216,19 +1216,12 @@ def print_summary(report: dict[str, Any]) -> None:
 
 def machine(threads: int) -> dict[str, Any]:
     """Where this ran."""
-    return {
-        "platform": platform.platform(),
-        "cpu": _cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "usable_cores": len(os.sched_getaffinity(0)),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "faiss": faiss.__version__,
-        "hnswlib": _version("hnswlib"),
-        "ragstore": ragstore.__version__,
-        "threads": threads,
-        "faiss_threads": faiss.omp_get_max_threads(),
-    }
+    return describe(
+        faiss=faiss.__version__,
+        hnswlib=_version("hnswlib"),
+        threads=threads,
+        faiss_threads=faiss.omp_get_max_threads(),
+    )
 
 
 def _version(package: str) -> str | None:
@@ -1236,16 +1229,6 @@ def _version(package: str) -> str | None:
         return importlib_metadata.version(package)
     except importlib_metadata.PackageNotFoundError:
         return None
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def _ints(text: str) -> list[int]:

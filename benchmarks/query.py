@@ -36,7 +36,6 @@ import cProfile
 import io
 import json
 import os
-import platform
 import pstats
 import sqlite3
 import statistics
@@ -52,6 +51,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import faiss
 import numpy as np
 import numpy.typing as npt
+from environment import describe
 
 import ragstore
 from ragstore.embed import Embedder
@@ -369,30 +369,13 @@ def machine() -> dict[str, Any]:
     """Where this ran."""
     import torch
 
-    return {
-        "platform": platform.platform(),
-        "cpu": _cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "usable_cores": len(os.sched_getaffinity(0)),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "faiss": faiss.__version__,
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "faiss_threads": faiss.omp_get_max_threads(),
-        "sqlite": sqlite3.sqlite_version,
-        "ragstore": ragstore.__version__,
-    }
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
+    return describe(
+        faiss=faiss.__version__,
+        torch=torch.__version__,
+        torch_threads=torch.get_num_threads(),
+        faiss_threads=faiss.omp_get_max_threads(),
+        sqlite=sqlite3.sqlite_version,
+    )
 
 
 def results_table(timings: Timings, cases: list[str]) -> dict[str, dict[str, Any]]:

@@ -17,6 +17,8 @@ from server_helpers import Server, write_keys
 import ragstore
 from ragstore.embed import Embedder
 from ragstore.embed.base import Vectors
+from ragstore.server.responses import JSON, hit_dict
+from ragstore.types import Hit
 
 KEYS: dict[str, dict[str, Any]] = {
     "k-ops": {"id": "ops", "role": "admin", "tenants": ["*"]},
@@ -216,6 +218,48 @@ def test_search_filters_explains_and_caches(admin: httpx.Client) -> None:
     assert first["hits"][0]["cached"] is None
     assert again["hits"][0]["cached"] == "exact"
     assert [h["doc_id"] for h in again["hits"]] == [h["doc_id"] for h in first["hits"]]
+
+
+def test_a_cached_answer_still_checks_keys_and_limits_and_is_counted(
+    server: Server, admin: httpx.Client
+) -> None:
+    url = f"{BASE}/docs/search"
+    body = {"query": "is a receipt needed for refunds", "k": 2}
+    assert admin.post(url, json=body).status_code == 200
+    assert admin.post(url, json=body).json()["hits"][0]["cached"] == "exact"
+    with server.client() as anonymous:
+        assert error_of(anonymous.post(url, json=body), 401)["type"] == "unauthorized"
+    with server.client("k-globex-admin") as globex:
+        assert error_of(globex.post(url, json=body), 403)["type"] == "forbidden"
+    assert error_of(admin.post(url, json=body | {"k": 10_000}), 422)["field"] == "k"
+    with server.client("k-ops") as ops:
+        before = _cache_hits(ops.get("/metrics").text)
+        assert admin.post(url, json=body).json()["hits"][0]["cached"] == "exact"
+        assert _cache_hits(ops.get("/metrics").text) == before + 1
+
+
+def _cache_hits(metrics: str) -> float:
+    families = {f.name: f for f in text_string_to_metric_families(metrics)}
+    return next(
+        s.value
+        for s in families["ragstore_cache_lookups"].samples
+        if s.name.endswith("_total") and s.labels["result"] == "hit"
+    )
+
+
+def test_json_bodies_render_numpy_values_and_non_finite_floats_as_null() -> None:
+    content = {
+        "nan": float("nan"),
+        "numbers": [np.float32(1.5), np.int64(2), np.arange(2), np.float32("inf"), -float("inf")],
+        "tuple": (1, "é"),
+    }
+    body = JSON(content).body
+    assert json.loads(body) == {
+        "nan": None, "numbers": [1.5, 2, [0, 1], None, None], "tuple": [1, "é"]
+    }  # fmt: skip
+    assert "é".encode() in body  # UTF-8, not \u escapes
+    hit = Hit("d", "d#0", 0.5, "text", None, {"tags": ["a"], "n": {"x": 1}}, 0, 4, cached="exact")
+    assert hit_dict(hit) == hit.to_dict()
 
 
 def test_vector_search_and_dimension_mismatch(admin: httpx.Client) -> None:

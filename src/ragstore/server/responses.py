@@ -1,12 +1,21 @@
-"""The JSON response every route returns: compact, UTF-8, numpy values as numbers."""
+"""The JSON response every route returns: compact, UTF-8, numpy values as numbers.
+
+Serialised by pydantic-core (Rust, installed with FastAPI), several times faster than
+``json.dumps`` on a page of hits; non-finite floats become ``null``.
+"""
 
 from __future__ import annotations
 
-import json
+import dataclasses
 from typing import Any
 
 import numpy as np
 from fastapi.responses import JSONResponse
+from pydantic_core import to_json
+
+from ragstore.types import Hit
+
+_HIT_FIELDS = tuple(f.name for f in dataclasses.fields(Hit))
 
 
 class JSON(JSONResponse):
@@ -14,11 +23,13 @@ class JSON(JSONResponse):
 
     def render(self, content: Any) -> bytes:
         """Serialise ``content``; non-finite floats become ``null``."""
-        text = json.dumps(
-            _finite(content), ensure_ascii=False, allow_nan=False, default=_plain,
-            separators=(",", ":"),
-        )  # fmt: skip
-        return text.encode("utf-8")
+        return to_json(content, inf_nan_mode="null", fallback=_plain)
+
+
+def hit_dict(hit: Hit) -> dict[str, Any]:
+    """The JSON form of a hit: ``Hit.to_dict`` without its deep copy (``asdict``), which
+    costs more than the rest of a cached search."""
+    return {name: getattr(hit, name) for name in _HIT_FIELDS}
 
 
 def _plain(value: object) -> object:
@@ -29,13 +40,3 @@ def _plain(value: object) -> object:
     if isinstance(value, set | frozenset | tuple):
         return list(value)
     return str(value)
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if np.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value

@@ -17,7 +17,7 @@ from ragstore.errors import InvalidInput, NotFound
 from ragstore.search.hybrid import SearchResults
 from ragstore.server.auth import TENANT_PATTERN, Principal, Role
 from ragstore.server.errors import ApiError
-from ragstore.server.responses import JSON
+from ragstore.server.responses import JSON, hit_dict
 from ragstore.server.runtime import Runtime, check_filter_depth, check_text
 from ragstore.server.schemas import (
     CollectionCreate,
@@ -52,7 +52,16 @@ def runtime(request: Request) -> Runtime:
     return rt
 
 
-def principal(
+# The dependencies are ``async`` on purpose: FastAPI runs a plain ``def`` dependency on
+# its thread pool, a hop that costs more than the work (an attribute read; one SHA-256).
+
+
+async def current_runtime(request: Request) -> Runtime:
+    """The running server's state, as a dependency."""
+    return runtime(request)
+
+
+async def principal(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
@@ -62,7 +71,7 @@ def principal(
     return who
 
 
-Rt = Annotated[Runtime, Depends(runtime)]
+Rt = Annotated[Runtime, Depends(current_runtime)]
 Who = Annotated[Principal, Depends(principal)]
 
 
@@ -225,7 +234,7 @@ async def search(tenant: Tenant, collection: Name, body: SearchRequest, rt: Rt, 
     rt.metrics.search.labels(mode, cached or "no").observe(seconds)
     if body.cache and body.query is not None and body.vector is None and not body.explain:
         rt.metrics.cache.labels("hit" if cached else "miss").inc()
-    out: dict[str, Any] = {"hits": [h.to_dict() for h in hits], "took_ms": round(seconds * 1e3, 3)}
+    out: dict[str, Any] = {"hits": [hit_dict(h) for h in hits], "took_ms": round(seconds * 1e3, 3)}
     if body.explain:
         out["plan"] = hits.plan
     return JSON(out)
