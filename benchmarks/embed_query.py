@@ -1,19 +1,19 @@
-"""Query embedding latency: sentence-transformers on torch against the ONNX Runtime encoder.
+"""Query embedding latency: sentence-transformers on torch against the ONNX Runtime
+encoders, fp32 and int8.
 
 What it measures, in one run, on the same queries (the SciFact test queries by default),
 each call on one thread: ``SentenceTransformer.encode([query])`` with torch at one thread
-(the baseline), the torch ``embed_query`` ragstore used before (the same encode inside a
-switch of torch to one thread and back), and ``MiniLMEmbedder.embed_query`` on ONNX
-Runtime (tokenize, fp32 ONNX graph with pooling and L2 norm, one intra-op thread). Every
-query runs every case once per repeat, in an order rotated per query; p50/p99 are taken
-per repeat and the report gives their median over repeats. Then each case runs alone over
-all queries, back to back (``latency_case_alone``): interleaved with torch, ONNX Runtime
-ran ~2 ms slower per query here (each call starts where the other encoder left the CPU
-caches, presumably), so the two tables bracket what a search sees. It also reports how
-close the ONNX vectors are to torch's (cosine, max abs difference) and the one-off cost
-of the first query: exporting the model to ONNX, or loading the cached export.
+(the baseline), and ``MiniLMEmbedder.embed_query`` on ONNX Runtime (tokenize, ONNX graph
+with pooling and L2 norm, one intra-op thread) with ``query_precision="fp32"`` and with
+``"int8"`` (the default). Every query runs every case once per repeat, in an order rotated
+per query; p50/p99 are taken per repeat and the report gives their median over repeats.
+Then each case runs alone over all queries, back to back (``latency_case_alone``):
+interleaved, each call starts where another encoder left the CPU caches, so the two
+tables bracket what a search sees. It also reports how close each encoder's vectors are
+to torch's (cosine, max abs difference) and the one-off cost of the first query:
+exporting (and quantizing) the model, or loading the cached files.
 
-The export goes to a fresh temporary cache folder unless ``--cache`` names one.
+The files go to a fresh temporary cache folder unless ``--cache`` names one.
 
     python benchmarks/embed_query.py
     python benchmarks/embed_query.py --queries 50 --repeats 1 --no-write
@@ -40,6 +40,7 @@ import torch
 from environment import describe
 
 from ragstore.embed.local import MODEL_CACHE_ENV, MiniLMEmbedder, _torch_threads
+from ragstore.embed.onnx_query import QueryPrecision
 from ragstore.eval.beir import load_beir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,23 +56,19 @@ def read_queries(dataset: Path, count: int) -> list[str]:
     return list(load_beir(dataset, "test").queries.values())[:count]
 
 
-def cases(embedder: MiniLMEmbedder) -> dict[str, Case]:
-    """Baseline, the old torch ``embed_query``, the ONNX ``embed_query``."""
-    model = embedder._model
+def cases(fp32: MiniLMEmbedder, int8: MiniLMEmbedder) -> dict[str, Case]:
+    """The torch baseline and the two ONNX encoders."""
+    model = fp32._model
 
     def st_encode(text: str) -> object:
         return model.encode(
             [text], convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=False
         )
 
-    def torch_embed_query(text: str) -> object:  # ragstore's embed_query before ONNX
-        with _torch_threads(1):
-            return embedder._encode([text])[0]
-
     return {
         "st_encode_1thread": st_encode,
-        "torch_embed_query": torch_embed_query,
-        "onnx_embed_query": embedder.embed_query,
+        "onnx_fp32": fp32.embed_query,
+        "onnx_int8": int8.embed_query,
     }
 
 
@@ -123,20 +120,20 @@ def summary(per_repeat: list[list[float]]) -> dict[str, Any]:
 
 
 def agreement(embedder: MiniLMEmbedder, queries: list[str]) -> dict[str, float]:
-    """How close the ONNX query vectors are to the torch ones (``embed_documents``)."""
+    """How close the embedder's query vectors are to the torch ones (``embed_documents``)."""
     onnx = np.stack([embedder.embed_query(q) for q in queries])
     reference = embedder.embed_documents(queries)
     cosines = np.sum(onnx * reference, axis=1)
     return {
-        "cosine_min": round(float(cosines.min()), 9),
-        "cosine_max": round(float(cosines.max()), 9),
+        "cosine_mean": round(float(cosines.mean()), 6),
+        "cosine_min": round(float(cosines.min()), 6),
         "max_abs_diff": float(np.abs(onnx - reference).max()),
     }
 
 
-def first_query_seconds() -> float:
-    """A new embedder's first ``embed_query`` (export or cache load included)."""
-    embedder = MiniLMEmbedder()
+def first_query_seconds(precision: QueryPrecision) -> float:
+    """A new embedder's first ``embed_query`` (making or loading its files)."""
+    embedder = MiniLMEmbedder(query_precision=precision)
     started = time.perf_counter()
     embedder.embed_query("warm up")
     return round(time.perf_counter() - started, 3)
@@ -167,29 +164,26 @@ def run(args: argparse.Namespace, cache: Path) -> dict[str, Any]:
     """Time the three encoders on the same queries; the JSON report."""
     os.environ[MODEL_CACHE_ENV] = str(cache)
     queries = read_queries(args.dataset, args.queries)
-    started = time.perf_counter()
-    embedder = MiniLMEmbedder()
-    load_s = round(time.perf_counter() - started, 3)
-    started = time.perf_counter()
-    runtime = embedder.query_runtime  # exports to the cache unless it holds the model
     first_use = {
-        "embedder_load_s": load_s,
-        "first_query_s": round(time.perf_counter() - started, 3),
+        "export_fp32_s": first_query_seconds("fp32"),
+        "quantize_int8_s": first_query_seconds("int8"),
+        "cached_fp32_s": first_query_seconds("fp32"),
+        "cached_int8_s": first_query_seconds("int8"),
     }
-    first_use["first_query_cached_s"] = first_query_seconds()
     print(f"  first use: {first_use}", flush=True)
-    tokens = [len(embedder.token_offsets(q)) + 2 for q in queries]
+    fp32 = MiniLMEmbedder(query_precision="fp32")
+    int8 = MiniLMEmbedder(query_precision="int8")
+    tokens = [len(fp32.token_offsets(q)) + 2 for q in queries]
     load = os.getloadavg()
     started = time.perf_counter()
-    latency = measure(cases(embedder), queries, args.repeats, interleaved=True)
-    alone = measure(cases(embedder), queries, args.repeats, interleaved=False)
+    latency = measure(cases(fp32, int8), queries, args.repeats, interleaved=True)
+    alone = measure(cases(fp32, int8), queries, args.repeats, interleaved=False)
     seconds = time.perf_counter() - started
     return {
         "benchmark": "embed_query",
         "what": (
             "one-query embedding latency on one thread: sentence-transformers encode "
-            "(baseline), ragstore's old torch embed_query, the ONNX Runtime embed_query "
-            "(fp32 export of the same weights)"
+            "(baseline) and ragstore's embed_query on ONNX Runtime, fp32 and int8"
         ),
         "machine": machine(),
         "dataset": args.dataset.name,
@@ -197,17 +191,20 @@ def run(args: argparse.Namespace, cache: Path) -> dict[str, Any]:
         "tokens_per_query": {"median": statistics.median(tokens), "max": max(tokens)},
         "repeats": args.repeats,
         "statistic": "p50/p99 per repeat over all queries; reported: median over repeats",
-        "query_runtime": runtime,
+        "query_runtime": {"fp32": fp32.query_runtime, "int8": int8.query_runtime},
         "first_use": first_use,
         "loadavg_1m_before_after": [round(load[0], 2), round(os.getloadavg()[0], 2)],
         "measure_seconds": round(seconds, 1),
         "latency": latency,
         "latency_case_alone": alone,
-        "speedup_p50_onnx_over_torch_embed_query": {
-            table: round(t["torch_embed_query"]["p50_ms"] / t["onnx_embed_query"]["p50_ms"], 2)
+        "speedup_p50_over_st_encode": {
+            table: {
+                case: round(t["st_encode_1thread"]["p50_ms"] / t[case]["p50_ms"], 2)
+                for case in ("onnx_fp32", "onnx_int8")
+            }
             for table, t in (("interleaved", latency), ("case_alone", alone))
         },
-        "onnx_vs_torch": agreement(embedder, queries),
+        "vs_torch": {"fp32": agreement(fp32, queries), "int8": agreement(int8, queries)},
     }
 
 
@@ -222,7 +219,7 @@ def main() -> None:
             print(
                 f"  {table:18} {name:18} p50 {row['p50_ms']:7.3f} ms  p99 {row['p99_ms']:7.3f} ms"
             )
-    print(json.dumps({k: report[k] for k in ("first_use", "onnx_vs_torch")}, indent=2))
+    print(json.dumps({k: report[k] for k in ("first_use", "vs_torch")}, indent=2))
     if not args.no_write:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(json.dumps(report, indent=2) + "\n")

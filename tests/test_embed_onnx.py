@@ -1,16 +1,21 @@
-"""Query embedding on ONNX Runtime: same vectors as torch, exported once, cached, repaired."""
+"""Query embedding on ONNX Runtime: fp32 equals torch, int8 stays close and ranks alike;
+both are made once, cached, and made again when damaged."""
 
 from __future__ import annotations
 
 import logging
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 
 from ragstore.embed import Embedder
 from ragstore.embed.local import MODEL_CACHE_ENV, MiniLMEmbedder
+from ragstore.embed.onnx_query import first_layer_matmuls
+from ragstore.errors import InvalidConfig
 
 QUERIES = [
     "What is the role of p53 in DNA repair?",
@@ -24,19 +29,62 @@ QUERIES = [
     "tab\tand\nnewline separated\r\nwords",
     "gene expression " * 200,  # 400 content tokens: truncated to the model's 256
 ]
+PASSAGES = [
+    "The tumour suppressor p53 activates DNA repair genes after damage.",
+    "Vaccine efficacy against COVID-19 fell with age among older adults.",
+    "Mitochondrial dysfunction drives insulin resistance in muscle.",
+    "BRCA1 mutations raise the lifetime risk of breast cancer.",
+    "Recipes for sourdough bread need a mature starter.",
+]
 
 
-def test_onnx_query_vectors_equal_torch(embedder: Embedder) -> None:
-    assert isinstance(embedder, MiniLMEmbedder)
-    onnx = np.stack([embedder.embed_query(q) for q in QUERIES])
-    torch = embedder.embed_documents(QUERIES)
-    assert onnx.dtype == np.float32
-    assert onnx.shape == (len(QUERIES), embedder.dim)
-    assert embedder.query_runtime == "onnxruntime"  # not the torch fallback
-    np.testing.assert_allclose(np.linalg.norm(onnx, axis=1), 1.0, atol=1e-5)
-    cosines = np.sum(onnx * torch, axis=1)
+@pytest.fixture(scope="module")
+def fp32() -> MiniLMEmbedder:
+    return MiniLMEmbedder(query_precision="fp32")
+
+
+def test_fp32_query_vectors_equal_torch(fp32: MiniLMEmbedder) -> None:
+    onnx_vectors = np.stack([fp32.embed_query(q) for q in QUERIES])
+    torch_vectors = fp32.embed_documents(QUERIES)
+    assert onnx_vectors.dtype == np.float32
+    assert onnx_vectors.shape == (len(QUERIES), fp32.dim)
+    assert fp32.query_runtime == "onnxruntime"  # not the torch fallback
+    np.testing.assert_allclose(np.linalg.norm(onnx_vectors, axis=1), 1.0, atol=1e-5)
+    cosines = np.sum(onnx_vectors * torch_vectors, axis=1)
     assert cosines.min() >= 0.99999, cosines
-    assert np.abs(onnx - torch).max() < 1e-5
+    assert np.abs(onnx_vectors - torch_vectors).max() < 1e-5
+
+
+def test_int8_query_vectors_stay_close_to_torch_and_rank_passages_alike(
+    embedder: Embedder, fp32: MiniLMEmbedder
+) -> None:
+    assert isinstance(embedder, MiniLMEmbedder) and embedder.query_precision == "int8"
+    assert embedder.query_model_path.name == "query-int8.onnx"
+    int8 = np.stack([embedder.embed_query(q) for q in QUERIES])
+    exact = np.stack([fp32.embed_query(q) for q in QUERIES])
+    assert embedder.query_runtime == "onnxruntime"
+    np.testing.assert_allclose(np.linalg.norm(int8, axis=1), 1.0, atol=1e-5)
+    cosines = np.sum(int8 * exact, axis=1)
+    assert cosines.min() >= 0.98 and cosines.mean() >= 0.99, cosines
+    assert not np.array_equal(int8, exact)  # really the quantized model
+    passages = embedder.embed_documents(PASSAGES)
+    for query in QUERIES[:3] + QUERIES[7:8]:
+        by_int8 = np.argsort(-(passages @ embedder.embed_query(query)))
+        by_fp32 = np.argsort(-(passages @ fp32.embed_query(query)))
+        assert by_int8[0] == by_fp32[0], query
+
+
+def test_int8_keeps_the_first_layer_in_fp32(embedder: Embedder) -> None:
+    assert isinstance(embedder, MiniLMEmbedder)
+    embedder.embed_query("make sure the files exist")
+    exported = onnx.load(embedder.query_model_path.with_name("query.onnx"))
+    first = first_layer_matmuls(exported)
+    assert len(first) == 6  # query, key, value, attention output, two feed-forward
+    quantized = onnx.load(embedder.query_model_path)
+    kept = {node.name for node in quantized.graph.node if node.op_type == "MatMul"}
+    assert set(first) <= kept
+    integer = [node for node in quantized.graph.node if node.op_type == "MatMulInteger"]
+    assert len(integer) == 30  # the other five layers' six each
 
 
 def test_long_query_is_truncated_like_torch(embedder: Embedder) -> None:
@@ -46,32 +94,71 @@ def test_long_query_is_truncated_like_torch(embedder: Embedder) -> None:
     np.testing.assert_array_equal(embedder.embed_query(long), embedder.embed_query(longer))
 
 
-def test_export_is_cached_under_env_dir(
+def test_queries_embed_concurrently_with_document_embedding(embedder: Embedder) -> None:
+    expected = {q: embedder.embed_query(q) for q in QUERIES[:3]}
+    errors: list[BaseException] = []
+
+    def queries() -> None:
+        try:
+            for _ in range(20):
+                for query, vector in expected.items():
+                    np.testing.assert_array_equal(embedder.embed_query(query), vector)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=queries) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for _ in range(3):
+        embedder.embed_documents(PASSAGES)
+        embedder.token_offsets(PASSAGES[0])
+    for thread in threads:
+        thread.join()
+    assert errors == []
+
+
+def test_files_are_cached_under_env_dir_and_made_again_when_damaged(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setenv(MODEL_CACHE_ENV, str(tmp_path))
     first = MiniLMEmbedder()
     path = first.query_model_path
-    assert path.is_relative_to(tmp_path) and path.name == "query.onnx"
-    assert not path.exists()  # exported on first use, not when the embedder loads
+    assert path.is_relative_to(tmp_path) and path.name == "query-int8.onnx"
+    assert not path.exists()  # made on first use, not when the embedder loads
     vector = first.embed_query("cached export")
-    assert path.is_file()
-    assert list(path.parent.iterdir()) == [path]  # no temporary file left behind
-    mtime = path.stat().st_mtime_ns
+    export = path.with_name("query.onnx")
+    assert sorted(path.parent.iterdir()) == [path, export]  # no temporary file left behind
+    mtimes = {p: p.stat().st_mtime_ns for p in (path, export)}
 
     second = MiniLMEmbedder()
-    assert second.query_model_path == path
     np.testing.assert_array_equal(second.embed_query("cached export"), vector)
-    assert path.stat().st_mtime_ns == mtime  # loaded, not exported again
+    assert {p: p.stat().st_mtime_ns for p in (path, export)} == mtimes  # loaded, not made
 
     path.write_bytes(b"not an onnx model" * 1000)
     third = MiniLMEmbedder()
-    with caplog.at_level(logging.WARNING, logger="ragstore.embed.local"):
+    with caplog.at_level(logging.WARNING, logger="ragstore.embed.onnx_query"):
         np.testing.assert_array_equal(third.embed_query("cached export"), vector)
-    assert "re-exporting damaged query model" in caplog.text
+    assert "making damaged query model" in caplog.text
     assert third.query_runtime == "onnxruntime"
     assert path.stat().st_size > 1_000_000  # the real model again
-    assert list(path.parent.iterdir()) == [path]
+    assert export.stat().st_mtime_ns == mtimes[export]  # quantized again, not exported
+    assert sorted(path.parent.iterdir()) == [path, export]
+
+    fp32 = MiniLMEmbedder(query_precision="fp32")
+    assert fp32.query_model_path == export
+    export.write_bytes(b"truncated")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ragstore.embed.onnx_query"):
+        np.testing.assert_allclose(
+            fp32.embed_query("cached export"), fp32.embed_documents(["cached export"])[0], atol=1e-5
+        )
+    assert "making damaged query model" in caplog.text
+
+
+def test_unknown_precision_is_refused() -> None:
+    with pytest.raises(InvalidConfig) as info:
+        MiniLMEmbedder(query_precision="fp16")  # type: ignore[arg-type]
+    assert info.value.field == "query_precision"
 
 
 def test_falls_back_to_torch_without_onnxruntime(

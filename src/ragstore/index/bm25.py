@@ -52,6 +52,8 @@ class _Run:
     positions: npt.NDArray[np.int32]
     counts: Counts
     live: npt.NDArray[np.bool_] = field(init=False)
+    dead: int = field(default=0, init=False)
+    _norms: tuple[float, Floats] | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self.live = np.ones(len(self.ids), dtype=bool)
@@ -59,6 +61,17 @@ class _Run:
     @property
     def size(self) -> int:
         return len(self.ids)
+
+    def live_count(self, positions: npt.NDArray[np.int32]) -> int:
+        """How many of ``positions`` are live chunks."""
+        return len(positions) if not self.dead else int(np.count_nonzero(self.live[positions]))
+
+    def length_norms(self, average_length: float) -> Floats:
+        """Per chunk, BM25's ``k1 * (1 - b + b * length / average length)``; kept until
+        the average changes, so a search does not recompute it for every posting."""
+        if self._norms is None or self._norms[0] != average_length:
+            self._norms = (average_length, K1 * (1.0 - B + B * self.lengths / average_length))
+        return self._norms[1]
 
     def postings(self, terms: Ids) -> list[_Postings]:
         """``(query term index, positions, counts)`` of each query term present here."""
@@ -118,6 +131,7 @@ class BM25Index:
             hit = hit[run.live[hit]]
             if len(hit):
                 run.live[hit] = False
+                run.dead += len(hit)
                 self._documents -= int(np.count_nonzero(run.lengths[hit]))
                 self._total_length -= float(run.lengths[hit].sum())
         self._runs = [_compact(r) if _mostly_dead(r) else r for r in self._runs if r.live.any()]
@@ -146,7 +160,7 @@ class BM25Index:
         containing = np.zeros(len(terms), dtype=np.float64)
         for run, postings in zip(self._runs, found, strict=True):
             for i, positions, _ in postings:
-                containing[i] += np.count_nonzero(run.live[positions])
+                containing[i] += run.live_count(positions)
         n = self._documents
         idf = np.log((n - containing + 0.5) / (containing + 0.5))
         return np.maximum(idf, MIN_IDF)
@@ -172,13 +186,15 @@ def _score_run(
     if not postings:
         return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float64)
     positions = np.concatenate([p for _, p, _ in postings])
-    counts = np.concatenate([c for _, _, c in postings])
-    weights = np.concatenate([np.full(len(p), idf[i]) for i, p, _ in postings])
-    norm = K1 * (1.0 - B + B * run.lengths[positions] / average_length)
-    parts = weights * counts * (K1 + 1.0) / (counts + norm)
-    scores: Floats = np.bincount(positions, weights=parts, minlength=run.size).astype(np.float64)
+    counts = np.concatenate([c for _, _, c in postings]).astype(np.float64)
+    lengths = [len(p) for _, p, _ in postings]
+    weights = np.repeat(idf[[i for i, _, _ in postings]] * (K1 + 1.0), lengths)
+    parts = weights * counts / (counts + run.length_norms(average_length)[positions])
+    summed = np.bincount(positions, weights=parts, minlength=run.size)
+    scores: Floats = summed.astype(np.float64, copy=False)
     matched = np.flatnonzero(scores)
-    matched = matched[run.live[matched]]
+    if run.dead:
+        matched = matched[run.live[matched]]
     if allowed is not None:
         matched = matched[lookup(allowed, run.ids[matched])]
     if not len(matched):

@@ -133,7 +133,16 @@ class FlatIndex:
 
 
 def top_k(scores: npt.NDArray[np.floating[Any]], k: int) -> Ids:
-    """Positions of the k largest scores, best first (ties broken by position)."""
-    candidates = np.argpartition(-scores, k - 1)[:k] if k < scores.size else np.arange(scores.size)
+    """Positions of the k largest scores, best first; ties broken by position, also at
+    the k-th place (the lowest positions among equal scores make the cut)."""
+    if k < scores.size:
+        candidates = np.argpartition(-scores, k - 1)[:k]
+        kth = scores[candidates].min()
+        if np.count_nonzero(scores == kth) > np.count_nonzero(scores[candidates] == kth):
+            above = np.flatnonzero(scores > kth)
+            tied = np.flatnonzero(scores == kth)[: k - len(above)]
+            candidates = np.concatenate([above, tied])
+    else:
+        candidates = np.arange(scores.size)
     order = np.lexsort((candidates, -scores[candidates]))
     return candidates[order].astype(np.int64)

@@ -16,8 +16,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Hashable, Sequence
-from itertools import pairwise
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -42,13 +41,9 @@ def rrf(
     if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
         raise InvalidInput(f"k must be a positive integer, got {k!r}", field="k")
     w = _check_weights(weights if weights is not None else [1.0] * len(lists), len(lists))
-    ranks = _rank_tables(lists)
-    contributions: dict[K, list[float]] = {}
-    for weight, table in zip(w, ranks, strict=True):
-        for key, rank in table.items():
-            contributions.setdefault(key, []).append(weight / (k + rank))
-    fused = {key: math.fsum(parts) for key, parts in contributions.items()}
-    return _sorted_fused(fused, ranks, w)
+    table = _KeyTable(lists)
+    parts = np.where(np.isfinite(table.ranks), np.asarray(w) / (k + table.ranks), 0.0)
+    return table.ordered(_exact_row_sums(parts), w)
 
 
 def weighted(lists: Sequence[Ranked[K]], weights: Sequence[float]) -> list[tuple[K, float]]:
@@ -61,13 +56,11 @@ def weighted(lists: Sequence[Ranked[K]], weights: Sequence[float]) -> list[tuple
     """
     w = _check_weights(weights, len(lists))
     total = math.fsum(w)
-    ranks = _rank_tables(lists)
-    contributions: dict[K, list[float]] = {}
+    table = _KeyTable(lists)
+    parts = np.zeros(table.ranks.shape, dtype=np.float64)
     for index, (weight, ranked) in enumerate(zip(w, lists, strict=True)):
-        for key, norm in _min_max(ranked, f"lists[{index}]").items():
-            contributions.setdefault(key, []).append(weight * norm)
-    fused = {key: math.fsum(parts) / total for key, parts in contributions.items()}
-    return _sorted_fused(fused, ranks, w)
+        parts[table.rows[index], index] = weight * _min_max(ranked, f"lists[{index}]")
+    return table.ordered(_exact_row_sums(parts) / total, w)
 
 
 def mmr(
@@ -129,49 +122,92 @@ def _check_weights(weights: Sequence[float], count: int) -> list[float]:
     return [float(weight) for weight in values]
 
 
-def _rank_tables(lists: Sequence[Ranked[K]]) -> list[dict[K, int]]:
-    """Per list, key -> 1-based rank; a key repeated within a list is an error."""
-    tables: list[dict[K, int]] = []
-    for index, ranked in enumerate(lists):
-        table: dict[K, int] = {}
-        for rank, (key, _score) in enumerate(ranked, start=1):
-            if key in table:
+class _KeyTable(Generic[K]):
+    """The distinct keys of several ranked lists, with each key's 1-based rank per list.
+
+    ``rows[i]`` gives the row of each entry of list ``i``; ``ranks`` is ``(keys, lists)``,
+    ``inf`` where a key is missing from a list. A key repeated within a list is an error.
+    """
+
+    def __init__(self, lists: Sequence[Ranked[K]]) -> None:
+        row_of: dict[K, int] = {}
+        self.rows: list[npt.NDArray[np.int64]] = []
+        for index, ranked in enumerate(lists):
+            rows = [row_of.setdefault(key, len(row_of)) for key, _score in ranked]
+            if len(set(rows)) != len(rows):
+                key = next(key for key, _ in ranked if rows.count(row_of[key]) > 1)
                 raise InvalidInput(
                     f"key {key!r} appears twice in list {index}", field=f"lists[{index}]"
                 )
-            table[key] = rank
-        tables.append(table)
-    return tables
+            self.rows.append(np.array(rows, dtype=np.int64))
+        self.keys = list(row_of)
+        self.ranks = np.full((len(self.keys), len(lists)), np.inf)
+        for index, list_rows in enumerate(self.rows):
+            self.ranks[list_rows, index] = np.arange(1, len(list_rows) + 1)
+
+    def ordered(
+        self, fused: npt.NDArray[np.float64], weights: list[float]
+    ) -> list[tuple[K, float]]:
+        """``(key, fused score)``, highest first, ties broken as the module docstring says."""
+        positive = np.asarray(weights) > 0
+        best_weighted = self.ranks[:, positive].min(axis=1, initial=np.inf)
+        best_any = self.ranks.min(axis=1, initial=np.inf)
+        order = np.lexsort((best_any, best_weighted, -fused))
+        primary = np.stack([fused, best_weighted, best_any], axis=1)[order]
+        tied = np.flatnonzero((primary[1:] == primary[:-1]).all(axis=1)).tolist()
+        keys = _break_ties([self.keys[i] for i in order.tolist()], tied)
+        # keys reordered among ties share their score, so the scores keep their order
+        return list(zip(keys, fused[order].tolist(), strict=True))
 
 
-def _min_max(ranked: Ranked[K], field: str) -> dict[K, float]:
+def _break_ties(keys: list[K], tied: list[int]) -> list[K]:
+    """Reorder each run of keys that tie on score and ranks by ``str(key)``, then type
+    name; ``tied`` holds each ``i`` where ``keys[i]`` ties with ``keys[i + 1]``."""
+    runs: list[list[int]] = []
+    for i in tied:
+        if runs and runs[-1][-1] == i:
+            runs[-1].append(i + 1)
+        else:
+            runs.append([i, i + 1])
+    for run in runs:
+        start, end = run[0], run[-1] + 1
+        keys[start:end] = sorted(keys[start:end], key=_tie_key)
+    return keys
+
+
+def _tie_key(key: Hashable) -> tuple[str, str]:
+    return str(key), type(key).__qualname__
+
+
+def _exact_row_sums(parts: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """Each row's exactly rounded sum (``math.fsum``): the same whatever the column order.
+    Two columns need no more than ``+``, which rounds once and commutes."""
+    if parts.shape[1] <= 2:
+        summed: npt.NDArray[np.float64] = parts.sum(axis=1)
+        return summed
+    return np.array([math.fsum(row) for row in parts.tolist()], dtype=np.float64)
+
+
+def _min_max(ranked: Ranked[K], field: str) -> npt.NDArray[np.float64]:
     """Scores of one best-first list mapped to [0, 1]; all-equal scores map to 1.0."""
     scores = [score for _key, score in ranked]
-    for score in scores:
-        if not _is_real(score) or not math.isfinite(score):
-            raise InvalidInput(f"score is not a finite number: {score!r}", field=field)
-    if any(later > earlier for earlier, later in pairwise(scores)):
+    if not all(type(score) is float for score in scores):  # the usual case, checked fast
+        for score in scores:
+            if not _is_real(score):
+                raise InvalidInput(f"score is not a finite number: {score!r}", field=field)
+    values = np.array(scores, dtype=np.float64)
+    if not np.isfinite(values).all():
+        bad = scores[int(np.flatnonzero(~np.isfinite(values))[0])]
+        raise InvalidInput(f"score is not a finite number: {bad!r}", field=field)
+    if len(values) > 1 and (values[1:] > values[:-1]).any():
         raise InvalidInput("scores must be non-increasing (best first)", field=field)
-    if not scores:
-        return {}
-    high, low = scores[0], scores[-1]
+    if not len(values):
+        return values
+    high, low = values[0], values[-1]
     if high == low:
-        return {key: 1.0 for key, _score in ranked}
-    return {key: (score - low) / (high - low) for key, score in ranked}
-
-
-def _sorted_fused(
-    fused: dict[K, float], ranks: list[dict[K, int]], weights: list[float]
-) -> list[tuple[K, float]]:
-    """Fused scores, highest first, ties broken as the module docstring describes."""
-    positive = [table for table, weight in zip(ranks, weights, strict=True) if weight > 0]
-
-    def order(key: K) -> tuple[float, float, int, str, str]:
-        best_weighted = min((t[key] for t in positive if key in t), default=math.inf)
-        best_any = min(t[key] for t in ranks if key in t)
-        return (-fused[key], best_weighted, best_any, str(key), type(key).__qualname__)
-
-    return [(key, fused[key]) for key in sorted(fused, key=order)]
+        return np.ones_like(values)
+    normalised: npt.NDArray[np.float64] = (values - low) / (high - low)
+    return normalised
 
 
 def _check_relevance(relevance: Sequence[float], count: int) -> npt.NDArray[np.float64]:

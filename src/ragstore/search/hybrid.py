@@ -71,8 +71,8 @@ class SearchParams:
     explain: bool = False
 
     def __post_init__(self) -> None:
-        _check_choice(self.mode, Mode, "mode")
-        _check_choice(self.fusion, Fusion, "fusion")
+        _check_choice(self.mode, "mode")
+        _check_choice(self.fusion, "fusion")
         _check_int(self.k, 1, MAX_K, "k")
         _check_int(self.rrf_k, 1, 10_000, "rrf_k")
         if self.depth is not None:
@@ -265,8 +265,11 @@ def _diversify(
     return [ranked[i] for i in order]
 
 
-def _check_choice(value: object, choices: object, field: str) -> None:
-    allowed = get_args(choices)
+_CHOICES = {"mode": get_args(Mode), "fusion": get_args(Fusion)}
+
+
+def _check_choice(value: object, field: str) -> None:
+    allowed = _CHOICES[field]
     if value not in allowed:
         raise InvalidInput(f"{field} must be one of {', '.join(allowed)}", field=field)
 

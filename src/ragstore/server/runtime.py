@@ -8,7 +8,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import ragstore
-from ragstore.embed.base import Embedder
 from ragstore.server.auth import KeyRing
 from ragstore.server.errors import ApiError
 from ragstore.server.jobs import JobRunner
@@ -99,9 +98,10 @@ class Runtime:
         # query from fighting an ingest for the same cores.
         torch.set_num_threads(1)
         observe = self.metrics.embedding.labels
-        embedder: Embedder = ServerEmbedder(
+        embedder = ServerEmbedder(
             MiniLMEmbedder, lambda kind, seconds: observe(kind).observe(seconds)
         )
+        embedder.warm_up()
         assert self.store is not None
         self._collections = Collections(self.store, embedder)
         self._ready.set()

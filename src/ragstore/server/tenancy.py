@@ -45,14 +45,12 @@ def split_name(stored: str) -> tuple[str, str] | None:
 
 class ServerEmbedder:
     """The default model for the server: one instance for queries and one for
-    passages, each used by one thread at a time (a tokenizer is not thread-safe), so
-    a large ingest never holds up query embedding."""
+    passages, so a large ingest never holds up query embedding (each instance is
+    thread-safe: queries on ONNX Runtime run concurrently on the search workers)."""
 
     def __init__(self, load: Callable[[], Embedder], observe: Observe) -> None:
         self._query = load()
         self._passages = load()
-        self._query_lock = threading.Lock()
-        self._passage_lock = threading.Lock()
         self._observe = observe
 
     @property
@@ -77,18 +75,19 @@ class ServerEmbedder:
 
     def token_offsets(self, text: str) -> list[tuple[int, int]]:
         """Token spans, from the passage model's tokenizer."""
-        with self._passage_lock:
-            return self._passages.token_offsets(text)
+        return self._passages.token_offsets(text)
 
     def embed_documents(self, texts: Sequence[str]) -> Vectors:
         """Embed passages on the passage model."""
-        with self._passage_lock:
-            return _timed(lambda: self._passages.embed_documents(texts), "passages", self._observe)
+        return _timed(lambda: self._passages.embed_documents(texts), "passages", self._observe)
 
     def embed_query(self, text: str) -> Vectors:
         """Embed a query on the query model."""
-        with self._query_lock:
-            return _timed(lambda: self._query.embed_query(text), "query", self._observe)
+        return _timed(lambda: self._query.embed_query(text), "query", self._observe)
+
+    def warm_up(self) -> None:
+        """Set the query encoder up now (the first query may otherwise export it)."""
+        self._query.embed_query("warm up")
 
 
 def _timed(fn: Callable[[], Vectors], kind: str, observe: Observe) -> Vectors:
