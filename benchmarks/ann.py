@@ -105,7 +105,9 @@ UPSERT_POOL_BATCHES = 200  # new vectors made up front: 200 batches, reused in a
 
 Matrix = npt.NDArray[np.float32]
 Ids = npt.NDArray[np.int64]
-Search = Callable[[Matrix], Ids]  # one query vector -> ids, best first
+Search = Callable[[Matrix], "Ids | list[str]"]
+"""One query vector -> ids, best first: row numbers, or ragstore's document ids (row
+numbers as text), turned into row numbers after the clock stops."""
 Batch = Callable[[Matrix], Ids]  # all query vectors -> (nq, k) ids
 Setting = int | None  # ef_search (hnsw) or nprobe (ivf, ivfpq); None: nothing to set
 
@@ -654,7 +656,7 @@ def ragstore_engine(rs: RagstoreAdapter, kind: str, params: Params, first: bool)
     stats = rs.stats()
 
     def single(setting: Setting) -> Search:
-        return lambda q: as_ids(rs.search_vectors(q, kind, setting))
+        return lambda q: rs.search_vectors(q, kind, setting)
 
     engine = Engine(build_s, rs.bytes_per_vector(stats), single)
     engine.extra = {"config": config, "index_stats": stats}
@@ -691,8 +693,9 @@ def _interleaved(
         shift = i % len(names)
         for name in names[shift:] + names[:shift]:
             t0 = time.perf_counter_ns()
-            ids = searches[name](q)
+            result = searches[name](q)
             ms[name].append((time.perf_counter_ns() - t0) / 1e6)
+            ids = as_ids(result) if isinstance(result, list) else result
             found[name][i, : len(ids)] = ids[:K]
         ran = i + 1
     return {name: (ms[name], found[name][:ran]) for name in names}
@@ -788,8 +791,8 @@ def full_api_p50(
     queries = data.queries[:FULL_API_QUERIES]
     timed = time_interleaved(
         {
-            "search_vectors": lambda q: as_ids(rs.search_vectors(q, kind, setting)),
-            "search": lambda q: as_ids([h.doc_id for h in rs.search(q, kind, setting)]),
+            "search_vectors": lambda q: rs.search_vectors(q, kind, setting),
+            "search": lambda q: [h.doc_id for h in rs.search(q, kind, setting)],
         },
         queries,
         budget_s,
@@ -863,7 +866,7 @@ def _selector_search(
 
 
 def _where_search(rs: RagstoreAdapter, kind: str, setting: Setting, where: Any) -> Search:
-    return lambda q: as_ids(rs.search_vectors(q, kind, setting, where=where))
+    return lambda q: rs.search_vectors(q, kind, setting, where=where)
 
 
 def upserts_while_searching(

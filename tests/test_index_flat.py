@@ -6,7 +6,7 @@ import numpy as np
 from conftest import unit_vectors
 
 from ragstore.index import id_mask
-from ragstore.index.flat import FlatIndex
+from ragstore.index.flat import FlatIndex, top_k
 
 
 def reference_top_k(
@@ -61,3 +61,12 @@ def test_empty_index_and_k_larger_than_size() -> None:
     assert index.search(query, 5)[0].size == 0
     index.add(np.array([1, 2], dtype=np.int64), unit_vectors(2, 4))
     assert sorted(index.search(query, 5)[0].tolist()) == [1, 2]
+
+
+def test_top_k_breaks_ties_by_position_also_at_the_cut() -> None:
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        scores = rng.integers(0, 4, size=int(rng.integers(1, 60))).astype(np.float32)
+        k = int(rng.integers(1, len(scores) + 1))
+        expected = sorted(range(len(scores)), key=lambda i: (-scores[i], i))[:k]
+        assert top_k(scores, k).tolist() == expected

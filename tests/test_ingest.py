@@ -8,8 +8,13 @@ from pathlib import Path
 
 import pytest
 from conftest import SAMPLE_DOCS
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import ragstore
+from ragstore.ingest.pipeline import document_hash
+from ragstore.records import metadata_json
+from ragstore.types import Document
 
 
 def paragraph(i: int) -> str:
@@ -182,3 +187,26 @@ def test_sync_keeps_records_of_a_file_with_a_malformed_line(
     assert report.documents_skipped == 1
     assert report.documents_deleted == 0
     assert [d.id for d in col.get(["r0", "r1", "r2"])] == ["r0", "r1", "r2"]
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=5),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    text=st.text(max_size=20),
+    title=st.text(max_size=10),
+    metadata=st.dictionaries(st.text(max_size=5), JSON_VALUES, max_size=5),
+    source=st.none() | st.text(max_size=10),
+)
+def test_document_hash_is_the_same_from_stored_metadata_json(
+    text: str, title: str, metadata: dict[str, object], source: str | None
+) -> None:
+    doc = Document("d", text, title, metadata, source)
+    assert document_hash(doc, metadata_json(metadata)) == document_hash(doc)

@@ -22,10 +22,12 @@ MAX_ID_LENGTH = 1024
 
 @dataclass(frozen=True, slots=True)
 class VectorRecord:
-    """A caller-supplied vector with its document fields."""
+    """A caller-supplied vector with its document fields (``metadata_json``: the
+    document's metadata as stored, made once)."""
 
     document: Document
     vector: Matrix
+    metadata_json: str
 
 
 def text_records(records: Iterable[Mapping[str, Any] | Document]) -> list[Document]:
@@ -42,7 +44,8 @@ def vector_records(records: Iterable[Mapping[str, Any]], dim: int) -> list[Vecto
         if "vector" not in record:
             raise InvalidInput(f"{where}.vector is required", field=f"{where}.vector")
         doc = _document(record, where, text_required=False)
-        parsed.append(VectorRecord(doc, unit_vector(record["vector"], dim, f"{where}.vector")))
+        vector = unit_vector(record["vector"], dim, f"{where}.vector")
+        parsed.append(VectorRecord(doc, vector, metadata_json(doc.metadata)))
     return parsed
 
 
@@ -59,8 +62,13 @@ def unit_vector(value: Any, dim: int, field: str) -> Matrix:
     norm = math.sqrt(float(vector @ vector))  # np.linalg.norm costs more than the search
     if not math.isfinite(norm) or norm == 0.0:
         raise InvalidInput(f"{field} must be finite and not all zeros", field=field)
+    if abs(norm - 1.0) < _UNIT_TOLERANCE:  # already unit length, as embedders return
+        return vector
     unit: Matrix = vector / np.float32(norm)
     return unit
+
+
+_UNIT_TOLERANCE = 1e-6
 
 
 def _text_record(i: int, record: Mapping[str, Any] | Document) -> Document:
@@ -85,17 +93,18 @@ def vector_batch(
     if metadata is not None and len(metadata) != len(ids):
         raise InvalidInput("metadata must have one entry per id", field="metadata")
     matrix = _unit_rows(vectors, len(ids), dim)
-    return [
-        VectorRecord(
-            Document(
-                id=_doc_id(doc_id, f"ids[{i}]"),
-                text="",
-                metadata=_metadata(metadata[i] or {}, f"metadata[{i}]") if metadata else {},
-            ),
-            matrix[i],
-        )
-        for i, doc_id in enumerate(ids)
-    ]
+    parsed = []
+    for i, doc_id in enumerate(ids):
+        given = metadata[i] if metadata else None
+        meta, stored = _checked_metadata(given, f"metadata[{i}]") if given else ({}, "{}")
+        document = Document(id=_doc_id(doc_id, f"ids[{i}]"), text="", metadata=meta)
+        parsed.append(VectorRecord(document, matrix[i], stored))
+    return parsed
+
+
+def metadata_json(metadata: Mapping[str, Any]) -> str:
+    """The canonical JSON of validated metadata, as stored and hashed (sorted keys)."""
+    return json.dumps(metadata, sort_keys=True, ensure_ascii=False)
 
 
 def _unit_rows(vectors: Any, count: int, dim: int) -> Matrix:
@@ -159,9 +168,15 @@ def _optional_string(value: Any, field: str) -> str | None:
 
 
 def _metadata(value: Any, field: str) -> dict[str, Any]:
+    return _checked_metadata(value, field)[0]
+
+
+def _checked_metadata(value: Any, field: str) -> tuple[dict[str, Any], str]:
+    """A plain-JSON copy of a metadata object, and its canonical JSON."""
     if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
         raise InvalidInput(f"{field} must be an object with string keys", field=field)
     try:
-        return dict(json.loads(json.dumps(value, allow_nan=False)))
+        stored = json.dumps(value, allow_nan=False, sort_keys=True, ensure_ascii=False)
     except (TypeError, ValueError) as exc:
         raise InvalidInput(f"{field} is not plain JSON: {exc}", field=field) from None
+    return dict(json.loads(stored)), stored

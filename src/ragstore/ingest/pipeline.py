@@ -59,11 +59,19 @@ class Pending:
     embed_texts: list[str]
 
 
-def document_hash(doc: Document) -> str:
-    """Hash of everything stored for a document; equal hashes mean nothing to do."""
-    payload = json.dumps(
-        [doc.text, doc.title, doc.metadata, doc.source], sort_keys=True, ensure_ascii=False
-    )
+def document_hash(doc: Document, metadata_json: str | None = None) -> str:
+    """Hash of everything stored for a document; equal hashes mean nothing to do.
+
+    ``metadata_json`` is the document's metadata already serialised canonically
+    (:func:`ragstore.records.metadata_json`): the same hash, one serialisation fewer.
+    """
+    if metadata_json is None:
+        payload = json.dumps(
+            [doc.text, doc.title, doc.metadata, doc.source], sort_keys=True, ensure_ascii=False
+        )
+    else:  # exactly what json.dumps writes for the list above
+        head = json.dumps([doc.text, doc.title], ensure_ascii=False)[:-1]
+        payload = f"{head}, {metadata_json}, {json.dumps(doc.source, ensure_ascii=False)}]"
     return hashlib.sha256(payload.encode()).hexdigest()
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import sqlite3
 from collections.abc import Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Literal, Protocol, get_args
 
@@ -26,6 +27,8 @@ from ragstore.store.vectors import SegmentedIndex
 from ragstore.types import Hit
 
 Mode = Literal["dense", "keyword", "hybrid"]
+QueryVector = Matrix | Future[Matrix | None] | None
+"""A search's query vector, possibly still being computed on another thread."""
 Fusion = Literal["rrf", "weighted"]
 MAX_K = 1000
 MAX_DEPTH = 5000
@@ -73,17 +76,13 @@ class SearchParams:
     def __post_init__(self) -> None:
         _check_choice(self.mode, "mode")
         _check_choice(self.fusion, "fusion")
-        _check_int(self.k, 1, MAX_K, "k")
+        check_dense(self.k, self.ef_search, self.nprobe)
         _check_int(self.rrf_k, 1, 10_000, "rrf_k")
         if self.depth is not None:
             _check_int(self.depth, 1, MAX_DEPTH, "candidates")
         _check_unit(self.alpha, "alpha")
         if self.mmr_lambda is not None:
             _check_unit(self.mmr_lambda, "mmr_lambda")
-        if self.ef_search is not None:
-            _check_int(self.ef_search, 1, MAX_EF_SEARCH, "ef_search")
-        if self.nprobe is not None:
-            _check_int(self.nprobe, 1, MAX_NPROBE, "nprobe")
 
     @property
     def knobs(self) -> Knobs:
@@ -117,14 +116,17 @@ def run(
     params: SearchParams,
     *,
     text: str | None,
-    vector: Matrix | None,
+    vector: QueryVector,
     reranker: Reranker | None = None,
 ) -> SearchResults:
     """Execute one search inside the caller's read transaction.
 
     The index lock is held while the index catches up, the filter is evaluated (once, on
-    the index's metadata columns; it restricts both sides) and both sides run, all in
-    memory; fusion and reading the hits go on without it. Candidates stay
+    the index's metadata columns; it restricts both sides) and the keyword side runs,
+    then again while the dense side runs: ``vector`` may still be computing (a future)
+    when the search starts, and is awaited between the two. Another thread may catch the
+    index up meanwhile; hits newer than this transaction are then left out, as they are
+    when read. Fusion and reading the hits go on without the lock. Candidates stay
     ``(chunk id, score)`` pairs until the end; only the hits returned (or handed to the
     reranker) are read in full.
     """
@@ -132,8 +134,10 @@ def run(
     with index.lock:
         index.catch_up(conn)
         allowed = None if params.where is None else index.allowed(conn, params.where)
-        dense = _dense(index, vector, allowed, params, depth)
         lexical = _keyword(conn, index, text, allowed, depth, params.mode)
+    query_vector = vector.result() if isinstance(vector, Future) else vector
+    with index.lock:
+        dense = _dense(index, query_vector, allowed, params, depth)
     ranked = _fuse(params, dense, lexical)
     if params.group_by_doc:
         ranked = best_per_document(conn, ranked)
@@ -266,6 +270,15 @@ def _diversify(
 
 
 _CHOICES = {"mode": get_args(Mode), "fusion": get_args(Fusion)}
+
+
+def check_dense(k: object, ef_search: object, nprobe: object) -> None:
+    """Validate a dense search's ``k`` and per-query index settings."""
+    _check_int(k, 1, MAX_K, "k")
+    if ef_search is not None:
+        _check_int(ef_search, 1, MAX_EF_SEARCH, "ef_search")
+    if nprobe is not None:
+        _check_int(nprobe, 1, MAX_NPROBE, "nprobe")
 
 
 def _check_choice(value: object, field: str) -> None:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import os
 import re
 import shutil
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +47,8 @@ from ragstore.types import Document, IngestReport, StoredDocument
 INDEX_DIRNAME = "indexes"
 """Sealed index segments live under ``<store>/indexes/<collection id>/``."""
 
+VECTOR_BATCH = 4096
+"""Vector documents written per transaction (one chunk each)."""
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -319,13 +324,17 @@ class Collection:
         tenant = check_tenant(tenant)
         if cache and vector is None and reranker is None and not explain and _has_text(query):
             return self._cached_search(str(query), params, tenant)
-        query_vector = self._query_vector(query, vector, params.mode)
-        return self._run(query, query_vector, params, reranker)
+        if params.mode == "hybrid" and vector is None:
+            self._check_query(query, vector, params.mode)  # bad input raises here, not later
+            # the keyword side runs while another thread embeds the query
+            pending = _query_embedding_pool().submit(self._query_vector, query, vector, params.mode)
+            return self._run(query, pending, params, reranker)
+        return self._run(query, self._query_vector(query, vector, params.mode), params, reranker)
 
     def _run(
         self,
         query: str | None,
-        query_vector: Matrix | None,
+        query_vector: hybrid.QueryVector,
         params: hybrid.SearchParams,
         reranker: Reranker | None,
     ) -> SearchResults:
@@ -365,19 +374,18 @@ class Collection:
         The lean path under :meth:`search`: no fusion, no hit bodies. A document with
         several matching chunks appears once per chunk.
         """
-        params = hybrid.SearchParams(
-            mode="dense", k=k, where=parse_filter(where), ef_search=ef_search, nprobe=nprobe
-        )
+        hybrid.check_dense(k, ef_search, nprobe)
+        flt = parse_filter(where)
+        knobs = Knobs(ef_search=ef_search, nprobe=nprobe)
         query = unit_vector(vector, self.config.dim, "vector")
         with self._index.lock:
-            if params.where is None:
+            if flt is None:
                 self._index.refresh()
-                found = self._index.search(query, k, None, params.knobs)
+                found = self._index.search(query, k, None, knobs)
             else:
                 with self._db.read() as conn:
                     self._index.catch_up(conn)
-                    allowed = self._index.allowed(conn, params.where)
-                    found = self._index.search(query, k, allowed, params.knobs)
+                    found = self._index.search(query, k, self._index.allowed(conn, flt), knobs)
         return found.docs, found.scores
 
     def wait_for_index(self) -> None:
@@ -465,23 +473,30 @@ class Collection:
         return pipeline.Target(self._db, self.id, self.embedder, self.config.chunking)
 
     def _query_vector(self, query: str | None, vector: Any, mode: Mode) -> Matrix | None:
+        """The search's query vector: the one given, or the text embedded (``None`` for
+        a keyword search)."""
+        self._check_query(query, vector, mode)
+        if vector is not None:
+            return unit_vector(vector, self.config.dim, "vector")
+        if mode == "keyword" or self.embedder is None:
+            return None
+        return self.embedder.embed_query(str(query))
+
+    def _check_query(self, query: str | None, vector: Any, mode: Mode) -> None:
         if (query is None) == (vector is None):
             raise InvalidInput("give exactly one of query text or vector", field="query")
         if vector is not None:
             if mode != "dense":
                 raise InvalidInput("a vector query can only run in dense mode", field="mode")
-            return unit_vector(vector, self.config.dim, "vector")
+            return
         if not isinstance(query, str) or not query.strip():
             raise InvalidInput("query text must be a non-empty string", field="query")
-        if mode == "keyword":
-            return None
-        if self.embedder is None:
+        if mode != "keyword" and self.embedder is None:
             raise InvalidInput(
                 f"collection {self.name!r} has no embedder: search it with a vector, "
                 "or with mode='keyword'",
                 field="mode",
             )
-        return self.embedder.embed_query(query)
 
     def _write_vectors(self, parsed: list[VectorRecord], report: IngestReport) -> None:
         with self._db.read() as conn:
@@ -489,7 +504,7 @@ class Collection:
         changed: dict[str, DocumentRow] = {}
         for record in parsed:
             doc = record.document
-            digest = _vector_document_hash(doc, record.vector)
+            digest = _vector_document_hash(doc, record.metadata_json, record.vector)
             if stored.get(doc.id) == digest:
                 report.documents_unchanged += 1
                 continue
@@ -497,16 +512,24 @@ class Collection:
                 report.documents_updated += 1
             else:
                 report.documents_added += 1
-            chunk = ChunkRow(0, doc.text, 0, len(doc.text), digest, record.vector)
+            # No text was embedded: the chunk's hash stays empty, out of the hash index.
+            chunk = ChunkRow(0, doc.text, 0, len(doc.text), "", record.vector)
             changed[doc.id] = DocumentRow(
-                doc.id, doc.source, None, doc.title, doc.text, doc.metadata, digest, [chunk]
-            )
-        for batch in rows.batched(list(changed.values()), pipeline.BATCH_CHUNKS):
+                doc.id, doc.source, None, doc.title, doc.text, doc.metadata, digest, [chunk],
+                record.metadata_json,
+            )  # fmt: skip
+        for batch in rows.batched(list(changed.values()), VECTOR_BATCH):
             pipeline.write_rows(self._db, self.id, batch)
 
 
-def _vector_document_hash(doc: Document, vector: np.ndarray) -> str:
-    digest = hashlib.sha256(pipeline.document_hash(doc).encode())
+@functools.cache
+def _query_embedding_pool() -> ThreadPoolExecutor:
+    """Threads that embed hybrid searches' queries while their keyword sides run."""
+    return ThreadPoolExecutor(os.cpu_count() or 2, thread_name_prefix="ragstore-query")
+
+
+def _vector_document_hash(doc: Document, metadata_json: str, vector: np.ndarray) -> str:
+    digest = hashlib.sha256(pipeline.document_hash(doc, metadata_json).encode())
     digest.update(np.ascontiguousarray(vector, dtype=np.float32).tobytes())
     return digest.hexdigest()
 

@@ -24,7 +24,7 @@ import numpy.typing as npt
 
 from ragstore.filters import MISSING, And, Compare, Filter, Not, Or, lookup, matches
 from ragstore.index.base import AllowedMask, Ids, id_mask
-from ragstore.store import rows
+from ragstore.store import packed, rows
 
 MAX_DISTINCT = 65_536
 """Paths with more distinct values than this are filtered in SQL instead."""
@@ -132,18 +132,29 @@ def _chunk_metadata(
 ) -> tuple[Ids, list[dict[str, object]]]:
     """Ids (ascending) and document metadata of the chunks with ``after < id <= upto``;
     each document's JSON is parsed once."""
-    found = conn.execute(
-        "SELECT c.id, c.document_id, d.metadata FROM chunks c "
+    ids: list[Ids] = []
+    metadata: list[dict[str, object]] = []
+    parsed: dict[bytes, dict[str, object]] = {}
+    for chunk_ids, documents, texts in packed.read_after(
+        conn,
+        "SELECT c.id AS c0, c.document_id AS c1, d.metadata AS c2 FROM chunks c "
         "JOIN documents d ON d.id = c.document_id "
-        "WHERE c.collection_id = ? AND c.id > ? AND c.id <= ? ORDER BY c.id",
-        (collection_id, after, upto),
-    ).fetchall()
-    parsed: dict[int, dict[str, object]] = {}
-    ids = np.fromiter((row[0] for row in found), dtype=np.int64, count=len(found))
-    return ids, [_parsed(parsed, row[1], row[2]) for row in found]
+        "WHERE c.collection_id = ? AND c.id <= ? AND c.id > ? ORDER BY c.id LIMIT ?",
+        (collection_id, upto),
+        3,
+        after,
+    ):
+        ids.append(chunk_ids.ints())
+        metadata.extend(
+            _parsed(parsed, document, text)
+            for document, text in zip(documents.values(), texts.values(), strict=True)
+        )
+    return (np.concatenate(ids) if ids else np.empty(0, dtype=np.int64)), metadata
 
 
-def _parsed(cache: dict[int, dict[str, object]], document: int, text: str) -> dict[str, object]:
+def _parsed(
+    cache: dict[bytes, dict[str, object]], document: bytes, text: bytes
+) -> dict[str, object]:
     value = cache.get(document)
     if value is None:
         value = cache[document] = json.loads(text)

@@ -15,6 +15,7 @@ import numpy as np
 from ragstore.filters import Filter, compile_sql
 from ragstore.index.base import Ids, Matrix
 from ragstore.search import keyword
+from ragstore.store import packed
 from ragstore.types import Hit, StoredDocument
 
 # SQLite's default limit on bound parameters is 32766; stay well below it.
@@ -47,6 +48,8 @@ class DocumentRow:
     metadata: dict[str, Any]
     content_hash: str
     chunks: Sequence[ChunkRow]
+    metadata_json: str | None = None
+    """``metadata`` as stored, when the caller has it already."""
 
 
 def batched(items: Sequence[Any], size: int = _MAX_PARAMS) -> Iterable[Sequence[Any]]:
@@ -66,12 +69,14 @@ def content_hashes(
     """Stored content hash of each of ``doc_ids`` that exists."""
     found: dict[str, str] = {}
     for part in batched(doc_ids):
-        rows = conn.execute(
-            "SELECT doc_id, content_hash FROM documents "
+        ids, hashes = packed.read(
+            conn,
+            "SELECT doc_id AS c0, content_hash AS c1 FROM documents "
             f"WHERE collection_id = ? AND doc_id IN ({placeholders(len(part))})",
             (collection_id, *part),
+            2,
         )
-        found.update(dict(rows.fetchall()))
+        found.update(zip(ids.texts(), hashes.texts(), strict=True))
     return found
 
 
@@ -84,7 +89,7 @@ def vectors_by_hash(
     for part in batched(hashes):
         rows = conn.execute(
             "SELECT c.hash, c.vector FROM chunks c JOIN collections k ON k.id = c.collection_id "
-            f"WHERE c.hash IN ({placeholders(len(part))}) "
+            f"WHERE c.hash IN ({placeholders(len(part))}) AND c.hash != '' "
             "AND json_extract(k.config, '$.embedder') = ? "
             "AND json_extract(k.config, '$.embedder_version') IS ?",
             (*part, *model),
@@ -112,36 +117,36 @@ def write_documents(
 def _insert_new_documents(
     conn: sqlite3.Connection, collection_id: int, docs: Sequence[DocumentRow], now: float
 ) -> None:
-    conn.executemany(
-        "INSERT INTO documents (source, origin, title, text, metadata, content_hash, "
-        "updated_at, collection_id, doc_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    last = packed.insert(
+        conn,
+        _INSERT_DOCUMENT,
         [(*_document_values(doc, now), collection_id, doc.doc_id) for doc in docs],
     )
-    row_of = dict(
-        conn.execute(
-            "SELECT doc_id, id FROM documents "
-            f"WHERE collection_id = ? AND doc_id IN ({placeholders(len(docs))})",
-            (collection_id, *[d.doc_id for d in docs]),
-        ).fetchall()
-    )
-    conn.executemany(
+    count_new_documents(conn, collection_id, len(docs))
+    first = last - len(docs) + 1  # one writer at a time: the new rowids are consecutive
+    packed.insert(
+        conn,
         _INSERT_CHUNK,
         [
-            _chunk_values(collection_id, row_of[doc.doc_id], doc.title, chunk)
-            for doc in docs
+            _chunk_values(collection_id, first + i, doc.title, chunk)
+            for i, doc in enumerate(docs)
             for chunk in doc.chunks
         ],
     )
 
 
+_INSERT_DOCUMENT = (
+    "INSERT INTO documents (source, origin, title, text, metadata, content_hash, "
+    "updated_at, collection_id, doc_id)"
+)
 _INSERT_CHUNK = (
     "INSERT INTO chunks (collection_id, document_id, ordinal, text, start_char, end_char, "
-    "hash, vector, terms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "hash, vector, terms)"
 )
 
 
 def _document_values(doc: DocumentRow, now: float) -> tuple[Any, ...]:
-    metadata = json.dumps(doc.metadata, ensure_ascii=False, sort_keys=True)
+    metadata = doc.metadata_json or json.dumps(doc.metadata, ensure_ascii=False, sort_keys=True)
     return (doc.source, doc.origin, doc.title, doc.text, metadata, doc.content_hash, now)
 
 
@@ -162,6 +167,16 @@ def _chunk_values(
     )
 
 
+def count_new_documents(conn: sqlite3.Connection, collection_id: int, count: int) -> None:
+    """Count inserted documents into the collection's write counter (``cache_clock``),
+    which the query cache's strict mode compares; updates and deletes are counted by
+    triggers on ``documents``."""
+    conn.execute("INSERT OR IGNORE INTO cache_clock (collection_id) VALUES (?)", (collection_id,))
+    conn.execute(
+        "UPDATE cache_clock SET writes = writes + ? WHERE collection_id = ?", (count, collection_id)
+    )
+
+
 def write_document(
     conn: sqlite3.Connection, collection_id: int, doc: DocumentRow, now: float
 ) -> None:
@@ -172,12 +187,8 @@ def write_document(
     ).fetchone()
     values = _document_values(doc, now)
     if row is None:
-        cursor = conn.execute(
-            "INSERT INTO documents (source, origin, title, text, metadata, content_hash, "
-            "updated_at, collection_id, doc_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (*values, collection_id, doc.doc_id),
-        )
-        document_id = int(cursor.lastrowid or 0)
+        document_id = packed.insert(conn, _INSERT_DOCUMENT, [(*values, collection_id, doc.doc_id)])
+        count_new_documents(conn, collection_id, 1)
     else:
         document_id = int(row[0])
         conn.execute("DELETE FROM chunks WHERE document_id = ?", (document_id,))
@@ -186,7 +197,8 @@ def write_document(
             "content_hash = ?, updated_at = ? WHERE id = ?",
             (*values, document_id),
         )
-    conn.executemany(
+    packed.insert(
+        conn,
         _INSERT_CHUNK,
         [_chunk_values(collection_id, document_id, doc.title, chunk) for chunk in doc.chunks],
     )
@@ -249,11 +261,15 @@ def allowed_chunk_ids(conn: sqlite3.Connection, collection_id: int, where: Filte
 
 def chunk_ids_between(conn: sqlite3.Connection, collection_id: int, first: int, last: int) -> Ids:
     """Ids of the collection's chunks in ``[first, last]``, ascending."""
-    found = conn.execute(
-        "SELECT id FROM chunks WHERE collection_id = ? AND id BETWEEN ? AND ? ORDER BY id",
-        (collection_id, first, last),
+    pages = packed.read_after(
+        conn,
+        "SELECT id AS c0 FROM chunks WHERE collection_id = ? AND id <= ? AND id > ? "
+        "ORDER BY id LIMIT ?",
+        (collection_id, last),
+        1,
+        first - 1,
     )
-    return np.fromiter((row[0] for row in found), dtype=np.int64)
+    return _concatenated([ids.ints() for (ids,) in pages])
 
 
 def chunk_vectors(
@@ -261,26 +277,46 @@ def chunk_vectors(
 ) -> tuple[Ids, Matrix, list[str]]:
     """Ids (ascending), vectors and document ids of the collection's chunks with ids in
     ``[first, last]``."""
-    found = conn.execute(
-        "SELECT c.id, c.vector, d.doc_id FROM chunks c JOIN documents d ON d.id = c.document_id "
-        "WHERE c.collection_id = ? AND c.id BETWEEN ? AND ? ORDER BY c.id",
-        (collection_id, first, last),
-    ).fetchall()
-    ids = np.fromiter((row[0] for row in found), dtype=np.int64, count=len(found))
-    vectors = np.frombuffer(b"".join(row[1] for row in found), dtype=np.float32)
-    return ids, vectors.reshape(len(found), dim), [row[2] for row in found]
+    ids: list[Ids] = []
+    vectors: list[Matrix] = []
+    docs: list[str] = []
+    for chunk_ids, blobs, doc_ids in packed.read_after(
+        conn,
+        "SELECT c.id AS c0, c.vector AS c1, d.doc_id AS c2 FROM chunks c "
+        "JOIN documents d ON d.id = c.document_id "
+        "WHERE c.collection_id = ? AND c.id <= ? AND c.id > ? ORDER BY c.id LIMIT ?",
+        (collection_id, last),
+        3,
+        first - 1,
+    ):
+        ids.append(chunk_ids.ints())
+        vectors.append(np.frombuffer(blobs.joined(), dtype=np.float32).reshape(-1, dim))
+        docs.extend(doc_ids.texts())
+    matrix = np.concatenate(vectors) if vectors else np.empty((0, dim), dtype=np.float32)
+    return _concatenated(ids), matrix, docs
 
 
 def chunk_terms(
     conn: sqlite3.Connection, collection_id: int, first: int
 ) -> tuple[Ids, list[bytes]]:
     """Ids (ascending) and stored keyword terms of the collection's chunks from ``first``."""
-    found = conn.execute(
-        "SELECT id, terms FROM chunks WHERE collection_id = ? AND id >= ? ORDER BY id",
-        (collection_id, first),
-    ).fetchall()
-    ids = np.fromiter((row[0] for row in found), dtype=np.int64, count=len(found))
-    return ids, [row[1] for row in found]
+    ids: list[Ids] = []
+    terms: list[bytes] = []
+    for chunk_ids, encoded in packed.read_after(
+        conn,
+        "SELECT id AS c0, terms AS c1 FROM chunks WHERE collection_id = ? AND id > ? "
+        "ORDER BY id LIMIT ?",
+        (collection_id,),
+        2,
+        first - 1,
+    ):
+        ids.append(chunk_ids.ints())
+        terms.extend(encoded.values())
+    return _concatenated(ids), terms
+
+
+def _concatenated(parts: list[Ids]) -> Ids:
+    return np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
 
 
 SegmentValues = tuple[str, int, int, int, dict[str, Any]]
@@ -364,12 +400,20 @@ def tombstones_after(
     conn: sqlite3.Connection, collection_id: int, after_seq: int
 ) -> tuple[Ids, int]:
     """Chunk ids removed since tombstone ``after_seq``, and the newest seq seen."""
-    rows = conn.execute(
-        "SELECT seq, chunk_id FROM tombstones WHERE collection_id = ? AND seq > ? ORDER BY seq",
-        (collection_id, after_seq),
-    ).fetchall()
-    last = rows[-1][0] if rows else after_seq
-    return np.fromiter((row[1] for row in rows), dtype=np.int64, count=len(rows)), last
+    seqs: list[Ids] = []
+    removed: list[Ids] = []
+    for seq, chunk_ids in packed.read_after(
+        conn,
+        "SELECT seq AS c0, chunk_id AS c1 FROM tombstones WHERE collection_id = ? AND seq > ? "
+        "ORDER BY seq LIMIT ?",
+        (collection_id,),
+        2,
+        after_seq,
+    ):
+        seqs.append(seq.ints())
+        removed.append(chunk_ids.ints())
+    last = int(seqs[-1][-1]) if seqs else after_seq
+    return _concatenated(removed), last
 
 
 def trim_tombstones(conn: sqlite3.Connection, collection_id: int, keep: int) -> None:
