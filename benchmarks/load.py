@@ -12,10 +12,10 @@ as clients see it (HTTP included), at concurrency 1, 8, 32 and 64, each for
 
 Each client has a keep-alive connection of its own (a minimal HTTP/1.1 client, so that
 the client, on the same two cores, takes little CPU from the server) and sends its next
-request as soon as the previous one is answered; on a 429 it waits ``Retry-After`` as a well-behaved client
-would. Per level it reports QPS (answered requests per second), p50/p95/p99 of the
-answered requests, 429s, errors (any other non-200 status or transport failure) and
-time-outs.
+request as soon as the previous one is answered; on a 429 it waits ``Retry-After`` as a
+well-behaved client would. Per level it reports QPS (answered requests per second),
+p50/p95/p99 of the answered requests, 429s, errors (any other non-200 status or
+transport failure) and time-outs.
 
 The collection ``bench.<name>`` (tenant ``bench``) holds copies of SciFact with their real
 vectors until it has ``--target-chunks`` (100,000) chunks; nothing is embedded to build
