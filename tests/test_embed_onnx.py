@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 import pytest
 
-from ragstore.embed import Embedder
+from ragstore.embed import QUERY_PRECISION_ENV, Embedder, load_default
 from ragstore.embed.local import MODEL_CACHE_ENV, MiniLMEmbedder
 from ragstore.embed.onnx_query import first_layer_matmuls
 from ragstore.errors import InvalidConfig
@@ -173,3 +173,15 @@ def test_falls_back_to_torch_without_onnxruntime(
     assert embedder.query_runtime == "torch"
     assert not embedder.query_model_path.exists()
     np.testing.assert_allclose(vector, embedder.embed_documents(QUERIES[:1])[0], atol=1e-6)
+
+
+def test_the_default_model_takes_its_query_precision_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(QUERY_PRECISION_ENV, "fp32")
+    loaded = load_default()
+    assert isinstance(loaded, MiniLMEmbedder) and loaded.query_precision == "fp32"
+    monkeypatch.setenv(QUERY_PRECISION_ENV, "fp16")
+    with pytest.raises(InvalidConfig) as info:
+        load_default()
+    assert info.value.field == QUERY_PRECISION_ENV

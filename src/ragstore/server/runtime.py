@@ -92,14 +92,14 @@ class Runtime:
     def _open_collections(self) -> None:
         import torch
 
-        from ragstore.embed.local import MiniLMEmbedder
+        from ragstore.embed import load_default
 
         # Parallelism comes from the worker pools; one torch thread per call keeps a
         # query from fighting an ingest for the same cores.
         torch.set_num_threads(1)
         observe = self.metrics.embedding.labels
         embedder = ServerEmbedder(
-            MiniLMEmbedder, lambda kind, seconds: observe(kind).observe(seconds)
+            load_default, lambda kind, seconds: observe(kind).observe(seconds)
         )
         embedder.warm_up()
         assert self.store is not None
