@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import SAMPLE_DOCS
 from hypothesis import given, settings
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 
 import ragstore
 from ragstore.ingest.pipeline import document_hash
-from ragstore.records import metadata_json
+from ragstore.records import metadata_json, vector_batch
 from ragstore.types import Document
 
 
@@ -189,13 +190,20 @@ def test_sync_keeps_records_of_a_file_with_a_malformed_line(
     assert [d.id for d in col.get(["r0", "r1", "r2"])] == ["r0", "r1", "r2"]
 
 
-JSON_VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=5),
-    lambda inner: (
-        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3)
-    ),
-    max_leaves=8,
-)
+def json_values(floats: st.SearchStrategy[float]) -> st.SearchStrategy[object]:
+    return st.recursive(
+        st.none() | st.booleans() | st.integers() | floats | st.text(max_size=5),
+        lambda inner: (
+            st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3)
+        ),
+        max_leaves=8,
+    )
+
+
+JSON_VALUES = json_values(st.floats(allow_nan=False))
+"""What ``json.dumps`` writes by default (infinities included)."""
+PLAIN_JSON_VALUES = json_values(st.floats(allow_nan=False, allow_infinity=False))
+"""What metadata validation accepts."""
 
 
 @settings(max_examples=200, deadline=None)
@@ -210,3 +218,16 @@ def test_document_hash_is_the_same_from_stored_metadata_json(
 ) -> None:
     doc = Document("d", text, title, metadata, source)
     assert document_hash(doc, metadata_json(metadata)) == document_hash(doc)
+
+
+@settings(max_examples=200, deadline=None)
+@given(metadata=st.dictionaries(st.text(max_size=5), PLAIN_JSON_VALUES, max_size=5))
+def test_vector_batch_keeps_a_plain_json_copy_of_metadata(metadata: dict[str, object]) -> None:
+    given = {
+        key: tuple(value) if isinstance(value, list) else value for key, value in metadata.items()
+    }
+    [record] = vector_batch(["d"], np.ones((1, 4), dtype=np.float32), [given], 4)
+
+    assert record.metadata_json == json.dumps(given, sort_keys=True, ensure_ascii=False)
+    assert record.document.metadata == json.loads(record.metadata_json)
+    assert record.document.metadata is not given

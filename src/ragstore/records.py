@@ -104,7 +104,14 @@ def vector_batch(
 
 def metadata_json(metadata: Mapping[str, Any]) -> str:
     """The canonical JSON of validated metadata, as stored and hashed (sorted keys)."""
-    return json.dumps(metadata, sort_keys=True, ensure_ascii=False)
+    return _CANONICAL_JSON.encode(metadata)
+
+
+_CANONICAL_JSON = json.JSONEncoder(sort_keys=True, ensure_ascii=False)
+"""``json.dumps`` with these options, without building an encoder per call."""
+_STRICT_JSON = json.JSONEncoder(sort_keys=True, ensure_ascii=False, allow_nan=False)
+"""The same, refusing NaN and infinities: what validation accepts."""
+_SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
 def _unit_rows(vectors: Any, count: int, dim: int) -> Matrix:
@@ -176,7 +183,9 @@ def _checked_metadata(value: Any, field: str) -> tuple[dict[str, Any], str]:
     if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
         raise InvalidInput(f"{field} must be an object with string keys", field=field)
     try:
-        stored = json.dumps(value, allow_nan=False, sort_keys=True, ensure_ascii=False)
+        stored = _STRICT_JSON.encode(value)
     except (TypeError, ValueError) as exc:
         raise InvalidInput(f"{field} is not plain JSON: {exc}", field=field) from None
+    if all(type(v) in _SCALARS for v in value.values()):
+        return dict(value), stored  # flat and plain already: the copy is the round trip
     return dict(json.loads(stored)), stored

@@ -70,9 +70,14 @@ def document_hash(doc: Document, metadata_json: str | None = None) -> str:
             [doc.text, doc.title, doc.metadata, doc.source], sort_keys=True, ensure_ascii=False
         )
     else:  # exactly what json.dumps writes for the list above
-        head = json.dumps([doc.text, doc.title], ensure_ascii=False)[:-1]
-        payload = f"{head}, {metadata_json}, {json.dumps(doc.source, ensure_ascii=False)}]"
+        text, title = _json_string(doc.text), _json_string(doc.title)
+        source = "null" if doc.source is None else _json_string(doc.source)
+        payload = f"[{text}, {title}, {metadata_json}, {source}]"
     return hashlib.sha256(payload.encode()).hexdigest()
+
+
+_json_string: Callable[[str], str] = json.encoder.encode_basestring
+"""A JSON string literal as ``json.dumps(..., ensure_ascii=False)`` writes it."""
 
 
 def text_hash(text: str) -> str:

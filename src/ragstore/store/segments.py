@@ -209,8 +209,7 @@ class SealedSegment:
         return self._result(positions[best], scores[best], plan)
 
     def _result(self, positions: Ids, scores: Scores, plan: dict[str, Any]) -> SegmentSearch:
-        ids = self.ids[positions].astype(np.int64)
-        return SegmentSearch(ids, scores, self.doc_ids(positions), plan)
+        return SegmentSearch(self.ids[positions], scores, self.doc_ids(positions), plan)
 
     def _bitmap(self, here: npt.NDArray[np.bool_] | None) -> npt.NDArray[np.uint8] | None:
         if here is not None:
@@ -296,7 +295,8 @@ def load(root: Path, row: SegmentRow, dim: int) -> SealedSegment:
     except (OSError, ValueError, RuntimeError, KeyError) as exc:
         raise SegmentDamaged(f"{directory}: {exc}") from exc
     if (
-        index.ntotal != len(ids)
+        ids.dtype != np.int64
+        or index.ntotal != len(ids)
         or vectors.shape != (len(ids), dim)
         or doc_offsets.shape != (len(ids) + 1,)
         or doc_offsets[-1] != len(doc_bytes)
