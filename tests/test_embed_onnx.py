@@ -4,6 +4,8 @@ both are made once, cached, and made again when damaged."""
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -153,6 +155,29 @@ def test_files_are_cached_under_env_dir_and_made_again_when_damaged(
             fp32.embed_query("cached export"), fp32.embed_documents(["cached export"])[0], atol=1e-5
         )
     assert "making damaged query model" in caplog.text
+
+
+def test_processes_loading_at_once_make_the_files_once_and_all_use_them(tmp_path: Path) -> None:
+    """A server's worker processes load the model together on an empty cache."""
+    script = (
+        "from ragstore.embed.local import MiniLMEmbedder\n"
+        "e = MiniLMEmbedder()\n"
+        "e.embed_query('warm up')\n"
+        "print(e.query_runtime)\n"
+    )
+    env = {**os.environ, MODEL_CACHE_ENV: str(tmp_path), "HF_HUB_OFFLINE": "1"}
+    loaders = [
+        subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+        for _ in range(3)
+    ]  # fmt: skip
+    outputs = [loader.communicate(timeout=600) for loader in loaders]
+    for loader, (out, err) in zip(loaders, outputs, strict=True):
+        assert loader.returncode == 0, err
+        assert out.strip() == "onnxruntime", err
+        assert "runs on torch" not in err
+    [folder] = [p for p in tmp_path.iterdir() if p.is_dir()]
+    assert sorted(p.name for p in folder.iterdir()) == ["query-int8.onnx", "query.onnx"]
 
 
 def test_unknown_precision_is_refused() -> None:

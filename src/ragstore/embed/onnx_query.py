@@ -11,14 +11,16 @@ thread embeds it faster (``benchmarks/embed_query.py``). Two precisions:
   nDCG@10 on SciFact and Cranfield within 0.002 of fp32 (the README has the figures).
 
 Documents are always embedded by torch in fp32; only queries take this path. Each file is
-written under a temporary name and renamed, so a reader (or a second process making the
-same file) never sees half of one; a file that fails to load or disagrees with torch on
-a probe text is made again.
+written under a temporary name and renamed, so a reader never sees half of one, and
+processes loading the encoder at once (a server's workers) take turns on a lock file, so
+only the first makes the files; a file that fails to load or disagrees with torch on a
+probe text is made again.
 """
 
 from __future__ import annotations
 
 import copy
+import fcntl
 import logging
 import os
 import uuid
@@ -76,20 +78,21 @@ class OnnxQueryEncoder:
             path = folder / FILENAMES[wanted]
             return cls(_session(path), tokenizer)._checked(reference, MIN_COSINE[wanted])
 
-        _make_missing(folder, precision, model)
-        try:
-            return opened(precision)
-        except Exception as exc:  # onnxruntime raises its own types for a bad file
-            log.warning(
-                "making damaged query model %s again: %s", folder / FILENAMES[precision], exc
-            )
-        if precision == "int8":
+        with _exclusive(folder):
+            _make_missing(folder, precision, model)
             try:
-                opened("fp32")  # the int8 file is made from it: is that one sound?
-            except Exception:
-                _export(model, folder / FILENAMES["fp32"])
-        _make(folder, precision, model)
-        return opened(precision)
+                return opened(precision)
+            except Exception as exc:  # onnxruntime raises its own types for a bad file
+                log.warning(
+                    "making damaged query model %s again: %s", folder / FILENAMES[precision], exc
+                )
+            if precision == "int8":
+                try:
+                    opened("fp32")  # the int8 file is made from it: is that one sound?
+                except Exception:
+                    _export(model, folder / FILENAMES["fp32"])
+            _make(folder, precision, model)
+            return opened(precision)
 
     def embed(self, text: str) -> Vectors:
         """Unit vector of one text."""
@@ -221,6 +224,19 @@ def first_layer_matmuls(graph_model: Any) -> list[str]:
     if not found:
         raise ValueError("no first-layer MatMul found in the export")
     return found
+
+
+@contextmanager
+def _exclusive(folder: Path) -> Iterator[None]:
+    """Hold the folder's lock file (beside it): one process at a time checks and makes
+    its files (the quantizer writes a scratch file of a fixed name beside its input)."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with folder.with_name(f"{folder.name}.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 @contextmanager
