@@ -23,7 +23,8 @@ it: ``benchmarks/query.py``'s builder reuses every chunk's vector from the store
 ``eval-scifact`` collection (``ragstore --store .eval-store eval <scifact folder>`` builds
 that). The collection is reused when it already has the target size.
 
-    python benchmarks/load.py                                   # the full run
+    python benchmarks/load.py                                   # the full run, 2 workers
+    python benchmarks/load.py --workers 1 --output benchmarks/results/load-1-worker.json
     python benchmarks/load.py --seconds 3 --target-chunks 1 --collection dev --no-write
     python benchmarks/load.py --mix cached --concurrency 1,8 --seconds 10 --no-write
 """
@@ -138,8 +139,10 @@ def free_port() -> int:
 
 
 def start_server(args: argparse.Namespace, port: int, log: Path) -> subprocess.Popen[bytes]:
-    """``ragstore serve`` on a loopback port, without keys; returns once it is ready."""
+    """``ragstore serve`` on a loopback port, without keys; returns once every worker
+    process has loaded the model (each logs it) and ``/readyz`` answers."""
     command = [RAGSTORE_BIN, "--store", str(args.store), "serve", "--port", str(port)]
+    command += ["--workers", str(args.workers)]
     if args.limits:
         command += ["--limits", args.limits]
     with log.open("wb") as out:
@@ -148,11 +151,13 @@ def start_server(args: argparse.Namespace, port: int, log: Path) -> subprocess.P
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise SystemExit(f"server exited:\n{log.read_text()[-3000:]}")
+        loaded = log.read_text(errors="replace").count('"msg": "ready: model loaded"')
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                return process
+            ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200
         except httpx.TransportError:
-            pass
+            ready = False
+        if ready and loaded >= args.workers:
+            return process
         time.sleep(0.2)
     process.kill()
     raise SystemExit("server not ready after 180 s")
@@ -346,6 +351,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--queries", type=int, default=500)
     parser.add_argument("-k", type=int, default=10)
     parser.add_argument("--limits", help="server limits, JSON (see ragstore.server.Limits)")
+    parser.add_argument(
+        "--workers", type=int, default=2, help="server worker processes (one per core)"
+    )
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument("--no-write", action="store_true", help="print, write no JSON")
     return parser.parse_args()
@@ -377,6 +385,7 @@ def main() -> None:
         "queries": len(queries),
         "k": args.k,
         "seconds_per_level": args.seconds,
+        "server_workers": args.workers,
         "server_limits": json.loads(args.limits) if args.limits else "defaults",
         "results": results,
         "goals": GOALS,

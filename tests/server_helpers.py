@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -45,6 +46,7 @@ class Server:
         keys: Path | None = None,
         limits: Mapping[str, Any] | None = None,
         host: str = "127.0.0.1",
+        workers: int = 1,
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -55,9 +57,14 @@ class Server:
             args += ["--keys", str(keys)]
         if limits:
             args += ["--limits", json.dumps(limits)]
+        if workers != 1:
+            args += ["--workers", str(workers)]
         env = {k: v for k, v in os.environ.items() if not k.startswith("RAGSTORE_KEYS")}
         self._log = log.open("wb")
-        self.process = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+        # a session of its own, so that kill() reaches worker processes too
+        self.process = subprocess.Popen(
+            args, stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
 
     def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> Server:
         """Block until ``/readyz`` answers 200."""
@@ -92,8 +99,24 @@ class Server:
             self._log.close()
 
     def kill(self) -> None:
-        """Stop it hard (used only when a test failed)."""
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(10)
+        """Stop it and its worker processes hard (used only when a test failed)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(10)
         self._log.close()
+
+    def log_lines(self) -> list[dict[str, Any]]:
+        """The server's JSON log lines so far (other output skipped)."""
+        lines = []
+        for line in self.logs().splitlines():
+            if line.startswith("{"):
+                with contextlib.suppress(json.JSONDecodeError):  # a line being written
+                    lines.append(json.loads(line))
+        return lines
+
+    def pid_of(self, request_id: str) -> int | None:
+        """The worker process that served the request with this ``X-Request-ID``."""
+        for line in self.log_lines():
+            if line.get("request_id") == request_id and line.get("msg") == "request":
+                return int(line["pid"])
+        return None

@@ -386,13 +386,27 @@ def cache_clear(obj: Context) -> None:
     help="API key file (env RAGSTORE_KEYS_FILE; or the keys as JSON in env RAGSTORE_KEYS).",
 )
 @click.option("--limits", "limits_json", help="Limits as JSON, e.g. '{\"max_batch\": 500}'.")
+@click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    envvar="RAGSTORE_WORKERS",
+    help="Worker processes (env RAGSTORE_WORKERS); each holds its own copy of the indexes.",
+)
 @pass_context
 def serve(
-    obj: Context, host: str, port: int, keys_file: Path | None, limits_json: str | None
+    obj: Context,
+    host: str,
+    port: int,
+    keys_file: Path | None,
+    limits_json: str | None,
+    workers: int,
 ) -> None:
     """Serve the store over HTTP (routes under /v1, /healthz, /readyz, /metrics).
 
-    Without API keys it listens only on a loopback address.
+    Without API keys it listens only on a loopback address. One worker process per
+    core makes the most of a machine's CPUs.
     """
     import os
 
@@ -411,6 +425,7 @@ def serve(
             keys_file=keys_file,
             keys_json=os.environ.get("RAGSTORE_KEYS"),
             limits=limits,
+            workers=workers,
         )
         run_server(settings)
 

@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -31,9 +32,10 @@ from ragstore.server.settings import ServerSettings
 log = logging.getLogger("ragstore.server")
 
 
-def create_app(settings: ServerSettings, keys: KeyRing) -> FastAPI:
-    """The ASGI app serving the store at ``settings.store_path``."""
-    state = Runtime(settings, keys)
+def create_app(settings: ServerSettings, keys: KeyRing, run_dir: Path | None = None) -> FastAPI:
+    """The ASGI app serving the store at ``settings.store_path``; ``run_dir`` is the
+    folder shared with the server's other worker processes, if it has several."""
+    state = Runtime(settings, keys, run_dir)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -1,22 +1,30 @@
 """Ingest jobs: large batches written in the background, with progress and
 per-document errors.
 
-Jobs live in this process's memory (they are gone after a restart; the documents they
-wrote are not). One thread runs them in order, writing ``JOB_BATCH`` documents per
-transaction; an invalid document is reported by index and id and the rest are written.
-On shutdown the running job stops after its current batch and is marked ``cancelled``.
+Each worker process runs the jobs it accepted on one thread, in order, writing
+``JOB_BATCH`` documents per transaction; an invalid document is reported by index and
+id and the rest are written. Every job's state is published to a :class:`JobBoard`
+that all of a server's worker processes share, so ``GET /v1/jobs/{id}`` answers the
+same from any of them. The board lasts as long as the server (the documents a job
+wrote are kept; its record is not). On shutdown the running job stops after its
+current batch and is marked ``cancelled``; a job whose worker process died is marked
+``failed``.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import sqlite3
 import threading
 import time
 import uuid
-from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from ragstore.errors import RagstoreError
@@ -28,8 +36,11 @@ from ragstore.types import IngestReport
 log = logging.getLogger(__name__)
 
 JOB_BATCH = 64
+JOBS_FILENAME = "jobs.sqlite"
+ORPHANED = "the worker process running this job exited"
 Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 STATUSES: tuple[Status, ...] = ("queued", "running", "succeeded", "failed", "cancelled")
+PENDING: tuple[Status, ...] = ("queued", "running")
 Record = Mapping[str, Any]
 
 
@@ -47,6 +58,7 @@ class Job:
     errors: list[dict[str, Any]] = field(default_factory=list)
     created_at: float = field(default_factory=time.time)
     finished_at: float | None = None
+    pid: int = field(default_factory=os.getpid)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form."""
@@ -67,19 +79,138 @@ class Job:
         }
 
 
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    pid INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    state TEXT NOT NULL
+)
+"""
+
+
+class JobBoard:
+    """The latest state of every job, as ``GET /v1/jobs/{id}`` shows it.
+
+    A SQLite file at ``path`` that a server's worker processes share, or a private
+    in-memory table for a server of one process.
+    """
+
+    def __init__(self, path: Path | None = None) -> None:
+        target = str(path) if path is not None else ":memory:"
+        self._conn = sqlite3.connect(
+            target, timeout=30.0, isolation_level=None, check_same_thread=False
+        )
+        self._lock = threading.Lock()
+        with self._lock:
+            if path is not None:
+                self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute(_SCHEMA)
+
+    def add(self, job: Job, max_pending: int, kept: int) -> bool:
+        """Record a new job unless ``max_pending`` are already queued or running;
+        forget the oldest finished ones beyond ``kept``."""
+        with self._lock, self._transaction() as conn:
+            self._fail_orphans(conn)
+            marks = ",".join("?" * len(PENDING))
+            pending = conn.execute(
+                f"SELECT count(*) FROM jobs WHERE status IN ({marks})", PENDING
+            ).fetchone()[0]
+            if pending >= max_pending:
+                return False
+            conn.execute(
+                "INSERT INTO jobs (id, pid, status, state) VALUES (?, ?, ?, ?)",
+                (job.id, job.pid, job.status, json.dumps(job.to_dict())),
+            )
+            conn.execute(
+                f"DELETE FROM jobs WHERE status NOT IN ({marks}) AND seq NOT IN "
+                f"(SELECT seq FROM jobs WHERE status NOT IN ({marks}) ORDER BY seq DESC LIMIT ?)",
+                (*PENDING, *PENDING, kept),
+            )
+            return True
+
+    def save(self, job: Job) -> None:
+        """Publish a job's current state."""
+        with self._lock:
+            self._conn.execute(
+                "UPDATE jobs SET status = ?, state = ? WHERE id = ?",
+                (job.status, json.dumps(job.to_dict()), job.id),
+            )
+
+    def get(self, job_id: str) -> dict[str, Any] | None:
+        """A job's state by id, if the board still holds it."""
+        with self._lock, self._transaction() as conn:
+            self._fail_orphans(conn)
+            row = conn.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return None if row is None else dict(json.loads(row[0]))
+
+    def counts(self) -> list[tuple[str, float]]:
+        """How many jobs the board holds in each status."""
+        with self._lock, self._transaction() as conn:
+            self._fail_orphans(conn)
+            found = dict(conn.execute("SELECT status, count(*) FROM jobs GROUP BY status"))
+        return [(s, float(found.get(s, 0))) for s in STATUSES]
+
+    def close(self) -> None:
+        """Close the board's connection."""
+        with self._lock:
+            self._conn.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._conn
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
+
+    @staticmethod
+    def _fail_orphans(conn: sqlite3.Connection) -> None:
+        """Mark ``failed`` the pending jobs of worker processes that no longer run."""
+        marks = ",".join("?" * len(PENDING))
+        rows = conn.execute(
+            f"SELECT id, pid, state FROM jobs WHERE status IN ({marks})", PENDING
+        ).fetchall()
+        for job_id, pid, state in rows:
+            if _alive(int(pid)):
+                continue
+            orphan = json.loads(state)
+            orphan.update(status="failed", finished_at=time.time())
+            orphan["errors"].append({"index": None, "id": None, "field": None, "message": ORPHANED})
+            conn.execute(
+                "UPDATE jobs SET status = 'failed', state = ? WHERE id = ?",
+                (json.dumps(orphan), job_id),
+            )
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
 class JobRunner:
-    """Accepts jobs up to a bound, runs them one at a time, remembers the latest."""
+    """Accepts jobs up to a bound, runs them one at a time, publishes their state."""
 
     def __init__(
         self,
+        board: JobBoard,
         max_pending: int,
         kept: int,
         retry_after_s: int,
         on_reject: Callable[[str], None] = lambda _: None,
     ) -> None:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="ragstore-jobs")
-        self._jobs: OrderedDict[str, Job] = OrderedDict()
-        self._lock = threading.Lock()
+        self._board = board
         self._stopping = threading.Event()
         self._max_pending = max_pending
         self._kept = kept
@@ -87,50 +218,39 @@ class JobRunner:
         self._on_reject = on_reject
 
     def submit(self, tenant: str, collection: Collection, records: Sequence[Record]) -> Job:
-        """Queue a job; 429 when ``max_pending`` jobs are already queued or running."""
+        """Queue a job; 429 when ``max_pending`` jobs are already queued or running
+        (in all of the server's worker processes)."""
         name = collection.name.split(".", 1)[-1]
         job = Job(uuid.uuid4().hex, tenant, name, len(records))
-        with self._lock:
-            if self._pending() >= self._max_pending:
-                self._on_reject("jobs")
-                raise ApiError(
-                    429, "too many ingest jobs pending, retry later",
-                    headers={"Retry-After": self._retry_after},
-                )  # fmt: skip
-            self._jobs[job.id] = job
-            self._forget_old()
+        if not self._board.add(job, self._max_pending, self._kept):
+            self._on_reject("jobs")
+            raise ApiError(
+                429, "too many ingest jobs pending, retry later",
+                headers={"Retry-After": self._retry_after},
+            )  # fmt: skip
         self._executor.submit(self._run, job, collection, list(records))
         return job
 
-    def get(self, job_id: str) -> Job | None:
-        """A job by id, if this process still remembers it."""
-        with self._lock:
-            return self._jobs.get(job_id)
+    def get(self, job_id: str) -> dict[str, Any] | None:
+        """A job's state by id (from any worker process), if the board still holds it."""
+        return self._board.get(job_id)
 
     def counts(self) -> list[tuple[str, float]]:
         """How many remembered jobs are in each status."""
-        with self._lock:
-            statuses = [j.status for j in self._jobs.values()]
-        return [(s, float(statuses.count(s))) for s in STATUSES]
+        return self._board.counts()
 
     def shutdown(self) -> None:
         """Stop the running job after its current batch; cancel the queued ones."""
         self._stopping.set()
         self._executor.shutdown(wait=True, cancel_futures=False)
-
-    def _pending(self) -> int:
-        return sum(j.status in ("queued", "running") for j in self._jobs.values())
-
-    def _forget_old(self) -> None:
-        finished = [i for i, j in self._jobs.items() if j.status not in ("queued", "running")]
-        for job_id in finished[: max(len(self._jobs) - self._kept, 0)]:
-            del self._jobs[job_id]
+        self._board.close()
 
     def _run(self, job: Job, collection: Collection, records: list[Record]) -> None:
         if self._stopping.is_set():
             self._finish(job, "cancelled")
             return
         job.status = "running"
+        self._board.save(job)
         try:
             valid = self._validate(job, collection, records)
             for start in range(0, len(valid), JOB_BATCH):
@@ -138,6 +258,7 @@ class JobRunner:
                     self._finish(job, "cancelled")
                     return
                 self._write(job, collection, valid[start : start + JOB_BATCH])
+                self._board.save(job)
         except Exception:
             log.exception("ingest job failed", extra={"job": job.id})
             self._finish(job, "failed")
@@ -181,6 +302,7 @@ class JobRunner:
     def _finish(self, job: Job, status: Status) -> None:
         job.status = status
         job.finished_at = time.time()
+        self._board.save(job)
 
 
 def _check_record(collection: Collection, record: Record) -> None:

@@ -34,8 +34,8 @@ def set_request_id(header: str | None) -> str:
 
 
 class JsonFormatter(logging.Formatter):
-    """Formats a record as one JSON line: time, level, logger, message, request id and
-    any ``extra=`` fields."""
+    """Formats a record as one JSON line: time, level, logger, message, process id
+    (which worker process wrote it), request id and any ``extra=`` fields."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
@@ -44,6 +44,7 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
+            "pid": record.process,
         }
         rid = request_id()
         if rid is not None:

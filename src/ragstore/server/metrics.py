@@ -1,15 +1,20 @@
 """Prometheus metrics of one server, in a registry of its own.
 
-Counters and histograms are updated as requests are served; collection sizes, queue
-depths and job counts are read when ``/metrics`` is scraped.
+Counters, histograms and queue depths are updated as requests are served; collection
+sizes and job counts are read when ``/metrics`` is scraped. A server of several worker
+processes runs ``prometheus_client`` in multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``
+set before they start): each process writes its values to files there and a scrape,
+whichever process answers it, adds them all up.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (
@@ -54,19 +59,41 @@ class Metrics:
             "ragstore_rejected", "Requests refused with 429, by pool", ["pool"], registry=r
         )
         self.jobs_started = Counter("ragstore_ingest_jobs", "Ingest jobs accepted", registry=r)
+        self.queue_depth = Gauge(
+            "ragstore_queue_depth", "Work running or waiting", ["pool"],
+            multiprocess_mode="livesum", registry=r,
+        )  # fmt: skip
+        self._scraped: _Scraped | None = None
 
-    def watch(self, sizes: Sizes, queues: Gauges, jobs: Gauges) -> None:
-        """Read collection sizes, queue depths and job counts at scrape time."""
-        self.registry.register(_Scraped(sizes, queues, jobs))
+    def watch(self, sizes: Sizes, jobs: Gauges) -> None:
+        """Read collection sizes and job counts at scrape time."""
+        self._scraped = _Scraped(sizes, jobs)
+        self.registry.register(self._scraped)
 
     def render(self) -> bytes:
-        """The Prometheus text exposition."""
-        return generate_latest(self.registry)
+        """The Prometheus text exposition, of every worker process when there are several."""
+        if not multiprocess():
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        if self._scraped is not None:
+            registry.register(self._scraped)
+        return generate_latest(registry)
+
+    def close(self) -> None:
+        """Drop this process's live gauges from the shared totals (it is exiting)."""
+        if multiprocess():
+            mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
+
+
+def multiprocess() -> bool:
+    """Whether metrics are shared between worker processes."""
+    return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 
 
 class _Scraped(Collector):
-    def __init__(self, sizes: Sizes, queues: Gauges, jobs: Gauges) -> None:
-        self._sizes, self._queues, self._jobs = sizes, queues, jobs
+    def __init__(self, sizes: Sizes, jobs: Gauges) -> None:
+        self._sizes, self._jobs = sizes, jobs
 
     def collect(self) -> Iterator[Metric]:
         labels = ["tenant", "collection"]
@@ -79,7 +106,6 @@ class _Scraped(Collector):
             chunks.add_metric([tenant, name], n_chunks)
         yield docs
         yield chunks
-        yield _gauge("ragstore_queue_depth", "Work running or waiting", "pool", self._queues())
         yield _gauge("ragstore_ingest_jobs_current", "Ingest jobs", "status", self._jobs())
 
     def describe(self) -> Iterator[Metric]:

@@ -130,7 +130,7 @@ async def upsert(tenant: Tenant, collection: Name, body: UpsertRequest, rt: Rt, 
     records = [d.record() for d in body.documents]
     if len(records) > rt.limits.sync_max_documents:
         col = await rt.search_pool.run(lambda: rt.collections.get(tenant, collection))
-        job = rt.jobs.submit(tenant, col, records)
+        job = await rt.search_pool.run(lambda: rt.jobs.submit(tenant, col, records))
         rt.metrics.jobs_started.inc()
         headers = {"Location": f"/v1/jobs/{job.id}"}
         return JSON({"job": job.to_dict()}, status_code=202, headers=headers)
@@ -273,11 +273,11 @@ def _search(
 @router.get("/jobs/{job_id}", summary="Get an ingest job")
 async def get_job(job_id: Annotated[str, Path(max_length=64)], rt: Rt, who: Who) -> JSON:
     """Status, progress, report and per-document errors of an ingest job."""
-    job = rt.jobs.get(job_id)
-    if job is None or not who.may_see(job.tenant, job.collection):
+    job = await rt.search_pool.run(lambda: rt.jobs.get(job_id))  # the board is a file
+    if job is None or not who.may_see(job["tenant"], job["collection"]):
         raise NotFound(f"no job {job_id!r}")
-    who.require("read", job.tenant, job.collection)
-    return JSON(job.to_dict())
+    who.require("read", job["tenant"], job["collection"])
+    return JSON(job)
 
 
 @router.get("/cache/stats", summary="Query cache statistics")

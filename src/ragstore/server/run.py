@@ -4,13 +4,24 @@ Without keys the server runs only on a loopback address, and says so at start-up
 SIGTERM or SIGINT stop it gracefully: no new connections, in-flight requests finish
 (up to ``graceful_timeout_s``), the running ingest job stops after its current
 batch, and the store is closed.
+
+With ``workers`` above 1, uvicorn starts that many worker processes on one listening
+socket, each with its own interpreter (so its own GIL), store connection and copy of
+the vector indexes in memory; it restarts one that dies, and passes SIGTERM on to all
+of them. They share a temporary run folder: the ingest job board and the Prometheus
+multiprocess files. A worker reads its settings from the environment.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
 
 import uvicorn
+from fastapi import FastAPI
 
 from ragstore.errors import InvalidConfig
 from ragstore.server.app import create_app
@@ -19,6 +30,9 @@ from ragstore.server.logs import configure
 from ragstore.server.settings import ServerSettings, is_loopback
 
 log = logging.getLogger("ragstore.server")
+
+SETTINGS_ENV = "RAGSTORE_SERVER_SETTINGS"
+RUN_DIR_ENV = "RAGSTORE_SERVER_RUN_DIR"
 
 
 def serve(settings: ServerSettings) -> None:
@@ -39,17 +53,36 @@ def serve(settings: ServerSettings) -> None:
         )
     else:
         log.info("authentication on", extra={"keys": len(keys)})
-    app = create_app(settings, keys)
     # http and loop stay "auto": uvicorn takes httptools and uvloop (installed with
     # ragstore[server]; about 20% more cached answers per second than h11 and asyncio).
     # No access log: the request middleware writes one JSON line per request.
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=int(settings.graceful_timeout_s),
-        lifespan="on",
-    )
-    uvicorn.Server(config).run()
+    options: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "log_config": None,
+        "access_log": False,
+        "timeout_graceful_shutdown": int(settings.graceful_timeout_s),
+        "lifespan": "on",
+    }
+    if settings.workers == 1:
+        uvicorn.Server(uvicorn.Config(create_app(settings, keys), **options)).run()
+        return
+    with tempfile.TemporaryDirectory(prefix="ragstore-serve-") as run_dir:
+        metrics_dir = Path(run_dir, "metrics")
+        metrics_dir.mkdir()
+        os.environ[SETTINGS_ENV] = settings.model_dump_json()
+        os.environ[RUN_DIR_ENV] = run_dir
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+        extra = {"workers": settings.workers, "run_dir": run_dir}
+        log.info("starting worker processes", extra=extra)
+        options["http"] = "ragstore.server.balance:BalancedHttpProtocol"  # see there
+        uvicorn.run(f"{__name__}:worker_app", factory=True, workers=settings.workers, **options)
+
+
+def worker_app() -> FastAPI:
+    """The app one worker process serves, from the settings :func:`serve` left in the
+    environment."""
+    settings = ServerSettings.model_validate_json(os.environ[SETTINGS_ENV])
+    keys = load_keys(settings.keys_file, settings.keys_json)
+    configure()
+    return create_app(settings, keys, Path(os.environ[RUN_DIR_ENV]))

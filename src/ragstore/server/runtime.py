@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import ragstore
 from ragstore.server.auth import KeyRing
 from ragstore.server.errors import ApiError
-from ragstore.server.jobs import JobRunner
+from ragstore.server.jobs import JOBS_FILENAME, JobBoard, JobRunner
 from ragstore.server.metrics import Metrics
 from ragstore.server.settings import ServerSettings
 from ragstore.server.tenancy import Collections, ServerEmbedder, split_name
@@ -23,24 +24,36 @@ log = logging.getLogger(__name__)
 class Runtime:
     """The server's state, built at start-up and released at shutdown."""
 
-    def __init__(self, settings: ServerSettings, keys: KeyRing) -> None:
+    def __init__(
+        self, settings: ServerSettings, keys: KeyRing, run_dir: Path | None = None
+    ) -> None:
+        """``run_dir`` is the folder a server's worker processes share (``None`` for a
+        server of one process)."""
         limits = settings.limits
         self.settings = settings
         self.limits = limits
         self.keys = keys
         self.metrics = Metrics()
+        self.search_pool = self._pool("search", limits.search_workers, limits.search_queue)
+        self.write_pool = self._pool("write", limits.write_workers, limits.write_queue)
+        board = JobBoard(run_dir / JOBS_FILENAME if run_dir is not None else None)
         rejected = self.metrics.rejected
-        reject = lambda pool: rejected.labels(pool).inc()  # noqa: E731
-        retry = limits.retry_after_s
-        self.search_pool = WorkPool(
-            "search", limits.search_workers, limits.search_queue, retry, reject
-        )
-        self.write_pool = WorkPool("write", limits.write_workers, limits.write_queue, retry, reject)
-        self.jobs = JobRunner(limits.max_pending_jobs, limits.jobs_kept, retry, reject)
+        self.jobs = JobRunner(
+            board, limits.max_pending_jobs, limits.jobs_kept, limits.retry_after_s,
+            lambda pool: rejected.labels(pool).inc(),
+        )  # fmt: skip
         self.store: Store | None = None
         self._collections: Collections | None = None
         self._ready = threading.Event()
-        self.metrics.watch(self._sizes, self._queues, self.jobs.counts)
+        self.metrics.watch(self._sizes, self.jobs.counts)
+
+    def _pool(self, name: str, workers: int, queue: int) -> WorkPool:
+        rejected = self.metrics.rejected.labels(name)
+        depth = self.metrics.queue_depth.labels(name)
+        return WorkPool(
+            name, workers, queue, self.limits.retry_after_s,
+            on_reject=lambda _: rejected.inc(), on_depth=depth.set,
+        )  # fmt: skip
 
     def start(self) -> None:
         """Open the store now and load the model in the background (``/readyz`` says
@@ -81,6 +94,7 @@ class Runtime:
         self.search_pool.shutdown()
         if self.store is not None:
             self.store.close()
+        self.metrics.close()
         log.info("store closed")
 
     def _load_model(self) -> None:
@@ -114,9 +128,6 @@ class Runtime:
             names = split_name(info.name)
             if names is not None:
                 yield names[0], names[1], info.documents, info.chunks
-
-    def _queues(self) -> list[tuple[str, float]]:
-        return [(p.name, float(p.depth)) for p in (self.search_pool, self.write_pool)]
 
 
 def check_text(value: str | None, limit: int, field: str) -> None:

@@ -38,7 +38,9 @@ class Limits(BaseModel):
 
 
 class ServerSettings(BaseModel):
-    """How ``ragstore serve`` runs: the store, the address, the keys and the limits."""
+    """How ``ragstore serve`` runs: the store, the address, the keys, the limits, and
+    how many worker processes serve (each has its own GIL and its own copy of the
+    vector indexes in memory)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -49,6 +51,7 @@ class ServerSettings(BaseModel):
     keys_json: str | None = None
     limits: Limits = Limits()
     graceful_timeout_s: float = Field(default=30.0, gt=0)
+    workers: int = Field(default=1, ge=1, le=64)
 
 
 def is_loopback(host: str) -> bool:

@@ -6,8 +6,8 @@ a tenant can only ever name its own collections: there is no query-time filter t
 forget. Collections whose store name has no dot (made with the CLI or Python API) are
 not reachable over HTTP.
 
-The server keeps one :class:`Collection` per collection it has opened, so its vector
-index is loaded once, and gives text collections the server's embedder.
+The store keeps one :class:`Collection` per collection it has opened, so its vector
+index is loaded once; the server gives text collections the server's embedder.
 """
 
 from __future__ import annotations
@@ -115,18 +115,16 @@ class Collections:
     def __init__(self, store: Store, embedder: Embedder) -> None:
         self.store = store
         self.embedder = embedder
-        self._open: dict[str, Collection] = {}
         self._lock = threading.Lock()
 
     def get(self, tenant: str, name: str) -> Collection:
-        """An existing collection; 404 when there is none, 409 on a model mismatch."""
-        stored = store_name(tenant, name)
+        """An existing collection; 404 when there is none, 409 on a model mismatch.
+
+        Looked up in the store on every call (the store keeps the open object), so a
+        collection another worker process deleted or re-created is seen at once.
+        """
         with self._lock:
-            found = self._open.get(stored)
-            if found is None:
-                found = self._load(stored)
-                self._open[stored] = found
-            return found
+            return self._load(store_name(tenant, name))
 
     def create(self, tenant: str, name: str, spec: CollectionSpec) -> Collection:
         """A new collection: text (the server's model) or caller-supplied vectors."""
@@ -140,14 +138,12 @@ class Collections:
                 chunk_overlap=spec.chunk_overlap,
                 index=spec.index,
             )
-            self._open[stored] = created
             return created
 
     def delete(self, tenant: str, name: str) -> None:
         """Delete a collection and forget it."""
         stored = store_name(tenant, name)
         with self._lock:
-            self._open.pop(stored, None)
             self.store.delete_collection(stored)
 
     def list(self, tenant: str) -> list[CollectionInfo]:

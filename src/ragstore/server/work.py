@@ -28,6 +28,7 @@ class WorkPool:
         queue: int,
         retry_after_s: int,
         on_reject: Callable[[str], None] = lambda _: None,
+        on_depth: Callable[[int], None] = lambda _: None,
     ) -> None:
         self.name = name
         self.capacity = workers + queue
@@ -37,6 +38,8 @@ class WorkPool:
         self._lock = threading.Lock()
         self._admitted = 0
         self._on_reject = on_reject
+        self._on_depth = on_depth
+        on_depth(0)
 
     @property
     def depth(self) -> int:
@@ -63,6 +66,7 @@ class WorkPool:
     def _release(self) -> None:
         with self._lock:
             self._admitted -= 1
+            self._on_depth(self._admitted)
 
     def _admit(self) -> None:
         with self._lock:
@@ -74,6 +78,7 @@ class WorkPool:
                     headers={"Retry-After": self._retry_after},
                 )
             self._admitted += 1
+            self._on_depth(self._admitted)
 
     def shutdown(self) -> None:
         """Finish what is running and queued, then stop the threads."""

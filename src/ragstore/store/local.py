@@ -118,18 +118,29 @@ class Store:
         return self.get_collection(name, embedder=model)
 
     def get_collection(self, name: str, *, embedder: Embedder | None = None) -> Collection:
-        """An existing collection; refuses an embedder other than the one it was built with."""
+        """An existing collection; refuses an embedder other than the one it was built with.
+
+        The same object is returned while the collection is unchanged, so its vector
+        index is loaded once; a new one once another process deleted and re-created it
+        or changed its config.
+        """
         with self._db.read() as conn:
-            row = _collection_row(conn, name)
-        if row is None:
+            row = conn.execute("SELECT id, config FROM collections WHERE name = ?", (name,))
+            found = row.fetchone()
+        if found is None:
             raise NotFound(f"no collection named {name!r}")
-        collection_id, config = row
+        collection_id, stored_config = int(found[0]), str(found[1])
         cached = self._open.get(name)
-        if cached is not None and cached.id == collection_id and embedder is None:
+        if (
+            cached is not None
+            and (cached.id, cached._stored_config) == (collection_id, stored_config)
+            and (embedder is None or embedder is cached._embedder)
+        ):
             return cached
+        config = CollectionConfig.parse(json.loads(stored_config))
         if embedder is not None:
             _check_embedder(config, embedder)
-        collection = Collection(self._db, name, collection_id, config, embedder)
+        collection = Collection(self._db, name, collection_id, config, embedder, stored_config)
         self._open[name] = collection
         return collection
 
@@ -203,11 +214,13 @@ class Collection:
         collection_id: int,
         config: CollectionConfig,
         embedder: Embedder | None,
+        stored_config: str,
     ) -> None:
         self._db = db
         self.name = name
         self.id = collection_id
         self.config = config
+        self._stored_config = stored_config  # the row's text, to tell when it changes
         self._embedder = embedder
         self._index = SegmentedIndex(
             db, db.path.parent / INDEX_DIRNAME, collection_id, config.dim, config.index
@@ -401,11 +414,11 @@ class Collection:
         settings = index.model_dump() if isinstance(index, IndexConfig) else dict(index)
         merged = self.config.index.model_dump() | settings
         config = CollectionConfig.parse(self.config.model_dump() | {"index": merged})
+        stored_config = config.to_json()
         with self._db.write() as conn:
-            conn.execute(
-                "UPDATE collections SET config = ? WHERE id = ?", (config.to_json(), self.id)
-            )
+            conn.execute("UPDATE collections SET config = ? WHERE id = ?", (stored_config, self.id))
         self.config = config
+        self._stored_config = stored_config
         self._index.config = config.index
         self._index.optimize()
 
