@@ -40,7 +40,7 @@ JOBS_FILENAME = "jobs.sqlite"
 ORPHANED = "the worker process running this job exited"
 Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 STATUSES: tuple[Status, ...] = ("queued", "running", "succeeded", "failed", "cancelled")
-PENDING: tuple[Status, ...] = ("queued", "running")
+_PENDING = "status IN ('queued', 'running')"
 Record = Mapping[str, Any]
 
 
@@ -113,10 +113,7 @@ class JobBoard:
         forget the oldest finished ones beyond ``kept``."""
         with self._lock, self._transaction() as conn:
             self._fail_orphans(conn)
-            marks = ",".join("?" * len(PENDING))
-            pending = conn.execute(
-                f"SELECT count(*) FROM jobs WHERE status IN ({marks})", PENDING
-            ).fetchone()[0]
+            pending = conn.execute(f"SELECT count(*) FROM jobs WHERE {_PENDING}").fetchone()[0]
             if pending >= max_pending:
                 return False
             conn.execute(
@@ -124,9 +121,9 @@ class JobBoard:
                 (job.id, job.pid, job.status, json.dumps(job.to_dict())),
             )
             conn.execute(
-                f"DELETE FROM jobs WHERE status NOT IN ({marks}) AND seq NOT IN "
-                f"(SELECT seq FROM jobs WHERE status NOT IN ({marks}) ORDER BY seq DESC LIMIT ?)",
-                (*PENDING, *PENDING, kept),
+                f"DELETE FROM jobs WHERE NOT {_PENDING} AND seq NOT IN "
+                f"(SELECT seq FROM jobs WHERE NOT {_PENDING} ORDER BY seq DESC LIMIT ?)",
+                (kept,),
             )
             return True
 
@@ -170,10 +167,7 @@ class JobBoard:
     @staticmethod
     def _fail_orphans(conn: sqlite3.Connection) -> None:
         """Mark ``failed`` the pending jobs of worker processes that no longer run."""
-        marks = ",".join("?" * len(PENDING))
-        rows = conn.execute(
-            f"SELECT id, pid, state FROM jobs WHERE status IN ({marks})", PENDING
-        ).fetchall()
+        rows = conn.execute(f"SELECT id, pid, state FROM jobs WHERE {_PENDING}").fetchall()
         for job_id, pid, state in rows:
             if _alive(int(pid)):
                 continue

@@ -17,6 +17,7 @@ from ragstore.errors import InvalidInput, NotFound
 from ragstore.search.hybrid import SearchResults
 from ragstore.server.auth import TENANT_PATTERN, Principal, Role
 from ragstore.server.errors import ApiError
+from ragstore.server.jobs import Job
 from ragstore.server.responses import JSON, hit_dict
 from ragstore.server.runtime import Runtime, check_filter_depth, check_text
 from ragstore.server.schemas import (
@@ -129,8 +130,11 @@ async def upsert(tenant: Tenant, collection: Name, body: UpsertRequest, rt: Rt, 
     _check_batch(body.documents, rt)
     records = [d.record() for d in body.documents]
     if len(records) > rt.limits.sync_max_documents:
-        col = await rt.search_pool.run(lambda: rt.collections.get(tenant, collection))
-        job = await rt.search_pool.run(lambda: rt.jobs.submit(tenant, col, records))
+
+        def submit() -> Job:
+            return rt.jobs.submit(tenant, rt.collections.get(tenant, collection), records)
+
+        job = await rt.search_pool.run(submit)  # the job board is a file
         rt.metrics.jobs_started.inc()
         headers = {"Location": f"/v1/jobs/{job.id}"}
         return JSON({"job": job.to_dict()}, status_code=202, headers=headers)

@@ -53,8 +53,9 @@ def serve(settings: ServerSettings) -> None:
         )
     else:
         log.info("authentication on", extra={"keys": len(keys)})
-    # http and loop stay "auto": uvicorn takes httptools and uvloop (installed with
-    # ragstore[server]; about 20% more cached answers per second than h11 and asyncio).
+    # loop and (for one worker) http stay "auto": uvicorn takes uvloop and httptools
+    # (installed with ragstore[server]; about 20% more cached answers per second than
+    # asyncio and h11); several workers use httptools through BalancedHttpProtocol.
     # No access log: the request middleware writes one JSON line per request.
     options: dict[str, Any] = {
         "host": settings.host,

@@ -42,11 +42,6 @@ class WorkPool:
         on_depth(0)
 
     @property
-    def depth(self) -> int:
-        """Calls running or waiting now."""
-        return self._admitted
-
-    @property
     def waiting(self) -> int:
         """Calls admitted but not yet running."""
         return max(self._admitted - self.workers, 0)
