@@ -128,6 +128,27 @@ def test_a_segment_sealed_by_another_process_is_adopted(tmp_path: Path) -> None:
         assert "6" not in col.search_vectors(vectors[6], 10)[0]
 
 
+def test_each_commit_of_another_process_is_seen_by_the_next_search(tmp_path: Path) -> None:
+    store_path = tmp_path / "store"
+    basis = np.eye(16, dtype=np.float32)
+    with ragstore.open(store_path) as store:
+        col = store.create_collection("vecs", embedder=None, dim=16)
+        col.upsert_vectors(["0"], basis[:1])
+        looks: list[str] = []
+        col._db.connection().set_trace_callback(
+            lambda sql: looks.append(sql) if "data_version" in sql else None
+        )
+        for i in range(1, 6):
+            assert col.search_vectors(basis[i], 1)[0] != [str(i)]
+            looks.clear()
+            col.search_vectors(basis[i], 1)
+            assert looks == []  # nothing committed since the last look: no statement
+            upsert = [sys.executable, WORKERS, "upsert-basis", str(store_path), str(i)]
+            subprocess.run(upsert, check=True)
+            assert col.search_vectors(basis[i], 1)[0] == [str(i)]
+            assert looks == ["PRAGMA data_version"]
+
+
 def wait_for_documents(db: Path, proc: subprocess.Popen[bytes]) -> int:
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:

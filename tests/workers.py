@@ -65,6 +65,12 @@ if __name__ == "__main__":
         writer(path, rest[0], int(rest[1]))
     elif role == "rebuilder":
         rebuilder(path)
+    elif role == "upsert-basis":  # ids given: each gets that standard basis vector
+        with ragstore.open(path) as store:
+            ids = [int(i) for i in rest]
+            store.get_collection("vecs").upsert_vectors(
+                [str(i) for i in ids], np.eye(DIM, dtype=np.float32)[ids]
+            )
     elif role == "optimize":
         with ragstore.open(path) as store:
             store.get_collection("ann").optimize()

@@ -7,6 +7,8 @@ failing mid-transaction with "database is locked". Each thread gets its own conn
 
 from __future__ import annotations
 
+import mmap
+import os
 import sqlite3
 import threading
 import time
@@ -21,6 +23,10 @@ DB_FILENAME = "ragstore.db"
 BUSY_TIMEOUT_S = 60.0
 MMAP_BYTES = 1 << 30
 """Reads map up to this much of the database file instead of copying pages."""
+WAL_INDEX_HEADER_BYTES = 96
+"""The start of the ``-shm`` file: SQLite's WAL-index header, written twice (48 bytes
+each). Every commit by any connection rewrites it (its change counter goes up), so
+while these bytes stay the same nothing was committed (sqlite.org/walformat.html)."""
 
 _SCHEMA = """
 CREATE TABLE collections (
@@ -245,6 +251,7 @@ class Database:
         self._lock = threading.Lock()
         self._checkpointer = _Checkpointer(self)
         self._ensure_schema()
+        self._wal = _WalIndex(Path(f"{self.path}-shm"))
 
     def connection(self) -> sqlite3.Connection:
         """This thread's connection (autocommit; transactions are explicit)."""
@@ -285,13 +292,33 @@ class Database:
 
         ``PRAGMA data_version`` changes when another connection commits; this thread's
         own commits are counted apart. ``conn`` must be this thread's connection.
+        Outside a transaction, the statement (which takes SQLite's shared-memory locks)
+        is skipped while the WAL-index header is byte for byte what it was before the
+        last one ran in this thread.
         """
-        version = int(conn.execute("PRAGMA data_version").fetchone()[0])
-        return id(conn), version, getattr(self._local, "writes", 0)
+        writes = getattr(self._local, "writes", 0)
+        if conn.in_transaction:  # the version is the transaction's snapshot's
+            return id(conn), self._data_version(conn), writes
+        header = self._wal.header()
+        last = getattr(self._local, "last_look", None)
+        if header is not None and last is not None and last[0] == header:
+            stamp: tuple[int, int, int] = last[1]
+            if stamp[0] == id(conn) and stamp[2] == writes:
+                return stamp
+        # The header is read before the version: a commit between the two changes the
+        # header again, so the next call looks again.
+        stamp = id(conn), self._data_version(conn), writes
+        self._local.last_look = (header, stamp)
+        return stamp
+
+    @staticmethod
+    def _data_version(conn: sqlite3.Connection) -> int:
+        return int(conn.execute("PRAGMA data_version").fetchone()[0])
 
     def close(self) -> None:
         """Checkpoint what is left, close every connection this object opened."""
         self._checkpointer.stop()
+        self._wal.close()  # before the connections: SQLite may truncate a file none holds
         with self._lock:
             for conn in self._connections:
                 conn.close()
@@ -327,6 +354,53 @@ class Database:
                 for statement in _statements(step):
                     tx.execute(statement)
             tx.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+class _WalIndex:
+    """A read-only map of the WAL-index header, opened at first use.
+
+    Used only while this process holds a connection to the database: SQLite truncates
+    the ``-shm`` file only when a connection opens while none is open anywhere, so the
+    map cannot outlive the file's first bytes. Without a ``-shm`` file big enough (no
+    WAL mode, or a VFS without shared memory) :meth:`header` is ``None``.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._map: mmap.mmap | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def header(self) -> bytes | None:
+        """The header's bytes as they are now, or ``None`` when they cannot be read."""
+        view = self._map or self._open()
+        if view is None:
+            return None
+        try:
+            return view[:WAL_INDEX_HEADER_BYTES]
+        except ValueError:  # closed by another thread meanwhile
+            return None
+
+    def _open(self) -> mmap.mmap | None:
+        with self._lock:
+            if self._map is None and not self._closed:
+                try:
+                    with self._path.open("rb") as handle:
+                        if os.fstat(handle.fileno()).st_size >= WAL_INDEX_HEADER_BYTES:
+                            self._map = mmap.mmap(
+                                handle.fileno(), WAL_INDEX_HEADER_BYTES, access=mmap.ACCESS_READ
+                            )
+                except OSError:
+                    return None
+            return self._map
+
+    def close(self) -> None:
+        """Unmap; later calls of :meth:`header` give ``None``."""
+        with self._lock:
+            self._closed = True
+            if self._map is not None:
+                self._map.close()
+                self._map = None
 
 
 class _Checkpointer:
