@@ -11,7 +11,7 @@ from conftest import unit_vectors
 
 import ragstore
 from ragstore.embed import Embedder
-from ragstore.store.db import DB_FILENAME, SCHEMA_VERSION
+from ragstore.store.db import DB_FILENAME, SCHEMA_VERSION, Database, _WalIndex
 
 POLICIES = [
     {
@@ -295,3 +295,26 @@ def test_index_of_another_store_catches_up_even_after_tombstones_are_trimmed(
         hits = seen.search(vector=vectors[5], k=30)
         assert hits[0].doc_id == "v20"
         assert {h.doc_id for h in hits} == {f"v{i}" for i in range(10, 40)}
+
+
+@pytest.mark.parametrize("wal_index", ["mapped", "unavailable"])
+def test_the_change_stamp_moves_exactly_when_another_connection_commits(
+    tmp_path: Path, wal_index: str
+) -> None:
+    db = Database(tmp_path)
+    if wal_index == "unavailable":
+        db._wal = _WalIndex(tmp_path / "no-such-shm")
+    other = sqlite3.connect(tmp_path / DB_FILENAME, isolation_level=None)
+    try:
+        conn = db.connection()
+        first = db.change_stamp(conn)
+        assert db.change_stamp(conn) == first
+        other.execute("CREATE TABLE t (x)")
+        second = db.change_stamp(conn)
+        assert second != first
+        assert db.change_stamp(conn) == second
+        other.execute("INSERT INTO t VALUES (1)")
+        assert db.change_stamp(conn) != second
+    finally:
+        other.close()
+        db.close()

@@ -369,7 +369,7 @@ class _WalIndex:
         self._path = path
         self._map: mmap.mmap | None = None
         self._lock = threading.Lock()
-        self._closed = False
+        self._unavailable = False
 
     def header(self) -> bytes | None:
         """The header's bytes as they are now, or ``None`` when they cannot be read."""
@@ -383,21 +383,23 @@ class _WalIndex:
 
     def _open(self) -> mmap.mmap | None:
         with self._lock:
-            if self._map is None and not self._closed:
+            if self._map is None and not self._unavailable:
+                self._unavailable = True  # one try: a file missing or too small stays so
                 try:
                     with self._path.open("rb") as handle:
                         if os.fstat(handle.fileno()).st_size >= WAL_INDEX_HEADER_BYTES:
                             self._map = mmap.mmap(
                                 handle.fileno(), WAL_INDEX_HEADER_BYTES, access=mmap.ACCESS_READ
                             )
+                            self._unavailable = False
                 except OSError:
-                    return None
+                    pass
             return self._map
 
     def close(self) -> None:
         """Unmap; later calls of :meth:`header` give ``None``."""
         with self._lock:
-            self._closed = True
+            self._unavailable = True
             if self._map is not None:
                 self._map.close()
                 self._map = None
