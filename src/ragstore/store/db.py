@@ -302,9 +302,9 @@ class Database:
         header = self._wal.header()
         last = getattr(self._local, "last_look", None)
         if header is not None and last is not None and last[0] == header:
-            stamp: tuple[int, int, int] = last[1]
-            if stamp[0] == id(conn) and stamp[2] == writes:
-                return stamp
+            # This thread's own commits rewrite the header too.
+            unchanged: tuple[int, int, int] = last[1]
+            return unchanged
         # The header is read before the version: a commit between the two changes the
         # header again, so the next call looks again.
         stamp = id(conn), self._data_version(conn), writes
@@ -384,16 +384,8 @@ class _WalIndex:
     def _open(self) -> mmap.mmap | None:
         with self._lock:
             if self._map is None and not self._unavailable:
-                self._unavailable = True  # one try: a file missing or too small stays so
-                try:
-                    with self._path.open("rb") as handle:
-                        if os.fstat(handle.fileno()).st_size >= WAL_INDEX_HEADER_BYTES:
-                            self._map = mmap.mmap(
-                                handle.fileno(), WAL_INDEX_HEADER_BYTES, access=mmap.ACCESS_READ
-                            )
-                            self._unavailable = False
-                except OSError:
-                    pass
+                self._map = _map_header(self._path)
+                self._unavailable = self._map is None  # one try: a missing file stays so
             return self._map
 
     def close(self) -> None:
@@ -403,6 +395,16 @@ class _WalIndex:
             if self._map is not None:
                 self._map.close()
                 self._map = None
+
+
+def _map_header(path: Path) -> mmap.mmap | None:
+    try:
+        with path.open("rb") as handle:
+            if os.fstat(handle.fileno()).st_size < WAL_INDEX_HEADER_BYTES:
+                return None
+            return mmap.mmap(handle.fileno(), WAL_INDEX_HEADER_BYTES, access=mmap.ACCESS_READ)
+    except OSError:
+        return None
 
 
 class _Checkpointer:
