@@ -258,6 +258,58 @@ def test_an_answer_computed_before_a_change_is_never_stored(
     assert levels(after) == {None} and not any("30 days" in hit.text for hit in after)
 
 
+def test_an_answer_from_memory_is_given_only_while_nothing_is_committed(
+    docs: ragstore.Collection, backend: dict[str, Any]
+) -> None:
+    assert docs.cached_answer(RETURNS, k=3) is None  # nothing cached yet
+    first = docs.search(RETURNS, k=3, cache=True)  # a miss: storing the entry commits
+    assert docs.cached_answer(RETURNS, k=3) is None  # not checked since that commit
+    assert levels(docs.search(RETURNS, k=3, cache=True)) == {"exact"}
+    remembered = docs.cached_answer("  How long do I have to RETURN an item?", k=3)
+    if backend["backend"] == "redis":
+        assert remembered is None  # entries live in Redis only
+        return
+    assert remembered is not None and levels(remembered) == {"exact"}
+    assert [(h.chunk_id, h.score, h.text) for h in remembered] == [
+        (h.chunk_id, h.score, h.text) for h in first
+    ]
+    assert docs.cached_answer(RETURNS, k=2) is None  # another key
+    assert docs.cached_answer(RETURNS, k=3, tenant="acme") is None  # another scope
+    docs.upsert([{"id": "shipping", "text": "Standard shipping now takes 2 days."}])
+    assert docs.cached_answer(RETURNS, k=3) is None  # any commit: look in the store again
+    assert levels(docs.search(RETURNS, k=3, cache=True)) == {"exact"}  # still fresh
+    assert docs.cached_answer(RETURNS, k=3) is not None
+    stats = docs_cache(docs).stats()
+    assert (stats.exact_hits, stats.misses) == (4, 1)  # the answers from memory count
+
+
+def test_an_answer_from_memory_is_never_stale(
+    docs: ragstore.Collection, store: ragstore.Store, clock: FakeClock
+) -> None:
+    docs.search(RETURNS, k=2, cache=True)
+    docs.search(RETURNS, k=2, cache=True)
+    remembered = docs.cached_answer(RETURNS, k=2)
+    if remembered is None:  # Redis: nothing is answered from memory
+        return
+    assert "refunds" in ids(remembered)
+    clock.now += 301  # past the entry's time to live
+    assert docs.cached_answer(RETURNS, k=2) is None
+    assert levels(docs.search(RETURNS, k=2, cache=True)) == {None}
+    docs.search(RETURNS, k=2, cache=True)
+    assert docs.cached_answer(RETURNS, k=2) is not None
+    result = subprocess.run(
+        [RAGSTORE_BIN, "--store", str(store.path), "--collection", "docs", "delete", "refunds"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert docs.cached_answer(RETURNS, k=2) is None  # another process committed
+    after = docs.search(RETURNS, k=2, cache=True)
+    assert levels(after) == {None} and "refunds" not in ids(after)
+
+
 def test_ttl_follows_source_freshness(docs: ragstore.Collection, clock: FakeClock) -> None:
     docs.search(RETURNS, k=1, cache=True)  # sources written just now: 5 minutes
     clock.now += 299

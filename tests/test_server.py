@@ -238,6 +238,21 @@ def test_a_cached_answer_still_checks_keys_and_limits_and_is_counted(
         assert _cache_hits(ops.get("/metrics").text) == before + 1
 
 
+def test_a_cached_answer_is_never_served_once_its_document_changed(admin: httpx.Client) -> None:
+    url, docs = f"{BASE}/docs/search", f"{BASE}/docs/documents"
+    parcel = {"id": "parcel-lockers", "text": "Parcel lockers keep a parcel for 3 days."}
+    assert admin.post(docs, json={"documents": [parcel]}).status_code == 200
+    body = {"query": "how long do parcel lockers keep a parcel", "k": 1}
+    # a miss, an exact hit checked in the store, then one answered from memory
+    answers = [admin.post(url, json=body).json()["hits"][0] for _ in range(3)]
+    assert [a["cached"] for a in answers] == [None, "exact", "exact"]
+    assert answers[2]["doc_id"] == "parcel-lockers"
+    changed = parcel | {"text": "Parcel lockers keep a parcel for 9 days."}
+    assert admin.post(docs, json={"documents": [changed]}).status_code == 200
+    after = admin.post(url, json=body).json()["hits"][0]
+    assert after["cached"] is None and "9 days" in after["text"]
+
+
 def _cache_hits(metrics: str) -> float:
     families = {f.name: f for f in text_string_to_metric_families(metrics)}
     return next(

@@ -318,3 +318,19 @@ def test_the_change_stamp_moves_exactly_when_another_connection_commits(
     finally:
         other.close()
         db.close()
+
+
+def test_a_collection_is_known_without_a_lookup_only_while_nothing_is_committed(
+    store: ragstore.Store, embedder: Embedder
+) -> None:
+    col = store.create_collection("known", embedder=embedder)
+    assert store.known_collection("known") is col
+    assert store.known_collection("unknown") is None
+    col.upsert([{"id": "a", "text": "any commit makes the store look again"}])
+    assert store.known_collection("known") is None
+    assert store.get_collection("known") is col
+    assert store.known_collection("known") is col
+    store.delete_collection("known")
+    assert store.known_collection("known") is None
+    again = store.create_collection("known", dim=4, embedder=None)
+    assert store.known_collection("known") is again and again is not col

@@ -74,6 +74,11 @@ def cache_for(db: Database) -> QueryCache:
     return cache
 
 
+def cached_for(db: Database) -> QueryCache | None:
+    """The cache of the store behind ``db`` if it is open already (opens nothing)."""
+    return _CACHES.get(db)
+
+
 def configure(db: Database, cache: QueryCache) -> QueryCache:
     """Make ``cache`` the one the store behind ``db`` uses, closing the previous one."""
     previous = _CACHES.get(db)
@@ -102,6 +107,7 @@ __all__ = [
     "QueryCache",
     "TtlRule",
     "cache_for",
+    "cached_for",
     "close_cache",
     "configure",
     "open_cache",

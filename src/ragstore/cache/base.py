@@ -64,6 +64,11 @@ class CacheBackend(Protocol):
         """The entry stored under exactly this key, if any."""
         ...
 
+    def peek(self, scope: str, text_key: str) -> Entry | None:
+        """The entry under exactly this key if this process holds it in memory; never
+        reads storage or the network (``None`` for a backend without a memory copy)."""
+        ...
+
     def nearest(self, scope: str, vector: Vector) -> tuple[Entry, float] | None:
         """The entry of ``scope`` whose query vector is closest (by cosine) to ``vector``."""
         ...

@@ -70,6 +70,11 @@ class LocalBackend:
             self._add(entry)
         return entry
 
+    def peek(self, scope: str, text_key: str) -> Entry | None:
+        """The entry under this key if the memory copy is loaded and holds it."""
+        with self._lock:
+            return self._memory.entries.get((scope, text_key)) if self._loaded else None
+
     def nearest(self, scope: str, vector: Vector) -> tuple[Entry, float] | None:
         """The entry of ``scope`` with the most similar query vector."""
         with self._lock:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal, TypeVar
 
 import numpy as np
+from pydantic_core import from_json
 
 from ragstore.cache import freshness, keys
 from ragstore.cache.base import CacheBackend, Entry, Vector
@@ -129,6 +130,8 @@ class QueryCache:
         self._clock = clock
         self._lock = threading.Lock()
         self._synced: dict[int, int] = {}
+        self._verified: dict[int, tuple[bytes | None, freshness.Clock]] = {}
+        """Per collection, the clock last read and the commit marker read before it."""
         self._epoch: int | None = None
         self._configs: dict[int, tuple[CollectionConfig, str]] = {}
         self._pending: Counter[str] = Counter()
@@ -163,6 +166,31 @@ class QueryCache:
         hits = run(vector)
         self._guard(lambda: self._store(lookup, vector, hits))
         return hits
+
+    def peek(self, key: CacheKey) -> list[Hit] | None:
+        """The exact-level answer for ``key`` if it can be given from memory alone, else
+        ``None`` (then :meth:`search` decides). Given only while nothing was committed
+        to the store since a lookup of the same collection read its clock, and only an
+        entry already checked fresh at that clock, unexpired, and not while counters
+        are due to be saved: no statement runs, so an event loop may call it."""
+        verified = self._verified.get(key.collection_id)
+        marker = self._db.commit_marker()
+        if verified is None or marker is None or verified[0] != marker:
+            return None
+        clock = verified[1]
+        if clock.epoch != self._epoch or self._synced.get(key.collection_id) != clock.seq:
+            return None
+        if time.monotonic() - self._flushed_at > STATS_FLUSH_S:
+            return None
+        lookup = self._guard(lambda: self._lookup(key, clock), backend=False)
+        if lookup is None:
+            return None
+        entry = self.backend.peek(lookup.scope, lookup.text_key)
+        if entry is None or entry.expires_at <= self._clock() or entry.seq < clock.seq:
+            return None
+        if self.settings.strict and entry.writes < clock.writes:
+            return None
+        return self._serve(entry, lookup, "exact", may_flush=False)
 
     def stats(self) -> CacheStats:
         """Counters, size and hit latency."""
@@ -210,11 +238,16 @@ class QueryCache:
     # ------------------------------------------------------------------ lookup steps
 
     def _begin(self, key: CacheKey) -> _Lookup | None:
+        marker = self._db.commit_marker()
+        clock = freshness.read_clock(self._db.connection(), key.collection_id)
+        self._sync(key.collection_id, clock)
+        self._verified[key.collection_id] = marker, clock
+        return self._lookup(key, clock)
+
+    def _lookup(self, key: CacheKey, clock: freshness.Clock) -> _Lookup | None:
         params = keys.params_json(key.params)
         if params is None:
             return None
-        clock = freshness.read_clock(self._db.connection(), key.collection_id)
-        self._sync(key.collection_id, clock)
         scope = keys.scope_key(
             (key.collection_id, key.collection_name),
             self._config_json(key.collection_id, key.config),
@@ -286,9 +319,11 @@ class QueryCache:
             entry.seq = lookup.clock.seq  # verified up to now: skip the check next time
         return True
 
-    def _serve(self, entry: Entry, lookup: _Lookup, level: Level) -> list[Hit]:
+    def _serve(
+        self, entry: Entry, lookup: _Lookup, level: Level, *, may_flush: bool = True
+    ) -> list[Hit]:
         self.backend.touch(entry, self._clock())
-        hits = [Hit(**{**data, "cached": level}) for data in json.loads(entry.hits)]
+        hits = [Hit(**{**data, "cached": level}) for data in from_json(entry.hits)]
         if level == "semantic" and lookup.key.params.highlight:
             text = lookup.key.text
             hits = [replace(hit, highlight=keyword.highlight(hit.text, text)) for hit in hits]
@@ -296,7 +331,7 @@ class QueryCache:
         self._count(f"{level}_hits")
         self._count("hit_seconds", elapsed)
         self._latencies.append(elapsed * 1000)
-        if time.monotonic() - self._flushed_at > STATS_FLUSH_S:
+        if may_flush and time.monotonic() - self._flushed_at > STATS_FLUSH_S:
             self.flush()
         return hits
 

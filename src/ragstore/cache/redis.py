@@ -143,6 +143,10 @@ class RedisBackend:
         """The entry under this key, marking it used."""
         return self._read(self._entry_key(scope, text_key))
 
+    def peek(self, scope: str, text_key: str) -> Entry | None:
+        """Always ``None``: entries live in Redis only, one network round trip away."""
+        return None
+
     def nearest(self, scope: str, vector: Vector) -> tuple[Entry, float] | None:
         """The entry of ``scope`` with the most similar query vector."""
         vectors = self._call(lambda: self._client.hgetall(self._prefix + "s:" + scope))

@@ -147,10 +147,12 @@ class BM25Index:
         average = self._total_length / self._documents
         best_ids: list[Ids] = []
         best_scores: list[Floats] = []
+        floor = 0.0
         for run, postings in zip(self._runs, found, strict=True):
-            ids, scores = _score_run(run, postings, idf, average, k, allowed)
+            ids, scores = _score_run(run, postings, idf, average, k, allowed, floor)
             best_ids.append(ids)
             best_scores.append(scores)
+            floor = _kth_best(best_scores, k, floor)
         ids = np.concatenate(best_ids)
         scores = np.concatenate(best_scores)
         top = top_k(scores, min(k, len(scores))) if len(scores) else np.empty(0, dtype=np.int64)
@@ -175,6 +177,16 @@ class BM25Index:
             self._runs[-2:] = [_merged([older, newer])]
 
 
+def _kth_best(best_scores: list[Floats], k: int, floor: float) -> float:
+    """The ``k``-th best score kept so far (``floor`` until ``k`` are kept): a chunk
+    scoring below it cannot make the cut, since ``k`` chunks with lower ids beat it."""
+    kept = sum(len(scores) for scores in best_scores)
+    if kept < k:
+        return floor
+    scores = np.concatenate(best_scores)
+    return float(np.partition(scores, kept - k)[kept - k])
+
+
 def _score_run(
     run: _Run,
     postings: list[_Postings],
@@ -182,7 +194,10 @@ def _score_run(
     average_length: float,
     k: int,
     allowed: AllowedMask | None,
+    floor: float,
 ) -> tuple[Ids, Floats]:
+    """The run's ``k`` best live (and ``allowed``) chunks scoring at least ``floor``;
+    only chunks at or above it are ranked, which spares most of a long run's matches."""
     if not postings:
         return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float64)
     positions = np.concatenate([p for _, p, _ in postings])
@@ -192,7 +207,7 @@ def _score_run(
     parts = weights * counts / (counts + run.length_norms(average_length)[positions])
     summed = np.bincount(positions, weights=parts, minlength=run.size)
     scores: Floats = summed.astype(np.float64, copy=False)
-    matched = np.flatnonzero(scores)
+    matched = np.flatnonzero(scores >= floor) if floor > 0 else np.flatnonzero(scores)
     if run.dead:
         matched = matched[run.live[matched]]
     if allowed is not None:

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import dataclasses
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Literal, Protocol, get_args
+from typing import Any, Literal, Protocol, TypedDict, get_args
 
 import numpy as np
 
 from ragstore.errors import InvalidInput
-from ragstore.filters import Filter, to_json
+from ragstore.filters import Filter, parse_filter, to_json
 from ragstore.index.ann import Knobs
 from ragstore.index.base import AllowedMask, Matrix
 from ragstore.search import fusion, keyword
@@ -39,6 +39,23 @@ alpha 0.5 beat RRF at every k tried."""
 DEFAULT_ALPHA = 0.5
 MAX_EF_SEARCH = 4096
 MAX_NPROBE = 65536
+
+
+class SearchOptions(TypedDict, total=False):
+    """A text search's settings, as :func:`search_params` takes them."""
+
+    k: int
+    where: Mapping[str, Any] | None
+    mode: Mode | None
+    candidates: int | None
+    fusion: Fusion
+    rrf_k: int
+    alpha: float
+    group_by_doc: bool
+    mmr_lambda: float | None
+    highlight: bool
+    ef_search: int | None
+    nprobe: int | None
 
 
 class SearchResults(list[Hit]):
@@ -96,6 +113,42 @@ class SearchParams:
             return max(self.depth, self.k)
         widen = self.group_by_doc or self.mmr_lambda is not None or self.mode == "hybrid"
         return min(max(4 * self.k, 100), MAX_DEPTH) if widen else self.k
+
+
+def search_params(
+    by_vector: bool,
+    *,
+    k: int = 10,
+    where: Mapping[str, Any] | None = None,
+    mode: Mode | None = None,
+    candidates: int | None = None,
+    fusion: Fusion = DEFAULT_FUSION,
+    rrf_k: int = RRF_K,
+    alpha: float = DEFAULT_ALPHA,
+    group_by_doc: bool = False,
+    mmr_lambda: float | None = None,
+    highlight: bool = False,
+    ef_search: int | None = None,
+    nprobe: int | None = None,
+    explain: bool = False,
+) -> SearchParams:
+    """Validated settings of a search; ``mode`` defaults to ``dense`` for a vector
+    query (``by_vector``) and ``hybrid`` for text, and ``where`` is parsed."""
+    return SearchParams(
+        mode=mode or ("dense" if by_vector else "hybrid"),
+        k=k,
+        where=parse_filter(where),
+        depth=candidates,
+        fusion=fusion,
+        rrf_k=rrf_k,
+        alpha=alpha,
+        group_by_doc=group_by_doc,
+        mmr_lambda=mmr_lambda,
+        highlight=highlight,
+        ef_search=ef_search,
+        nprobe=nprobe,
+        explain=explain,
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,6 +23,7 @@ from typing import Any
 
 from ragstore.embed.base import Embedder, Vectors
 from ragstore.errors import InvalidInput, NotFound
+from ragstore.search.hybrid import SearchOptions, SearchResults
 from ragstore.store.db import DB_FILENAME
 from ragstore.store.local import Collection, CollectionInfo, Store
 
@@ -125,6 +126,16 @@ class Collections:
         """
         with self._lock:
             return self._load(store_name(tenant, name))
+
+    def cached_answer(
+        self, tenant: str, name: str, query: str, options: SearchOptions
+    ) -> SearchResults | None:
+        """The query cache's answer to a text search if it can be given from memory
+        alone (see :meth:`Collection.cached_answer`), else ``None``; reads no table."""
+        found = self.store.known_collection(store_name(tenant, name))
+        if found is None or found.embedder not in (None, self.embedder):
+            return None
+        return found.cached_answer(query, tenant=tenant, **options)
 
     def create(self, tenant: str, name: str, spec: CollectionSpec) -> Collection:
         """A new collection: text (the server's model) or caller-supplied vectors."""

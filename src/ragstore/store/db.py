@@ -311,6 +311,13 @@ class Database:
         self._local.last_look = (header, stamp)
         return stamp
 
+    def commit_marker(self) -> bytes | None:
+        """Bytes that stay the same while nothing is committed to the database by any
+        connection of any process: the WAL-index header, read from memory without a
+        statement or a lock (``None`` where it cannot be read). Read it *before* what
+        it should vouch for; a commit in between changes it again."""
+        return self._wal.header()
+
     @staticmethod
     def _data_version(conn: sqlite3.Connection) -> int:
         return int(conn.execute("PRAGMA data_version").fetchone()[0])

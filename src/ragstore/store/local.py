@@ -13,12 +13,20 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 import numpy as np
 import numpy.typing as npt
 
-from ragstore.cache import CacheKey, CacheSettings, QueryCache, cache_for, close_cache, open_cache
+from ragstore.cache import (
+    CacheKey,
+    CacheSettings,
+    QueryCache,
+    cache_for,
+    cached_for,
+    close_cache,
+    open_cache,
+)
 from ragstore.cache import configure as use_cache
 from ragstore.cache.keys import check_tenant
 from ragstore.config import DEFAULT_EMBEDDER, CollectionConfig, IndexConfig
@@ -37,7 +45,7 @@ from ragstore.records import (
     vector_records,
 )
 from ragstore.search import hybrid
-from ragstore.search.hybrid import Fusion, Mode, Reranker, SearchResults
+from ragstore.search.hybrid import Fusion, Mode, Reranker, SearchOptions, SearchResults
 from ragstore.store import rows
 from ragstore.store.db import Database
 from ragstore.store.rows import ChunkRow, DocumentRow
@@ -79,6 +87,9 @@ class Store:
         self.path.mkdir(parents=True, exist_ok=True)
         self._db = Database(self.path)
         self._open: dict[str, Collection] = {}
+        self._verified: dict[str, tuple[bytes | None, Collection]] = {}
+        """Per collection name, the last collection looked up and the commit marker read
+        before its row was."""
 
     def collection(self, name: str, *, embedder: Embedder | None = None) -> Collection:
         """Get a collection, creating it with the default config if it does not exist."""
@@ -124,12 +135,29 @@ class Store:
         index is loaded once; a new one once another process deleted and re-created it
         or changed its config.
         """
+        marker = self._db.commit_marker()
         with self._db.read() as conn:
             row = conn.execute("SELECT id, config FROM collections WHERE name = ?", (name,))
             found = row.fetchone()
         if found is None:
             raise NotFound(f"no collection named {name!r}")
-        collection_id, stored_config = int(found[0]), str(found[1])
+        collection = self._opened(name, int(found[0]), str(found[1]), embedder)
+        self._verified[name] = marker, collection
+        return collection
+
+    def known_collection(self, name: str) -> Collection | None:
+        """The collection :meth:`get_collection` last returned, if nothing at all was
+        committed to the store since it looked (so it is surely still current);
+        otherwise ``None``. Reads no table: cheap enough for an event loop."""
+        verified = self._verified.get(name)
+        marker = self._db.commit_marker()
+        if verified is None or marker is None or verified[0] != marker:
+            return None
+        return verified[1]
+
+    def _opened(
+        self, name: str, collection_id: int, stored_config: str, embedder: Embedder | None
+    ) -> Collection:
         cached = self._open.get(name)
         if (
             cached is not None
@@ -169,6 +197,7 @@ class Store:
                 conn.execute(f"DELETE FROM {table} WHERE collection_id = ?", (collection_id,))
             conn.execute("DELETE FROM collections WHERE id = ?", (collection_id,))
         self._open.pop(name, None)
+        self._verified.pop(name, None)
         shutil.rmtree(self.path / INDEX_DIRNAME / str(collection_id), ignore_errors=True)
 
     @property
@@ -319,11 +348,12 @@ class Collection:
         hits say ``cached="exact"`` or ``"semantic"``. Explained or reranked searches and
         vector queries always run.
         """
-        params = hybrid.SearchParams(
-            mode=mode or ("dense" if vector is not None else "hybrid"),
+        params = hybrid.search_params(
+            vector is not None,
             k=k,
-            where=parse_filter(where),
-            depth=candidates,
+            where=where,
+            mode=mode,
+            candidates=candidates,
             fusion=fusion,
             rrf_k=rrf_k,
             alpha=alpha,
@@ -343,6 +373,24 @@ class Collection:
             pending = _query_embedding_pool().submit(self._query_vector, query, vector, params.mode)
             return self._run(query, pending, params, reranker)
         return self._run(query, self._query_vector(query, vector, params.mode), params, reranker)
+
+    def cached_answer(
+        self, query: str, *, tenant: str | None = None, **options: Unpack[SearchOptions]
+    ) -> SearchResults | None:
+        """What ``search(query, cache=True, tenant=tenant, **options)`` would answer from
+        the query cache's exact level, if this process holds that answer in memory and
+        nothing was committed to the store since it was last checked fresh; otherwise
+        ``None`` (then call :meth:`search`). Runs no statement, embeds nothing and
+        searches nothing, so an event loop may call it."""
+        if not _has_text(query):
+            return None
+        cache = cached_for(self._db)
+        if cache is None:
+            return None
+        params = hybrid.search_params(False, **options)
+        key = CacheKey(self.id, self.name, self.config, query, params, check_tenant(tenant))
+        hits = cache.peek(key)
+        return None if hits is None else SearchResults(hits)
 
     def _run(
         self,
