@@ -48,6 +48,8 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import httpx
+import uvloop
+from pydantic_core import from_json
 
 import ragstore
 
@@ -226,15 +228,15 @@ async def _client(
     url: httpx.URL, bodies: list[bytes], offset: int, deadline: float, level: Level
 ) -> None:
     connection = Connection(url.host, url.port or 80)
+    path = url.raw_path.decode()
     i = offset * 7919  # spread the clients over the queries
     while time.perf_counter() < deadline:
         body = bodies[i % len(bodies)]
         i += 1
         sent = time.perf_counter()
         try:
-            status, headers, content = await asyncio.wait_for(
-                connection.post(url.raw_path.decode(), body), REQUEST_TIMEOUT_S
-            )
+            async with asyncio.timeout(REQUEST_TIMEOUT_S):
+                status, headers, content = await connection.post(path, body)
         except TimeoutError:
             level.timeouts += 1
             connection.close()
@@ -246,7 +248,7 @@ async def _client(
         elapsed_ms = (time.perf_counter() - sent) * 1000
         if status == 200:
             level.latencies_ms.append(elapsed_ms)
-            answer = json.loads(content)
+            answer = from_json(content)
             level.server_ms.append(float(answer["took_ms"]))
             kind = (answer["hits"][0]["cached"] if answer["hits"] else None) or "none"
             level.by_cache.setdefault(kind, []).append(elapsed_ms)
@@ -287,7 +289,7 @@ def measure(args: argparse.Namespace, port: int, queries: list[str]) -> dict[str
         asyncio.run(warm(url, bodies[: max(CACHED_QUERIES, 5)]))
         out[mix] = []
         for concurrency in args.concurrency:
-            level = asyncio.run(run_level(url, bodies, concurrency, args.seconds))
+            level = uvloop.run(run_level(url, bodies, concurrency, args.seconds))
             row = level.summary(concurrency)
             out[mix].append(row)
             print(

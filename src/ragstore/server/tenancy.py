@@ -121,21 +121,32 @@ class Collections:
     def get(self, tenant: str, name: str) -> Collection:
         """An existing collection; 404 when there is none, 409 on a model mismatch.
 
-        Looked up in the store on every call (the store keeps the open object), so a
-        collection another worker process deleted or re-created is seen at once.
+        Looked up in the store unless nothing was committed since the last lookup (the
+        store keeps the open object), so a collection another worker process deleted or
+        re-created is seen at once.
         """
+        stored = store_name(tenant, name)
+        known = self._known(stored)
+        if known is not None:
+            return known
         with self._lock:
-            return self._load(store_name(tenant, name))
+            return self._load(stored)
 
     def cached_answer(
         self, tenant: str, name: str, query: str, options: SearchOptions
     ) -> SearchResults | None:
         """The query cache's answer to a text search if it can be given from memory
         alone (see :meth:`Collection.cached_answer`), else ``None``; reads no table."""
-        found = self.store.known_collection(store_name(tenant, name))
-        if found is None or found.embedder not in (None, self.embedder):
-            return None
-        return found.cached_answer(query, tenant=tenant, **options)
+        found = self._known(store_name(tenant, name))
+        return None if found is None else found.cached_answer(query, tenant=tenant, **options)
+
+    def _known(self, stored: str) -> Collection | None:
+        """The collection as last looked up, if nothing was committed since and it
+        takes this server's model (or none)."""
+        found = self.store.known_collection(stored)
+        if found is None or (found.config.embedder and found.embedder is not self.embedder):
+            return None  # a text collection looked up without the server's model
+        return found
 
     def create(self, tenant: str, name: str, spec: CollectionSpec) -> Collection:
         """A new collection: text (the server's model) or caller-supplied vectors."""

@@ -8,9 +8,11 @@ import json
 import os
 import re
 import shutil
+import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Unpack
@@ -367,12 +369,16 @@ class Collection:
         tenant = check_tenant(tenant)
         if cache and vector is None and reranker is None and not explain and _has_text(query):
             return self._cached_search(str(query), params, tenant)
-        if params.mode == "hybrid" and vector is None:
-            self._check_query(query, vector, params.mode)  # bad input raises here, not later
-            # the keyword side runs while another thread embeds the query
-            pending = _query_embedding_pool().submit(self._query_vector, query, vector, params.mode)
-            return self._run(query, pending, params, reranker)
-        return self._run(query, self._query_vector(query, vector, params.mode), params, reranker)
+        with _SEARCHES.running() as alone:
+            if params.mode == "hybrid" and vector is None and alone:
+                self._check_query(query, vector, params.mode)  # bad input raises here
+                # the keyword side runs while another thread embeds the query
+                pending = _query_embedding_pool().submit(
+                    self._query_vector, query, vector, params.mode
+                )
+                return self._run(query, pending, params, reranker)
+            query_vector = self._query_vector(query, vector, params.mode)
+            return self._run(query, query_vector, params, reranker)
 
     def cached_answer(
         self, query: str, *, tenant: str | None = None, **options: Unpack[SearchOptions]
@@ -581,6 +587,31 @@ class Collection:
             )  # fmt: skip
         for batch in rows.batched(list(changed.values()), VECTOR_BATCH):
             pipeline.write_rows(self._db, self.id, batch)
+
+
+class _InFlight:
+    """Counts the searches running in this process. A hybrid search running alone
+    embeds its query on another thread while its keyword side runs; beside other
+    searches the cores are busy anyway, and the hand-off would only cost time."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._count = 0
+
+    @contextmanager
+    def running(self) -> Iterator[bool]:
+        """Counts one search while the block runs; yields whether it is the only one."""
+        with self._lock:
+            self._count += 1
+            alone = self._count == 1
+        try:
+            yield alone
+        finally:
+            with self._lock:
+                self._count -= 1
+
+
+_SEARCHES = _InFlight()
 
 
 @functools.cache
