@@ -105,8 +105,10 @@ def test_a_job_accepted_by_one_worker_is_seen_by_every_worker(server: Server) ->
 
 def test_a_burst_of_keep_alive_clients_is_spread_over_the_workers(server: Server) -> None:
     """Eight connections opened together, as eight clients starting at once open them:
-    each worker gets some (racing accepts alone gave one worker all eight)."""
-    for _ in range(5):
+    each worker gets some (racing accepts alone gave one worker all eight), and almost
+    always half (a flat 1 ms pause after an accept left a quarter of bursts at 5:3)."""
+    even = 0
+    for _ in range(10):
         sockets = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(8)]
         rids = [uuid.uuid4().hex for _ in sockets]
         try:
@@ -120,6 +122,8 @@ def test_a_burst_of_keep_alive_clients_is_spread_over_the_workers(server: Server
                 sock.close()
         per_worker = sorted(collections.Counter(wait_pid(server, rid) for rid in rids).values())
         assert len(per_worker) == WORKERS and per_worker[0] >= 2, per_worker
+        even += per_worker == [4, 4]
+    assert even >= 9
 
 
 def wait_pid(server: Server, rid: str) -> int:
