@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import signal
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -49,6 +50,7 @@ DOCS = [
      "metadata": {"lang": "en", "topic": "shipping"}},
 ]  # fmt: skip
 BASE = "/v1/tenants/acme/collections"
+COLLECTION = "/tenants/{tenant}/collections/{collection}"
 
 
 class RenamedModel:
@@ -251,6 +253,50 @@ def test_a_cached_answer_is_never_served_once_its_document_changed(admin: httpx.
     assert admin.post(docs, json={"documents": [changed]}).status_code == 200
     after = admin.post(url, json=body).json()["hits"][0]
     assert after["cached"] is None and "9 days" in after["text"]
+
+
+def test_a_search_held_in_memory_skips_routing_but_not_one_check(
+    server: Server, admin: httpx.Client
+) -> None:
+    url = f"{BASE}/docs/search"
+    body = {"query": "which receipts do refunds need", "k": 2}
+    # a miss, an exact hit checked in the store, then one answered from memory
+    answers = [admin.post(url, json=body) for _ in range(3)]
+    assert [a.json()["hits"][0]["cached"] for a in answers] == [None, "exact", "exact"]
+    assert answers[2].json()["hits"] == answers[1].json()["hits"]
+    checked, remembered = (_access_log(server, a) for a in answers[1:])
+    assert "from_memory" not in checked and remembered["from_memory"] is True
+    assert (
+        remembered["route"]
+        == checked["route"]
+        == "/v1/tenants/{tenant}/collections/{collection}/search"
+    )
+    assert remembered["key_id"] == "acme-admin" and remembered["status"] == 200
+    with server.client() as anonymous:
+        assert error_of(anonymous.post(url, json=body), 401)["type"] == "unauthorized"
+    with server.client("k-acme-docs-read") as reader:
+        assert reader.post(url, json=body).json()["hits"][0]["cached"] == "exact"
+        assert error_of(reader.post(f"{BASE}/legacy/search", json=body), 403)
+    with server.client("k-globex-admin") as globex:
+        assert error_of(globex.post(url, json=body), 403)["type"] == "forbidden"
+    assert error_of(admin.post(url, json=body | {"k": 10_000}), 422)["field"] == "k"
+    assert error_of(admin.post(url, json=body | {"colour": "red"}), 422)
+    assert error_of(admin.post(url, json=body | {"filter": {"$bogus": 1}}), 422)["field"]
+    as_text = admin.post(url, content=json.dumps(body), headers={"content-type": "text/plain"})
+    assert error_of(as_text, 422)
+    last = admin.post(url, json=body)
+    assert last.json()["hits"][0]["cached"] == "exact" and _access_log(server, last)["from_memory"]
+
+
+def _access_log(server: Server, response: httpx.Response) -> dict[str, Any]:
+    rid = response.headers["x-request-id"]
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        for line in server.log_lines():
+            if line.get("request_id") == rid and line.get("msg") == "request":
+                return line
+        time.sleep(0.02)
+    raise AssertionError(f"request {rid} not in the log")
 
 
 def _cache_hits(metrics: str) -> float:

@@ -23,6 +23,7 @@ import ragstore
 from ragstore.server import errors
 from ragstore.server.auth import KeyRing
 from ragstore.server.errors import error_response
+from ragstore.server.fastlane import FastLane
 from ragstore.server.logs import set_request_id
 from ragstore.server.responses import JSON
 from ragstore.server.routes import Who, router, runtime
@@ -55,6 +56,7 @@ def create_app(settings: ServerSettings, keys: KeyRing, run_dir: Path | None = N
     )
     app.state.runtime = state
     errors.install(app)
+    app.add_middleware(FastLane, runtime=state)  # inside the request middleware
     app.add_middleware(RequestMiddleware, runtime=state)
     app.include_router(router)
     _add_health(app)
@@ -142,6 +144,7 @@ class RequestMiddleware:
 
     def _record(self, scope: Scope, status: int, seconds: float) -> None:
         route = getattr(scope.get("route"), "path", None) or "unmatched"
+        state = scope.get("state", {})
         method = scope["method"]
         metrics = self.runtime.metrics
         metrics.requests.labels(method, route, str(status)).inc()
@@ -152,8 +155,10 @@ class RequestMiddleware:
             "route": route,
             "status": status,
             "ms": round(seconds * 1000, 2),
-            "key_id": scope.get("state", {}).get("key_id"),
+            "key_id": state.get("key_id"),
         }
+        if state.get("from_memory"):
+            fields["from_memory"] = True  # answered by the fast lane
         level = logging.WARNING if status >= 500 else logging.INFO
         log.log(level, "request", extra=fields)
 

@@ -231,13 +231,18 @@ async def search(tenant: Tenant, collection: Name, body: SearchRequest, rt: Rt, 
     ``explain`` adds the plan each side ran.
     """
     who.require("read", tenant, collection)
-    _check_search(body, rt)
+    check_search(body, rt)
     started = time.perf_counter()
-    remembered = _answer_from_memory(rt, tenant, collection, body)
+    remembered = answer_from_memory(rt, tenant, collection, body)
     if remembered is not None:
         hits, seconds = remembered, time.perf_counter() - started
     else:
         hits, seconds = await rt.search_pool.run(lambda: _search(rt, tenant, collection, body))
+    return search_answer(rt, body, hits, seconds)
+
+
+def search_answer(rt: Runtime, body: SearchRequest, hits: SearchResults, seconds: float) -> JSON:
+    """A search's answer, counted in the metrics."""
     cached = next((h.cached for h in hits if h.cached), None)
     mode = body.mode or ("dense" if body.vector is not None else "hybrid")
     rt.metrics.search.labels(mode, cached or "no").observe(seconds)
@@ -249,7 +254,7 @@ async def search(tenant: Tenant, collection: Name, body: SearchRequest, rt: Rt, 
     return JSON(out)
 
 
-def _answer_from_memory(
+def answer_from_memory(
     rt: Runtime, tenant: str, collection: str, body: SearchRequest
 ) -> SearchResults | None:
     """A repeated text query's cached answer, found on the event loop: a lookup in
@@ -335,7 +340,8 @@ def _check_batch(documents: list[DocumentIn], rt: Runtime) -> None:
         check_filter_depth(doc.metadata, limits.max_metadata_depth, f"documents[{i}].metadata")
 
 
-def _check_search(body: SearchRequest, rt: Runtime) -> None:
+def check_search(body: SearchRequest, rt: Runtime) -> None:
+    """413 or 422 naming the field when a search exceeds the server's limits."""
     limits = rt.limits
     check_text(body.query, limits.max_query_chars, "query")
     if body.k > limits.max_k:
