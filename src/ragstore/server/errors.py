@@ -120,14 +120,20 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(Exception, _unexpected)
 
 
+def answer_error(error: ApiError | RagstoreError) -> JSONResponse:
+    """The response to an error raised while serving a request."""
+    api = from_ragstore(error) if isinstance(error, RagstoreError) else error
+    return error_response(api.status, api.kind, api.message, api.field, api.headers)
+
+
 async def _api_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
-    return error_response(exc.status, exc.kind, exc.message, exc.field, exc.headers)
+    return answer_error(exc)
 
 
 async def _ragstore_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RagstoreError)
-    return await _api_error(request, from_ragstore(exc))
+    return answer_error(exc)
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:

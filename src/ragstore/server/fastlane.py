@@ -1,14 +1,15 @@
-"""The fast lane: a repeated search answered from memory before FastAPI routes it.
+"""The fast lane: searches served without FastAPI's routing and dependency solving.
 
-A search whose answer the query cache holds in this process's memory (see
-``Collection.cached_answer``) costs far less than the routing, dependency solving and
-request objects around it. This ASGI layer, inside the request middleware (so request
-ids, limits, metrics and the access log apply as to every request), takes such a
-search through the same steps as the route: the same key check, scope check, body
-model, limits and answer. It only ever answers 200 with the cached answer: a request
-it cannot answer that way, for any reason (another route, no or a bad key, a body that
-does not validate, a limit, an answer not in memory), goes on to FastAPI with its body
-intact, which answers it as always, errors included.
+Search is the hot route, and a search whose answer the query cache holds in memory
+(see ``Collection.cached_answer``) costs less than the routing, dependency solving and
+request objects around it. This ASGI layer sits inside the request middleware, so
+request ids, the body limit, metrics and the access log apply as to every request. It
+takes a search through the route's own steps (key, scope, body model, limits, then the
+answer from memory or the search on the pool, and the same answer or error). A request
+it cannot check that way for any reason (another route, no or a bad key, a body that
+does not validate, a limit, a body over 64 KiB or not declared JSON) goes on to FastAPI
+with its body intact, which answers it as always: its error responses and the OpenAPI
+schema stay the route's.
 """
 
 from __future__ import annotations
@@ -19,13 +20,19 @@ import time
 from dataclasses import dataclass
 
 from pydantic import ValidationError
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ragstore.errors import RagstoreError
 from ragstore.server.auth import TENANT_PATTERN
-from ragstore.server.errors import ApiError
-from ragstore.server.responses import JSON
-from ragstore.server.routes import COLLECTION, answer_from_memory, check_search, search_answer
+from ragstore.server.errors import ApiError, answer_error
+from ragstore.server.routes import (
+    COLLECTION,
+    answer_from_memory,
+    check_search,
+    run_search,
+    search_answer,
+)
 from ragstore.server.runtime import Runtime
 from ragstore.server.schemas import SearchRequest
 from ragstore.server.tenancy import NAME_PATTERN
@@ -36,7 +43,7 @@ _SEARCH_PATH = re.compile(
     f"/collections/(?P<collection>{NAME_PATTERN.strip('^$')})/search"
 )
 MAX_BODY_BYTES = 64 * 1024
-"""Larger searches (long vectors) take the usual way; cached ones are text queries."""
+"""Larger search bodies (very long vectors) take the usual way."""
 
 
 @dataclass(frozen=True)
@@ -50,7 +57,7 @@ _ROUTE = _Route(SEARCH_ROUTE)
 
 
 class FastLane:
-    """Answers searches held in memory; passes every other request on unchanged."""
+    """Serves valid searches without routing; passes every other request on unchanged."""
 
     def __init__(self, app: ASGIApp, runtime: Runtime) -> None:
         self.app = app
@@ -58,40 +65,54 @@ class FastLane:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         found = _search_path(scope)
-        if found is None:
+        checked = None
+        if found is not None:
+            messages = await _read_body(receive)
+            checked = self._checked(scope, found, _body(messages))
+            receive = _replay(messages, receive)
+        if found is None or checked is None:
             await self.app(scope, receive, send)
             return
-        messages = await _read_body(receive)
-        answer = self._answer(scope, found, _body(messages))
-        if answer is None:
-            await self.app(scope, _replay(messages, receive), send)
-            return
         scope["route"] = _ROUTE
-        await answer(scope, receive, send)
+        response = await self._answer(scope, found["tenant"], found["collection"], *checked)
+        await response(scope, receive, send)
 
-    def _answer(self, scope: Scope, path: re.Match[str], body: bytes | None) -> JSON | None:
-        """The route's answer when the cache holds it in memory, else ``None``."""
-        if body is None:
-            return None
-        tenant, collection = path["tenant"], path["collection"]
+    def _checked(
+        self, scope: Scope, path: re.Match[str], body: bytes | None
+    ) -> tuple[str | None, SearchRequest] | None:
+        """The caller's key id and the search, when the route would accept them."""
         headers = dict(scope["headers"])
-        if not _is_json(headers.get(b"content-type", b"")):
+        if body is None or not _is_json(headers.get(b"content-type", b"")):
             return None
         rt = self.runtime
         try:
             who = rt.keys.authenticate(_bearer(headers.get(b"authorization")))
-            who.require("read", tenant, collection)
+            who.require("read", path["tenant"], path["collection"])
             request = SearchRequest.model_validate(json.loads(body))
             check_search(request, rt)
-            started = time.perf_counter()
-            hits = answer_from_memory(rt, tenant, collection, request)
         except (ApiError, RagstoreError, ValidationError, ValueError):  # FastAPI answers these
             return None
-        if hits is None:
-            return None
+        return who.key_id, request
+
+    async def _answer(
+        self, scope: Scope, tenant: str, collection: str, key_id: str | None, request: SearchRequest
+    ) -> JSONResponse:
+        """The search's answer (from memory when the cache holds it there), or the JSON
+        error the route would give."""
+        rt = self.runtime
         state = scope.setdefault("state", {})
-        state["key_id"], state["from_memory"] = who.key_id, True
-        return search_answer(rt, request, hits, time.perf_counter() - started)
+        state["key_id"] = key_id
+        started = time.perf_counter()
+        try:
+            remembered = answer_from_memory(rt, tenant, collection, request)
+            if remembered is not None:
+                hits, seconds = remembered, time.perf_counter() - started
+                state["from_memory"] = True
+            else:
+                hits, seconds = await run_search(rt, tenant, collection, request)
+        except (ApiError, RagstoreError) as error:
+            return answer_error(error)
+        return search_answer(rt, request, hits, seconds)
 
 
 def _search_path(scope: Scope) -> re.Match[str] | None:
