@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
 import sqlite3
+import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -318,6 +323,42 @@ def test_the_change_stamp_moves_exactly_when_another_connection_commits(
     finally:
         other.close()
         db.close()
+
+
+SHM_DMS_BYTE = 128
+"""The byte of the ``-shm`` file every SQLite connection holds a shared lock on: while
+one is held, a process opening the database knows the shared memory is in use."""
+READ_COMMIT_MARKER = """
+import sys, time
+from pathlib import Path
+from ragstore.store.db import Database
+db = Database(Path(sys.argv[1]))
+db.connection()
+db.commit_marker(); db.change_stamp(db.connection())
+print("mapped", flush=True)
+time.sleep(60)
+"""
+
+
+def test_reading_the_wal_index_keeps_sqlites_locks_on_it(tmp_path: Path) -> None:
+    """Closing any descriptor of a file drops all of a process's POSIX locks on it: a
+    map of the header made that way left other processes free to reset the shared
+    memory under this one (seen as a SIGBUS in a reader)."""
+    Database(tmp_path).close()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", READ_COMMIT_MARKER, str(tmp_path)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "mapped\n"
+        with open(tmp_path / f"{DB_FILENAME}-shm", "rb") as shm:
+            probe = struct.pack("hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, SHM_DMS_BYTE, 1, 0)
+            found = struct.unpack("hhqqi4x", fcntl.fcntl(shm, fcntl.F_GETLK, probe))
+        assert (found[0], found[4]) == (fcntl.F_RDLCK, holder.pid)
+    finally:
+        holder.kill()
+        holder.communicate()
 
 
 def test_a_collection_is_known_without_a_lookup_only_while_nothing_is_committed(

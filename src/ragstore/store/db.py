@@ -315,7 +315,10 @@ class Database:
         """Bytes that stay the same while nothing is committed to the database by any
         connection of any process: the WAL-index header, read from memory without a
         statement or a lock (``None`` where it cannot be read). Read it *before* what
-        it should vouch for; a commit in between changes it again."""
+        it should vouch for; a commit in between changes it again. ``None`` too until
+        this process holds a connection: only then is the file's header sure to stay."""
+        if not self._connections:
+            return None
         return self._wal.header()
 
     @staticmethod
@@ -366,10 +369,15 @@ class Database:
 class _WalIndex:
     """A read-only map of the WAL-index header, opened at first use.
 
-    Used only while this process holds a connection to the database: SQLite truncates
-    the ``-shm`` file only when a connection opens while none is open anywhere, so the
+    Used only while this process holds a connection to the database: SQLite deletes or
+    truncates the ``-shm`` file only when no connection to it is open anywhere, so the
     map cannot outlive the file's first bytes. Without a ``-shm`` file big enough (no
     WAL mode, or a VFS without shared memory) :meth:`header` is ``None``.
+
+    The file is opened once per process and never closed (see :func:`_shared_map`):
+    closing any descriptor of a file drops every POSIX lock the process holds on it,
+    SQLite's included, and without them another process that opens the database takes
+    the shared memory for unused and resets it under this process's feet.
     """
 
     def __init__(self, path: Path) -> None:
@@ -381,37 +389,61 @@ class _WalIndex:
     def header(self) -> bytes | None:
         """The header's bytes as they are now, or ``None`` when they cannot be read."""
         view = self._map or self._open()
-        if view is None:
+        if view is None or self._unavailable:
             return None
         try:
             return view[:WAL_INDEX_HEADER_BYTES]
-        except ValueError:  # closed by another thread meanwhile
+        except ValueError:  # a map of an older file, let go meanwhile
             return None
 
     def _open(self) -> mmap.mmap | None:
         with self._lock:
             if self._map is None and not self._unavailable:
-                self._map = _map_header(self._path)
+                self._map = _shared_map(self._path)
                 self._unavailable = self._map is None  # one try: a missing file stays so
             return self._map
 
     def close(self) -> None:
-        """Unmap; later calls of :meth:`header` give ``None``."""
+        """Stop reading; later calls of :meth:`header` give ``None``. The map itself
+        stays open for the process (see the class docstring)."""
         with self._lock:
             self._unavailable = True
-            if self._map is not None:
-                self._map.close()
-                self._map = None
+            self._map = None
 
 
-def _map_header(path: Path) -> mmap.mmap | None:
-    try:
-        with path.open("rb") as handle:
-            if os.fstat(handle.fileno()).st_size < WAL_INDEX_HEADER_BYTES:
-                return None
-            return mmap.mmap(handle.fileno(), WAL_INDEX_HEADER_BYTES, access=mmap.ACCESS_READ)
-    except OSError:
-        return None
+_SHARED_MAPS: dict[Path, tuple[tuple[int, int], int, mmap.mmap | None]] = {}
+"""Per ``-shm`` path: the file's (device, inode), its descriptor and the header's map
+(``None`` when the file was too small)."""
+_SHARED_MAPS_LOCK = threading.Lock()
+
+
+def _shared_map(path: Path) -> mmap.mmap | None:
+    """The process's map of the header of the file at ``path`` now (``None`` when there
+    is no such file or it is too small). An older file at that path (deleted once no
+    connection used it, then made anew; the descriptor held here keeps its inode from
+    being reused) is let go: closing it drops locks on that old file only."""
+    with _SHARED_MAPS_LOCK:
+        try:
+            stat = os.stat(path)
+        except OSError:
+            return None
+        known = _SHARED_MAPS.get(path)
+        if known is not None and known[0] == (stat.st_dev, stat.st_ino):
+            return known[2]
+        try:
+            descriptor = os.open(path, os.O_RDONLY)
+        except OSError:
+            return None
+        opened = os.fstat(descriptor)
+        view = None
+        if opened.st_size >= WAL_INDEX_HEADER_BYTES:
+            view = mmap.mmap(descriptor, WAL_INDEX_HEADER_BYTES, access=mmap.ACCESS_READ)
+        _SHARED_MAPS[path] = (opened.st_dev, opened.st_ino), descriptor, view
+        if known is not None:
+            if known[2] is not None:
+                known[2].close()
+            os.close(known[1])
+        return view
 
 
 class _Checkpointer:
