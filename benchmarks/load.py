@@ -5,14 +5,14 @@ as clients see it (HTTP included), at concurrency 1, 8, 32 and 64, each for
 ``--seconds`` (default 20), with two query mixes:
 
 - ``uncached``: hybrid search, ``cache: false``, cycling through real SciFact queries;
-- ``cached``: the same request for a small set of queries, all answered from the query
-  cache (they are asked once before timing starts). Two of the 20 are near-duplicates of
-  others, answered by the cache's semantic level, which embeds the query every time: the
-  results split latencies by cache level (``by_cache``).
+- ``cached``: hybrid search, ``cache: true``, cycling through the first 20 of the same
+  queries, asked once before timing starts, so every timed request is an exact hit of
+  the query cache (``by_cache`` splits latencies by how the answer was found, and
+  checks that).
 
-Each client has a keep-alive connection of its own (a minimal HTTP/1.1 client, so that
-the client, on the same two cores, takes little CPU from the server) and sends its next
-request as soon as the previous one is answered; on a 429 it waits ``Retry-After`` as a
+Each client has a keep-alive connection of its own (a minimal HTTP/1.1 client on uvloop,
+so that the client, on the same two cores, takes little CPU from the server) and sends
+its next request as soon as the previous one is answered; on a 429 it waits ``Retry-After`` as a
 well-behaved client would. Per level it reports QPS (answered requests per second),
 p50/p95/p99 of the answered requests, 429s, errors (any other non-200 status or
 transport failure) and time-outs.
