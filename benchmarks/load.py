@@ -61,6 +61,7 @@ TENANT = "bench"
 RAGSTORE_BIN = str(Path(sys.executable).with_name("ragstore"))
 REQUEST_TIMEOUT_S = 30.0
 CACHED_QUERIES = 20
+WARM_CONNECTIONS = 8
 GOALS = {"uncached_hybrid_p99_ms_at_8": 50.0, "cached_p99_ms": 5.0}
 
 
@@ -272,11 +273,28 @@ def mixes(queries: list[str], k: int) -> dict[str, list[dict[str, Any]]]:
 
 
 async def warm(url: str, bodies: list[dict[str, Any]]) -> None:
-    """Ask each body once (loads the index, fills the cache for the cached mix)."""
+    """Ask each body once (fills the cache for the cached mix), then every body again
+    on each of ``WARM_CONNECTIONS`` connections at once, which the server spreads over
+    its workers: each worker process loads the vector index and builds the keyword
+    postings at its first search (2.9 s at 110,000 chunks), which is not what is timed."""
     async with httpx.AsyncClient(timeout=120) as client:
         for body in bodies:
             response = await client.post(url, json=body)
             response.raise_for_status()
+    target = httpx.URL(url)
+    encoded = [json.dumps(body).encode() for body in bodies]
+
+    async def one_connection() -> None:
+        connection = Connection(target.host, target.port or 80)
+        try:
+            for body in encoded:
+                status, _, content = await connection.post(target.raw_path.decode(), body)
+                if status != 200:
+                    raise SystemExit(f"warm-up answered {status}: {content[:300]!r}")
+        finally:
+            connection.close()
+
+    await asyncio.gather(*(one_connection() for _ in range(WARM_CONNECTIONS)))
 
 
 def measure(args: argparse.Namespace, port: int, queries: list[str]) -> dict[str, Any]:

@@ -228,14 +228,7 @@ def test_a_write_by_another_process_invalidates(
     docs: ragstore.Collection, store: ragstore.Store
 ) -> None:
     assert "refunds" in ids(docs.search(RETURNS, k=2, cache=True))
-    result = subprocess.run(
-        [RAGSTORE_BIN, "--store", str(store.path), "--collection", "docs", "delete", "refunds"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
+    delete_in_another_process(store, "refunds")
     after = docs.search(RETURNS, k=2, cache=True)
     assert levels(after) == {None} and "refunds" not in ids(after)
 
@@ -297,14 +290,7 @@ def test_an_answer_from_memory_is_never_stale(
     assert levels(docs.search(RETURNS, k=2, cache=True)) == {None}
     docs.search(RETURNS, k=2, cache=True)
     assert docs.cached_answer(RETURNS, k=2) is not None
-    result = subprocess.run(
-        [RAGSTORE_BIN, "--store", str(store.path), "--collection", "docs", "delete", "refunds"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
+    delete_in_another_process(store, "refunds")
     assert docs.cached_answer(RETURNS, k=2) is None  # another process committed
     after = docs.search(RETURNS, k=2, cache=True)
     assert levels(after) == {None} and "refunds" not in ids(after)
@@ -518,6 +504,18 @@ def test_cli_no_cache_stats_and_clear(tmp_path: Path, embedder: Embedder) -> Non
     assert "cleared 1" in invoke("cache", "clear").output
     bad = invoke("cache", "--redis", "nope://x", "stats")
     assert bad.exit_code == 2
+
+
+def delete_in_another_process(store: ragstore.Store, doc_id: str) -> None:
+    """``ragstore delete`` of one document of ``docs``, run as a process of its own."""
+    result = subprocess.run(
+        [RAGSTORE_BIN, "--store", str(store.path), "--collection", "docs", "delete", doc_id],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
 
 
 def docs_cache(col: ragstore.Collection) -> Any:
