@@ -276,7 +276,8 @@ async def warm(url: str, bodies: list[dict[str, Any]]) -> None:
     """Ask each body once (fills the cache for the cached mix), then every body again
     on each of ``WARM_CONNECTIONS`` connections at once, which the server spreads over
     its workers: each worker process loads the vector index and builds the keyword
-    postings at its first search (2.9 s at 110,000 chunks), which is not what is timed."""
+    postings at its first search (one request of about 2.9 s at 110,300 chunks before
+    this warm-up), which is not what is timed."""
     async with httpx.AsyncClient(timeout=120) as client:
         for body in bodies:
             response = await client.post(url, json=body)

@@ -182,9 +182,10 @@ class QueryCache:
             return None
         if time.monotonic() - self._flushed_at > STATS_FLUSH_S:
             return None
-        lookup = self._guard(lambda: self._lookup(key, clock), backend=False)
-        if lookup is None:
+        params = keys.params_json(key.params)
+        if params is None:
             return None
+        lookup = self._lookup(key, clock, params)
         entry = self.backend.peek(lookup.scope, lookup.text_key)
         if entry is None or entry.expires_at <= self._clock() or entry.seq < clock.seq:
             return None
@@ -238,16 +239,16 @@ class QueryCache:
     # ------------------------------------------------------------------ lookup steps
 
     def _begin(self, key: CacheKey) -> _Lookup | None:
+        params = keys.params_json(key.params)
+        if params is None:
+            return None
         marker = self._db.commit_marker()
         clock = freshness.read_clock(self._db.connection(), key.collection_id)
         self._sync(key.collection_id, clock)
         self._verified[key.collection_id] = marker, clock
-        return self._lookup(key, clock)
+        return self._lookup(key, clock, params)
 
-    def _lookup(self, key: CacheKey, clock: freshness.Clock) -> _Lookup | None:
-        params = keys.params_json(key.params)
-        if params is None:
-            return None
+    def _lookup(self, key: CacheKey, clock: freshness.Clock, params: dict[str, Any]) -> _Lookup:
         scope = keys.scope_key(
             (key.collection_id, key.collection_name),
             self._config_json(key.collection_id, key.config),

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from dataclasses import dataclass
 
 from pydantic import ValidationError
@@ -26,13 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ragstore.errors import RagstoreError
 from ragstore.server.auth import TENANT_PATTERN
 from ragstore.server.errors import ApiError, answer_error
-from ragstore.server.routes import (
-    COLLECTION,
-    answer_from_memory,
-    check_search,
-    run_search,
-    search_answer,
-)
+from ragstore.server.routes import COLLECTION, check_search, find_hits, search_answer
 from ragstore.server.runtime import Runtime
 from ragstore.server.schemas import SearchRequest
 from ragstore.server.tenancy import NAME_PATTERN
@@ -64,11 +57,12 @@ class FastLane:
         self.runtime = runtime
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        found = _search_path(scope)
+        headers = dict(scope["headers"]) if scope["type"] == "http" else {}
+        found = _search_path(scope, headers)
         checked = None
         if found is not None:
             messages = await _read_body(receive)
-            checked = self._checked(scope, found, _body(messages))
+            checked = self._checked(headers, found, _body(messages))
             receive = _replay(messages, receive)
         if found is None or checked is None:
             await self.app(scope, receive, send)
@@ -78,10 +72,9 @@ class FastLane:
         await response(scope, receive, send)
 
     def _checked(
-        self, scope: Scope, path: re.Match[str], body: bytes | None
+        self, headers: dict[bytes, bytes], path: re.Match[str], body: bytes | None
     ) -> tuple[str | None, SearchRequest] | None:
         """The caller's key id and the search, when the route would accept them."""
-        headers = dict(scope["headers"])
         if body is None or not _is_json(headers.get(b"content-type", b"")):
             return None
         rt = self.runtime
@@ -102,24 +95,19 @@ class FastLane:
         rt = self.runtime
         state = scope.setdefault("state", {})
         state["key_id"] = key_id
-        started = time.perf_counter()
         try:
-            remembered = answer_from_memory(rt, tenant, collection, request)
-            if remembered is not None:
-                hits, seconds = remembered, time.perf_counter() - started
-                state["from_memory"] = True
-            else:
-                hits, seconds = await run_search(rt, tenant, collection, request)
+            hits, seconds, from_memory = await find_hits(rt, tenant, collection, request)
         except (ApiError, RagstoreError) as error:
             return answer_error(error)
+        if from_memory:
+            state["from_memory"] = True
         return search_answer(rt, request, hits, seconds)
 
 
-def _search_path(scope: Scope) -> re.Match[str] | None:
+def _search_path(scope: Scope, headers: dict[bytes, bytes]) -> re.Match[str] | None:
     """The tenant and collection of a search with a small declared body."""
     if scope["type"] != "http" or scope["method"] != "POST":
         return None
-    headers = dict(scope["headers"])
     if len(headers) != len(scope["headers"]):
         return None  # a repeated header: read the way the framework reads it
     length = headers.get(b"content-length", b"")

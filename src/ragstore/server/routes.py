@@ -232,20 +232,23 @@ async def search(tenant: Tenant, collection: Name, body: SearchRequest, rt: Rt, 
     """
     who.require("read", tenant, collection)
     check_search(body, rt)
-    started = time.perf_counter()
-    remembered = answer_from_memory(rt, tenant, collection, body)
-    if remembered is not None:
-        hits, seconds = remembered, time.perf_counter() - started
-    else:  # the fast lane takes most searches before they get here
-        hits, seconds = await run_search(rt, tenant, collection, body)
-    return search_answer(rt, body, hits, seconds)
+    hits, seconds, _ = await find_hits(rt, tenant, collection, body)
+    return search_answer(rt, body, hits, seconds)  # the fast lane takes most searches
 
 
-async def run_search(
+async def find_hits(
     rt: Runtime, tenant: str, collection: str, body: SearchRequest
-) -> tuple[SearchResults, float]:
-    """The search on the search pool: its hits and how long it took there."""
-    return await rt.search_pool.run(lambda: _search(rt, tenant, collection, body))
+) -> tuple[SearchResults, float, bool]:
+    """A checked search's hits, how long finding them took, and whether they came from
+    memory: a repeated text query's cached answer is looked up on the event loop (a
+    lookup that reads no table, spared the hop to the search pool); any other search
+    runs on the pool."""
+    started = time.perf_counter()
+    remembered = _answer_from_memory(rt, tenant, collection, body)
+    if remembered is not None:
+        return remembered, time.perf_counter() - started, True
+    hits, seconds = await rt.search_pool.run(lambda: _search(rt, tenant, collection, body))
+    return hits, seconds, False
 
 
 def search_answer(rt: Runtime, body: SearchRequest, hits: SearchResults, seconds: float) -> JSON:
@@ -261,11 +264,9 @@ def search_answer(rt: Runtime, body: SearchRequest, hits: SearchResults, seconds
     return JSON(out)
 
 
-def answer_from_memory(
+def _answer_from_memory(
     rt: Runtime, tenant: str, collection: str, body: SearchRequest
 ) -> SearchResults | None:
-    """A repeated text query's cached answer, found on the event loop: a lookup in
-    memory that reads no table, spared the hop to the search pool."""
     if not body.cache or body.query is None or body.vector is not None or body.explain:
         return None
     return rt.collections.cached_answer(tenant, collection, body.query, _options(body))
