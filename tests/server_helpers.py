@@ -9,7 +9,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -120,3 +120,16 @@ class Server:
             if line.get("request_id") == request_id and line.get("msg") == "request":
                 return int(line["pid"])
         return None
+
+
+@contextlib.contextmanager
+def serving(root: Path, keys: Mapping[str, Mapping[str, Any]], **options: Any) -> Iterator[Server]:
+    """A ready server on the store ``root/store`` admitting ``keys``; it must stop
+    cleanly when the block ends."""
+    running = Server(
+        root / "store", root / "server.log", keys=write_keys(root / "keys.json", keys), **options
+    )
+    try:
+        yield running.wait_ready()
+    finally:
+        assert running.terminate() in (0, -signal.SIGTERM), running.logs()

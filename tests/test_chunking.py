@@ -6,12 +6,14 @@ import itertools
 import os
 import random
 from typing import Any
+from unittest import mock
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ragstore.errors import InvalidInput
+from ragstore.ingest import chunking
 from ragstore.ingest.chunking import TokenOffsets, chunk_text, hf_token_offsets
 from ragstore.types import Span
 
@@ -221,3 +223,83 @@ def test_chunking_invariants_hold_for_random_text(
     check_spans(text, spans, offsets, chunk_size)
     if token_count(offsets, text) <= chunk_size:
         assert len(spans) == (1 if text.strip() else 0)
+
+
+def long_document(seed: int, paragraphs: int) -> list[str]:
+    """Paragraphs of a long document, to be joined by blank lines."""
+    rng = random.Random(seed)
+    return [make_paragraph(rng, rng.randint(2, 6), words=10) for _ in range(paragraphs)]
+
+
+def tokenized_pieces(
+    text: str, offsets: TokenOffsets, section_chars: int, **sizes: int
+) -> tuple[list[Span], list[str]]:
+    """Spans of ``text`` chunked with ``section_chars``-char sections, and every text that
+    was tokenized on the way."""
+    seen: list[str] = []
+
+    def recording(piece: str) -> list[tuple[int, int]]:
+        seen.append(piece)
+        return offsets(piece)
+
+    with mock.patch.object(chunking, "SECTION_CHARS", section_chars):
+        return chunk_text(text, recording, **sizes), seen
+
+
+def test_long_text_is_chunked_section_by_section(offsets: TokenOffsets) -> None:
+    text = "\n\n".join(long_document(8, 60))
+    spans, sections = tokenized_pieces(text, offsets, 3000, chunk_size=64, overlap=8)
+    assert len(sections) >= len(text) // 3000
+    assert "".join(sections) == text  # consecutive sections tile the text
+    assert all(len(section) <= 3000 for section in sections)
+    assert all(section.endswith("\n\n") for section in sections[:-1])  # paragraph ends
+    check_spans(text, spans, offsets, 64)
+
+
+def test_text_within_one_section_is_tokenized_whole(offsets: TokenOffsets) -> None:
+    text = "\n\n".join(long_document(9, 20))
+    spans, sections = tokenized_pieces(text, offsets, len(text), chunk_size=64, overlap=8)
+    assert sections == [text]
+    assert spans == chunk_text(text, offsets, chunk_size=64, overlap=8)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "-".join(["alpha", "beta", "gamma", "delta"] * 400),  # no whitespace: hard cuts
+        "日本語の文章です。" * 400,  # full-width stops, no spaces
+        make_paragraph(random.Random(10), 60),  # one paragraph: sentence ends
+    ],
+)
+def test_sections_without_paragraph_breaks_keep_offsets(offsets: TokenOffsets, text: str) -> None:
+    spans, sections = tokenized_pieces(text, offsets, 1000, chunk_size=40, overlap=6)
+    assert len(sections) > 2
+    assert "".join(sections) == text
+    check_spans(text, spans, offsets, 40)
+
+
+def test_edit_near_the_start_of_a_long_text_keeps_later_chunks(offsets: TokenOffsets) -> None:
+    paragraphs = long_document(11, 150)
+    edited = list(paragraphs)
+    edited[1] = edited[1].replace(".", ", which was edited at some length.", 1)
+    before, _ = tokenized_pieces("\n\n".join(paragraphs), offsets, 4000)
+    after, sections = tokenized_pieces("\n\n".join(edited), offsets, 4000)
+    assert len(sections) > 10
+    kept = {span.text for span in before} & {span.text for span in after}
+    assert before[0].text != after[0].text
+    assert [s.text for s in before[-5:]] == [s.text for s in after[-5:]]
+    assert len(kept) >= 0.9 * len(before)
+
+
+@settings(max_examples=40, deadline=None)
+@given(text=document_text, section_chars=st.integers(20, 600), data=st.data())
+def test_chunking_invariants_hold_across_sections(
+    offsets: TokenOffsets, text: str, section_chars: int, data: st.DataObject
+) -> None:
+    chunk_size = data.draw(st.integers(8, 64))
+    overlap = data.draw(st.integers(0, chunk_size // 2 - 1))
+    spans, sections = tokenized_pieces(
+        text, offsets, section_chars, chunk_size=chunk_size, overlap=overlap
+    )
+    assert all(len(section) <= section_chars for section in sections)
+    check_spans(text, spans, offsets, chunk_size)

@@ -16,6 +16,7 @@ import pytest
 
 from ragstore.embed import QUERY_PRECISION_ENV, Embedder, load_default
 from ragstore.embed.local import MODEL_CACHE_ENV, MiniLMEmbedder
+from ragstore.embed.onnx_query import FILENAMES
 from ragstore.errors import InvalidConfig
 
 QUERIES = [
@@ -60,7 +61,7 @@ def test_int8_query_vectors_stay_close_to_torch_and_rank_passages_alike(
     embedder: Embedder, fp32: MiniLMEmbedder
 ) -> None:
     assert isinstance(embedder, MiniLMEmbedder) and embedder.query_precision == "int8"
-    assert embedder.query_model_path.name == "query-int8-all.onnx"
+    assert embedder.query_model_path.name == FILENAMES["int8"]
     int8 = np.stack([embedder.embed_query(q) for q in QUERIES])
     exact = np.stack([fp32.embed_query(q) for q in QUERIES])
     assert embedder.query_runtime == "onnxruntime"
@@ -128,7 +129,7 @@ def test_files_are_cached_under_env_dir_and_made_again_when_damaged(
     monkeypatch.setenv(MODEL_CACHE_ENV, str(tmp_path))
     first = MiniLMEmbedder()
     path = first.query_model_path
-    assert path.is_relative_to(tmp_path) and path.name == "query-int8-all.onnx"
+    assert path.is_relative_to(tmp_path) and path.name == FILENAMES["int8"]
     assert not path.exists()  # made on first use, not when the embedder loads
     vector = first.embed_query("cached export")
     export = path.with_name("query.onnx")
@@ -180,7 +181,7 @@ def test_processes_loading_at_once_make_the_files_once_and_all_use_them(tmp_path
         assert out.strip() == "onnxruntime", err
         assert "runs on torch" not in err
     [folder] = [p for p in tmp_path.iterdir() if p.is_dir()]
-    assert sorted(p.name for p in folder.iterdir()) == ["query-int8-all.onnx", "query.onnx"]
+    assert sorted(p.name for p in folder.iterdir()) == sorted(FILENAMES.values())
 
 
 def test_unknown_precision_is_refused() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from ragstore.ingest.loaders import (
     SUPPORTED_SUFFIXES,
     LoadedFile,
     LoadProblem,
-    iter_files,
+    list_files,
     load_file,
 )
 from ragstore.types import Document
@@ -177,7 +178,7 @@ def test_unreadable_path_is_skipped(tmp_path: Path) -> None:
     folder.mkdir()
     loaded = load_file(folder, "folder.txt")
     assert loaded.skipped
-    assert loaded.problems[0].message.startswith("cannot read file")
+    assert loaded.problems[0].message.startswith("not a regular file")
 
 
 def test_unsupported_suffix_is_skipped(tmp_path: Path) -> None:
@@ -219,7 +220,7 @@ def test_malformed_jsonl_line_is_reported_and_rest_loads(tmp_path: Path) -> None
     assert list(by_id(loaded)) == ["a", "c"]
     [problem] = loaded.problems
     assert problem.location == "data/x.jsonl:3"
-    assert "invalid JSON" in problem.message
+    assert "not valid JSON" in problem.message
 
 
 @pytest.mark.parametrize(
@@ -298,26 +299,110 @@ def test_csv_rows_become_records(tmp_path: Path) -> None:
 # --- walking -----------------------------------------------------------------------
 
 
-def test_iter_files_walks_sorted_and_skips_hidden_and_unsupported(tmp_path: Path) -> None:
+def test_list_files_walks_sorted_and_skips_hidden_and_unsupported(tmp_path: Path) -> None:
     for name in ["b.txt", "a/z.md", "a/y.pdf", ".hidden.txt", ".git/config.txt", "c.bin", "a.txt"]:
         write(tmp_path, name, "x")
     write(tmp_path, "a/deep/er.csv", "x")
     os.mkfifo(tmp_path / "pipe.txt")
     (tmp_path / "link").symlink_to(tmp_path / "a", target_is_directory=True)
-    found = list(iter_files(tmp_path))
-    relpaths = [relpath for _, relpath in found]
+    (tmp_path / "link.txt").symlink_to(tmp_path / "a.txt")
+    listing = list_files(tmp_path)
+    relpaths = [relpath for _, relpath in listing.files]
     assert relpaths == ["a.txt", "b.txt", "a/y.pdf", "a/z.md", "a/deep/er.csv"]
-    assert all(path.is_absolute() and path == tmp_path / rel for path, rel in found)
+    assert all(path.is_absolute() and path == tmp_path / rel for path, rel in listing.files)
+    assert listing.problems == []  # links inside the root: listed under their own paths
 
 
-def test_iter_files_on_a_single_file(tmp_path: Path) -> None:
+def test_list_files_on_a_single_file(tmp_path: Path) -> None:
     path = write(tmp_path, "sub/only.json", "{}")
-    assert list(iter_files(path)) == [(path, "only.json")]
+    assert list_files(path).files == [(path, "only.json")]
 
 
-def test_iter_files_on_a_missing_root_raises(tmp_path: Path) -> None:
+def test_links_outside_the_roots_are_reported_not_followed(tmp_path: Path) -> None:
+    outside = write(tmp_path, "outside/secret.txt", "not to be ingested")
+    root = tmp_path / "root"
+    write(root, "kept.txt", "x")
+    (root / "secret.txt").symlink_to(outside)
+    (root / "elsewhere").symlink_to(outside.parent, target_is_directory=True)
+    listing = list_files(root)
+    assert [rel for _, rel in listing.files] == ["kept.txt"]
+    assert {p.location for p in listing.problems} == {"elsewhere", "secret.txt"}
+    assert all("--follow-symlinks" in p.message for p in listing.problems)
+    assert set(listing.unlisted) == {root / "elsewhere", root / "secret.txt"}
+    followed = list_files(root, follow_symlinks=True)
+    assert [rel for _, rel in followed.files] == ["kept.txt", "secret.txt", "elsewhere/secret.txt"]
+
+
+def test_a_link_named_in_the_roots_is_inside_them(tmp_path: Path) -> None:
+    outside = write(tmp_path, "outside/a.txt", "x")
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "a.txt").symlink_to(outside)
+    listing = list_files(root, roots=[root, outside])
+    assert listing.files == [] and listing.problems == []
+
+
+def test_link_loops_end(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    write(root, "a/x.txt", "x")
+    (root / "a" / "up").symlink_to(root, target_is_directory=True)
+    (root / "loop.txt").symlink_to(root / "loop.txt")
+    listing = list_files(root, follow_symlinks=True)
+    assert [rel for _, rel in listing.files] == ["a/x.txt"]
+    assert [p.location for p in listing.problems] == ["loop.txt"]
+    outside = tmp_path / "outside"
+    write(outside, "y.txt", "y")
+    (outside / "back").symlink_to(outside, target_is_directory=True)
+    (root / "out").symlink_to(outside, target_is_directory=True)
+    followed = list_files(root, follow_symlinks=True)
+    assert [rel for _, rel in followed.files] == ["a/x.txt", "out/y.txt"]
+
+
+def test_a_fifo_is_skipped_without_blocking(tmp_path: Path) -> None:
+    fifo = tmp_path / "f.txt"
+    os.mkfifo(fifo)
+    result: list[LoadedFile] = []
+    reader = threading.Thread(target=lambda: result.append(load_file(fifo, "f.txt")), daemon=True)
+    reader.start()
+    reader.join(timeout=10)
+    assert not reader.is_alive(), "reading a FIFO blocked"
+    assert result[0].skipped
+    assert result[0].problems[0].message.startswith("not a regular file")
+
+
+def test_a_file_over_the_size_limit_is_skipped_unread(tmp_path: Path) -> None:
+    path = write(tmp_path, "big.txt", "x" * 2000)
+    loaded = load_file(path, "big.txt", max_file_bytes=1999)
+    assert loaded.skipped and loaded.documents == []
+    assert "over the limit of 1,999" in loaded.problems[0].message
+    assert load_file(path, "big.txt", max_file_bytes=2000).documents[0].text == "x" * 2000
+
+
+def test_a_name_that_is_not_utf8_is_reported(tmp_path: Path) -> None:
+    path = Path(os.fsdecode(bytes(tmp_path) + b"/caf\xe9.txt"))
+    path.write_bytes(b"hello")
+    loaded = load_file(path, path.name)
+    assert loaded.skipped
+    assert loaded.problems[0].location == "caf\\udce9.txt"  # printable
+    assert "not valid UTF-8" in loaded.problems[0].message
+
+
+def test_nan_and_infinity_in_records_are_bad_records(tmp_path: Path) -> None:
+    lines = [
+        '{"id": "a", "text": "x", "score": NaN}',
+        '{"id": "b", "text": "x", "score": -Infinity}',
+        '{"id": "c", "text": "x", "score": 1.5}',
+    ]
+    loaded = load(tmp_path, "r.jsonl", "\n".join(lines))
+    assert [doc.id for doc in loaded.documents] == ["c"]
+    assert [p.location for p in loaded.problems] == ["r.jsonl:1", "r.jsonl:2"]
+    assert all("not a JSON number" in p.message for p in loaded.problems)
+    assert load(tmp_path, "r.json", '[{"id": "a", "text": "x", "n": NaN}]').skipped
+
+
+def test_list_files_on_a_missing_root_raises(tmp_path: Path) -> None:
     with pytest.raises(InvalidInput):
-        list(iter_files(tmp_path / "missing"))
+        list_files(tmp_path / "missing")
 
 
 def test_supported_suffixes() -> None:

@@ -71,3 +71,13 @@ def test_a_path_with_too_many_values_is_filtered_in_sql(tmp_path: Path, monkeypa
         assert from_columns == from_sql and len(from_sql) == 4
         ids, _ = col.search_vectors(np.array([1.0, 0.0]), 10, where={"n": {"$gte": 6}})
         assert sorted(ids) == ["6", "7", "8", "9"]
+
+
+def test_a_path_first_filtered_after_a_delete_lines_up_with_the_chunks(tmp_path: Path) -> None:
+    with ragstore.open(tmp_path / "store") as store:
+        col = store.create_collection("c", embedder=None, dim=2)
+        col.upsert([{"id": i, "vector": [1, 0], "metadata": {"x": 1, "y": 1}} for i in "abc"])
+        assert len(col.search(vector=[1, 0], where={"x": 1})) == 3  # columns built for x
+        col.delete("a")
+        found = col.search(vector=[1, 0], where={"y": 1})  # a new column, after the delete
+        assert sorted(hit.doc_id for hit in found) == ["b", "c"]

@@ -22,7 +22,9 @@ import ragstore
 from ragstore.cache import QueryCache
 from ragstore.config import config_error
 from ragstore.errors import InvalidConfig, InvalidFilter, InvalidInput, RagstoreError
+from ragstore.ingest.loaders import DEFAULT_MAX_FILE_BYTES
 from ragstore.ingest.pipeline import ProgressFn
+from ragstore.inputs import parse_json
 from ragstore.search.hybrid import DEFAULT_ALPHA, DEFAULT_FUSION, RRF_K, Fusion, Mode
 from ragstore.store.local import Collection, Store
 from ragstore.types import Hit
@@ -84,18 +86,42 @@ def cli(ctx: click.Context, store_path: Path, collection: str) -> None:
 @cli.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--sync", is_flag=True, help="Delete documents whose files are gone.")
+@click.option(
+    "--follow-symlinks", is_flag=True, help="Follow links that lead outside the given paths."
+)
+@click.option(
+    "--max-file-size",
+    "max_file_mb",
+    type=click.FloatRange(min=0, min_open=True),
+    default=DEFAULT_MAX_FILE_BYTES / 2**20,
+    show_default=True,
+    help="Skip (and report) files larger than this many MiB.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 @pass_context
-def ingest(obj: Context, paths: tuple[Path, ...], sync: bool, as_json: bool) -> None:
+def ingest(
+    obj: Context,
+    paths: tuple[Path, ...],
+    sync: bool,
+    follow_symlinks: bool,
+    max_file_mb: float,
+    as_json: bool,
+) -> None:
     """Ingest files and folders (.txt .md .rst .html .pdf .json .jsonl .csv).
 
     Unchanged documents are skipped; changed ones re-embed only the chunks whose text
-    changed.
+    changed. Hidden files, special files and links leading outside PATHS are skipped.
     """
     with _failures():
         col = obj.collection(create=True)
         with _progress(enabled=not as_json and sys.stderr.isatty()) as progress:
-            report = col.ingest(list(paths), sync=sync, progress=progress)
+            report = col.ingest(
+                list(paths),
+                sync=sync,
+                progress=progress,
+                follow_symlinks=follow_symlinks,
+                max_file_bytes=max(1, int(max_file_mb * 2**20)),
+            )
     if as_json:
         _print_json(report.to_dict())
         return
@@ -217,15 +243,16 @@ def count(obj: Context, filter_json: str | None) -> None:
 @cli.command()
 @click.argument("ids", nargs=-1)
 @click.option("--filter", "filter_json", help="Delete every document matching this filter.")
+@click.option("--all", "delete_all", is_flag=True, help="Delete every document.")
 @pass_context
-def delete(obj: Context, ids: tuple[str, ...], filter_json: str | None) -> None:
-    """Delete documents by id, or by --filter."""
-    if bool(ids) == bool(filter_json):
-        raise click.UsageError("give document ids or --filter, not both")
+def delete(obj: Context, ids: tuple[str, ...], filter_json: str | None, delete_all: bool) -> None:
+    """Delete documents by id, by --filter, or every one with --all."""
+    if sum((bool(ids), filter_json is not None, delete_all)) != 1:
+        raise click.UsageError("give document ids, --filter or --all (exactly one)")
     with _failures():
-        col = obj.collection()
         where = _parse_filter_option(filter_json)
-        deleted = col.delete(list(ids)) if ids else col.delete(where=where)
+        col = obj.collection()
+        deleted = col.delete(list(ids)) if ids else col.delete(where=where, all=delete_all)
     click.echo(f"deleted {deleted} document(s)")
 
 
@@ -377,7 +404,13 @@ def cache_clear(obj: Context) -> None:
 
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", default=8000, show_default=True, type=int, help="Port to listen on.")
+@click.option(
+    "--port",
+    default=8000,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="Port to listen on.",
+)
 @click.option(
     "--keys",
     "keys_file",
@@ -467,9 +500,9 @@ def _parse_json_option(
         return None
     field = option.removeprefix("--")
     try:
-        value = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise error(f"{option} is not valid JSON: {exc}", field=field) from None
+        value = parse_json(raw, option)
+    except InvalidInput as bad:
+        raise error(str(bad), field=field) from None
     if not isinstance(value, dict):
         raise error(f"{option} must be a JSON object", field=field)
     return value

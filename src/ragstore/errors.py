@@ -19,6 +19,13 @@ The CLI maps these to exit codes in one place (``cli.exit_code_for``).
 from __future__ import annotations
 
 
+def printable(text: str) -> str:
+    """``text`` with anything that cannot be written as UTF-8 (a lone surrogate, or the
+    undecodable bytes of a file name) shown as a backslash escape, so that a message
+    naming bad input can itself be printed, logged and sent."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 class RagstoreError(Exception):
     """Root of every error ragstore raises on purpose."""
 
@@ -30,8 +37,8 @@ class InvalidInput(RagstoreError, ValueError):
     """
 
     def __init__(self, message: str, *, field: str | None = None) -> None:
-        super().__init__(message)
-        self.field = field
+        super().__init__(printable(message))
+        self.field = None if field is None else printable(field)
 
 
 class InvalidFilter(InvalidInput):

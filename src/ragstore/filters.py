@@ -49,7 +49,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, TypeAlias, TypeGuard
 
-from ragstore.errors import InvalidFilter
+from ragstore.errors import InvalidFilter, InvalidInput
+from ragstore.inputs import check_depth
 
 __all__ = [
     "MAX_DEPTH",
@@ -143,6 +144,10 @@ def parse_filter(obj: object) -> Filter | None:
         return None
     if not isinstance(obj, Mapping):
         raise InvalidFilter(f"a filter must be a JSON object, got {_json_name(obj)}")
+    try:
+        check_depth(obj, "filter")  # before anything below recurses into it
+    except InvalidInput as bad:
+        raise InvalidFilter(str(bad), field=bad.field) from None
     return _parse_object(obj, depth=1)
 
 

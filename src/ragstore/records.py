@@ -13,6 +13,7 @@ import numpy as np
 
 from ragstore.errors import DimensionMismatch, InvalidInput
 from ragstore.index.base import Matrix
+from ragstore.inputs import check_json, check_text
 from ragstore.types import Document
 
 _TEXT_FIELDS = frozenset({"id", "text", "title", "metadata", "source"})
@@ -158,16 +159,34 @@ def _document(record: Mapping[str, Any], where: str, *, text_required: bool) -> 
 def _doc_id(value: Any, field: str) -> str:
     if isinstance(value, bool) or not isinstance(value, str | int):
         raise InvalidInput(f"{field} must be a non-empty string", field=field)
-    doc_id = str(value)
-    if not doc_id or len(doc_id) > MAX_ID_LENGTH:
+    return doc_id(str(value), field)
+
+
+def doc_id(value: str, field: str) -> str:
+    """A document id as given: 1 to ``MAX_ID_LENGTH`` characters of valid Unicode."""
+    if not value or len(value) > MAX_ID_LENGTH:
         raise InvalidInput(f"{field} must be 1 to {MAX_ID_LENGTH} characters", field=field)
-    return doc_id
+    return check_text(value, field)
+
+
+def doc_ids(ids: str | Iterable[str], field: str = "ids") -> list[str]:
+    """Document ids as a list: a single string is one id (never its characters)."""
+    if isinstance(ids, str):
+        return [doc_id(ids, field)]
+    if isinstance(ids, Mapping) or not isinstance(ids, Iterable):
+        raise InvalidInput(f"{field} must be an id or a list of ids", field=field)
+    listed = list(ids)
+    for i, value in enumerate(listed):
+        if not isinstance(value, str):
+            raise InvalidInput(f"{field}[{i}] must be a string", field=f"{field}[{i}]")
+        doc_id(value, f"{field}[{i}]")
+    return listed
 
 
 def _string(value: Any, field: str) -> str:
     if not isinstance(value, str):
         raise InvalidInput(f"{field} must be a string", field=field)
-    return value
+    return check_text(value, field)
 
 
 def _optional_string(value: Any, field: str) -> str | None:
@@ -182,6 +201,7 @@ def _checked_metadata(value: Any, field: str) -> tuple[dict[str, Any], str]:
     """A plain-JSON copy of a metadata object, and its canonical JSON."""
     if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
         raise InvalidInput(f"{field} must be an object with string keys", field=field)
+    check_json(dict(value), field)
     try:
         stored = _STRICT_JSON.encode(value)
     except (TypeError, ValueError) as exc:

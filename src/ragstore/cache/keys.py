@@ -12,6 +12,7 @@ from typing import Any
 from ragstore.config import CollectionConfig
 from ragstore.errors import InvalidInput
 from ragstore.filters import And, Compare, Not, Or, to_json
+from ragstore.inputs import check_text
 
 KEY_VERSION = 1
 """Bumped whenever the cached form of hits or the key layout changes."""
@@ -39,7 +40,7 @@ def check_tenant(tenant: object) -> str | None:
             f"tenant must be a non-empty string of at most {MAX_TENANT_CHARS} characters",
             field="tenant",
         )
-    return tenant
+    return check_text(tenant, "tenant")
 
 
 def params_json(params: object) -> dict[str, Any] | None:

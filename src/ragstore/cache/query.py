@@ -194,7 +194,11 @@ class QueryCache:
         return self._serve(entry, lookup, "exact", may_flush=False)
 
     def stats(self) -> CacheStats:
-        """Counters, size and hit latency."""
+        """Counters, size and hit latency (:class:`StoreError` when the backend cannot
+        be reached)."""
+        return self._required(self._stats)
+
+    def _stats(self) -> CacheStats:
         self.flush()
         saved = self.backend.read_stats()
         entries, size = self.backend.size()
@@ -217,10 +221,11 @@ class QueryCache:
         )
 
     def clear(self) -> int:
-        """Drop every entry; returns how many there were."""
+        """Drop every entry; returns how many there were (:class:`StoreError` when the
+        backend cannot be reached)."""
         with self._lock:
             self._synced.clear()
-        return self.backend.clear()
+        return self._required(self.backend.clear)
 
     def flush(self) -> None:
         """Save the counters gathered in this process."""
@@ -363,6 +368,13 @@ class QueryCache:
         if amount:
             with self._lock:
                 self._pending[name] += amount  # type: ignore[assignment]
+
+    def _required(self, action: Callable[[], _T]) -> _T:
+        """Run a step the caller asked for: a backend failure is a :class:`StoreError`."""
+        try:
+            return action()
+        except self.backend.errors as exc:
+            raise StoreError(f"the query cache cannot be reached: {exc}") from exc
 
     def _guard(self, action: Callable[[], _T], *, backend: bool = True) -> _T | None:
         """Run a cache step; on a failure log once per outage, and answer ``None``.

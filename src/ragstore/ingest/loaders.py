@@ -9,18 +9,19 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
+from stat import S_ISREG
 from typing import Any
 
 from pypdf import PdfReader
 
-from ragstore.errors import InvalidInput
+from ragstore.errors import InvalidInput, printable
+from ragstore.inputs import parse_json
 from ragstore.types import Document, Metadata
 
 _SNIFF_BYTES = 8192
@@ -90,62 +91,163 @@ _Loaded = tuple[list[Document], list[LoadProblem]]
 _Loader = Callable[[_Source], _Loaded]
 
 
-def iter_files(root: Path) -> Iterator[tuple[Path, str]]:
-    """Yield ``(absolute path, relpath)`` for each file to load under ``root``.
+@dataclass(frozen=True)
+class Listing:
+    """What a walk of one root found: the files to load as ``(absolute path, relpath)``,
+    what it passed over with a reason, and the paths it did not read (folders it could
+    not list, links it did not follow): their contents are unknown this run, so a sync
+    must keep the documents that came from under them."""
 
-    A file root is yielded as is, with its name as relpath (an unsupported type is then
+    files: list[tuple[Path, str]] = field(default_factory=list)
+    problems: list[LoadProblem] = field(default_factory=list)
+    unlisted: list[Path] = field(default_factory=list)
+
+
+def list_files(root: Path, *, roots: Sequence[Path] = (), follow_symlinks: bool = False) -> Listing:
+    """The files to load under ``root``.
+
+    A file root is listed as is, with its name as relpath (an unsupported type is then
     reported by :func:`load_file`). A directory is walked recursively and
     deterministically (each folder's files by name, then its subfolders by name),
-    skipping hidden files and folders, symlinked folders, unreadable folders, special
-    files and unsupported types. Relpaths are POSIX-style and relative to ``root``.
+    skipping hidden files and folders, special files (FIFOs, sockets, devices) and
+    unsupported types. Relpaths are POSIX-style and relative to ``root``.
+
+    Symbolic links: a link whose target lies inside ``roots`` (the resolved roots of
+    this run) is passed over quietly, since its target is listed under its own path;
+    a link leading outside them is skipped and reported, unless ``follow_symlinks``.
+    Followed folder links are walked once each, so a link loop ends.
 
     Raises:
         InvalidInput: ``root`` does not exist.
     """
     root = root.absolute()
     if root.is_dir():
-        yield from _walk(root)
-    elif root.exists():
-        yield root, root.name
-    else:
-        raise InvalidInput(f"no such file or directory: {root}", field="path")
+        return _Walk(root, [r.resolve() for r in roots or [root]], follow_symlinks).run()
+    if root.exists():
+        return Listing(files=[(root, root.name)])
+    raise InvalidInput(f"no such file or directory: {printable(str(root))}", field="path")
 
 
-def _walk(root: Path) -> Iterator[tuple[Path, str]]:
-    """Each folder's files in name order, then its subfolders in name order.
+@dataclass
+class _Walk:
+    """One directory walk: depth first, files before subfolders, each by name."""
 
-    ``os.walk`` skips unreadable folders and does not follow symlinked folders.
-    """
-    for folder, subfolders, names in os.walk(root):
-        subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
-        for name in sorted(names):
-            path = Path(folder, name)
-            if _wanted(path):
-                yield path, path.relative_to(root).as_posix()
+    root: Path
+    roots: list[Path]
+    follow_symlinks: bool
+    listing: Listing = field(default_factory=Listing)
+    walked: set[tuple[int, int]] = field(default_factory=set)
 
+    def run(self) -> Listing:
+        pending = [self.root]
+        while pending:
+            folder = pending.pop()
+            subfolders = self._list(folder)
+            pending.extend(reversed(subfolders))
+        return self.listing
 
-def _wanted(path: Path) -> bool:
-    """A visible file of a supported type that is not a FIFO, socket or device."""
-    if path.name.startswith(".") or path.suffix.lower() not in SUPPORTED_SUFFIXES:
+    def _list(self, folder: Path) -> list[Path]:
+        """Record the files of ``folder``; return its subfolders to walk, by name."""
+        try:
+            stat = folder.stat()
+            with os.scandir(folder) as scan:
+                entries = sorted(
+                    (e for e in scan if not e.name.startswith(".")), key=lambda e: e.name
+                )
+        except OSError as exc:
+            self._problem(folder, f"cannot list folder: {exc.strerror or exc}")
+            return []
+        if (stat.st_dev, stat.st_ino) in self.walked:
+            return []  # reached again through a followed link
+        self.walked.add((stat.st_dev, stat.st_ino))
+        subfolders = []
+        for entry in entries:
+            path = Path(entry.path)
+            if entry.is_symlink() and not self._follow(path):
+                continue
+            if _is_dir(entry):
+                subfolders.append(path)
+            elif path.suffix.lower() in SUPPORTED_SUFFIXES and _is_file(entry):
+                self.listing.files.append((path, path.relative_to(self.root).as_posix()))
+        return subfolders
+
+    def _follow(self, link: Path) -> bool:
+        """Whether to follow a symbolic link. Broken links, loops and links leading
+        outside the roots that are not followed are reported when they would have
+        been loaded (a folder, or a file of a supported type)."""
+        wanted = link.suffix.lower() in SUPPORTED_SUFFIXES
+        try:
+            target = link.resolve(strict=True)
+        except (OSError, RuntimeError):  # broken, or a loop
+            if wanted:
+                self._problem(link, "broken symbolic link (or a link loop): skipped")
+            return False
+        if any(target.is_relative_to(root) for root in self.roots):
+            return False  # listed under its own path
+        if self.follow_symlinks:
+            return True
+        if wanted or target.is_dir():
+            self._problem(
+                link,
+                f"symbolic link to {printable(str(target))}, outside the ingested paths: "
+                "skipped (--follow-symlinks follows it)",
+            )
         return False
+
+    def _problem(self, path: Path, message: str) -> None:
+        """Note a path passed over: reported, and its documents kept by a sync."""
+        self.listing.unlisted.append(path)
+        relpath = printable(path.relative_to(self.root).as_posix())
+        self.listing.problems.append(LoadProblem(relpath, message))
+
+
+def _is_dir(entry: os.DirEntry[str]) -> bool:
     try:
-        return path.is_file()
+        return entry.is_dir()
     except OSError:
-        return True  # cannot even stat it: let load_file report the problem
+        return False
 
 
-def load_file(path: Path, relpath: str) -> LoadedFile:
+def _is_file(entry: os.DirEntry[str]) -> bool:
+    """A regular file (FIFOs, sockets and devices are not); a file that cannot even be
+    stat'ed is listed, so that :func:`load_file` reports it."""
+    try:
+        return entry.is_file()
+    except OSError:
+        return True
+
+
+DEFAULT_MAX_FILE_BYTES = 64 * 1024 * 1024
+"""Files larger than this are skipped and reported, never read (``max_file_bytes``)."""
+
+
+def load_file(
+    path: Path, relpath: str, *, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
+) -> LoadedFile:
     """Load the documents of one file; never raises for a bad file.
 
     ``relpath`` becomes the id of whole-file documents and the ``source`` of all of
-    them. Problems come back in the result; ``skipped`` is set when nothing was usable.
+    them. Problems come back in the result; ``skipped`` is set when nothing was usable:
+    a name that is not valid UTF-8, a file that is not a regular file (a FIFO is never
+    opened for reading, which would block), a file over ``max_file_bytes``, an
+    unreadable or unparseable one.
     """
     try:
         loader = _loader_for(path)
-        documents, problems = loader(_read(path, relpath))
+        _check_name(path)
+        documents, problems = loader(_read(path, relpath, max_file_bytes))
     except _SkipFile as skip:
-        return LoadedFile(path, relpath, [], [LoadProblem(relpath, str(skip))], skipped=True)
+        problem = LoadProblem(printable(relpath), str(skip))
+        return LoadedFile(path, relpath, [], [problem], skipped=True)
     return LoadedFile(path, relpath, documents, problems, skipped=False)
+
+
+def _check_name(path: Path) -> None:
+    """A file whose path is not valid UTF-8 cannot be an id, a source or an origin."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        raise _SkipFile("path is not valid UTF-8: rename it to ingest the file") from None
 
 
 def _loader_for(path: Path) -> _Loader:
@@ -156,14 +258,39 @@ def _loader_for(path: Path) -> _Loader:
     return loader
 
 
-def _read(path: Path, relpath: str) -> _Source:
-    """Read the file's bytes and modification time."""
+def _read(path: Path, relpath: str, max_bytes: int) -> _Source:
+    """Read a regular file's bytes and modification time, if it is not too large.
+
+    The file is opened without blocking (a FIFO would wait for a writer forever) and
+    checked on its open descriptor, so a file swapped in between is read as checked.
+    """
     try:
-        data = path.read_bytes()
-        modified_at = path.stat().st_mtime
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError as exc:
         raise _SkipFile(f"cannot read file: {exc.strerror or exc}") from None
-    return _Source(relpath, path.suffix.lower().lstrip("."), modified_at, data)
+    try:
+        stat = os.fstat(fd)
+        _check_readable(stat, max_bytes)
+        with os.fdopen(os.dup(fd), "rb") as file:
+            data = file.read(stat.st_size + 1)
+            if len(data) > stat.st_size:  # it grew since: read on, up to the limit
+                data += file.read(max_bytes + 1 - len(data))
+    except OSError as exc:
+        raise _SkipFile(f"cannot read file: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+    if len(data) > max_bytes:  # it grew after the check
+        raise _SkipFile(f"file is over the limit of {max_bytes:,} bytes (--max-file-size)")
+    return _Source(relpath, path.suffix.lower().lstrip("."), stat.st_mtime, data)
+
+
+def _check_readable(stat: os.stat_result, max_bytes: int) -> None:
+    if not S_ISREG(stat.st_mode):
+        raise _SkipFile("not a regular file (a folder, FIFO, socket or device)")
+    if stat.st_size > max_bytes:
+        raise _SkipFile(
+            f"file is {stat.st_size:,} bytes, over the limit of {max_bytes:,} (--max-file-size)"
+        )
 
 
 # --- whole-file formats ------------------------------------------------------------
@@ -327,8 +454,6 @@ def _record_document(record: object, source: _Source) -> Document:
         raise _BadRecord("record has no string 'text'")
     if title is not None and not isinstance(title, str):
         raise _BadRecord("'title' must be a string")
-    if not _encodable(text) or not _encodable(title or ""):
-        raise _BadRecord("'text' or 'title' holds an unpaired surrogate (not valid Unicode)")
     skip = _RESERVED_FIELDS | {id_field}
     metadata = {key: value for key, value in record.items() if key not in skip}
     metadata.update(_nested_metadata(record.get("metadata")))
@@ -345,15 +470,6 @@ def _record_id(value: object) -> str:
     raise _BadRecord("record has no 'id' or '_id' (a non-empty string or an integer)")
 
 
-def _encodable(value: str) -> bool:
-    """Whether ``value`` is valid Unicode (JSON escapes can smuggle in lone surrogates)."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 def _nested_metadata(value: object) -> dict[str, Any]:
     """Fields of a record's ``metadata`` object, merged over its other fields."""
     if isinstance(value, dict):
@@ -368,9 +484,9 @@ def _load_jsonl(source: _Source) -> _Loaded:
         if line.strip():
             location = f"{source.relpath}:{lineno}"
             try:
-                record = json.loads(line)
-            except (ValueError, RecursionError) as exc:
-                records.problem(location, f"invalid JSON: {exc}")
+                record = parse_json(line, "record")
+            except InvalidInput as bad:
+                records.problem(location, str(bad))
                 continue
             records.add(record, location)
     return records.result()
@@ -382,9 +498,9 @@ def _load_json(source: _Source) -> _Loaded:
     if not text.strip():
         return [], []
     try:
-        value = json.loads(text)
-    except (ValueError, RecursionError) as exc:
-        raise _SkipFile(f"invalid JSON: {exc}") from None
+        value = parse_json(text, "file")
+    except InvalidInput as bad:
+        raise _SkipFile(str(bad)) from None
     records = _Records(source)
     if isinstance(value, list):
         for index, item in enumerate(value):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -19,9 +20,14 @@ import numpy as np
 
 from ragstore.config import ChunkingConfig
 from ragstore.embed.base import Embedder
-from ragstore.errors import InvalidInput
+from ragstore.errors import InvalidInput, printable
 from ragstore.ingest.chunking import chunk_text
-from ragstore.ingest.loaders import LoadedFile, iter_files, load_file
+from ragstore.ingest.loaders import (
+    DEFAULT_MAX_FILE_BYTES,
+    LoadProblem,
+    list_files,
+    load_file,
+)
 from ragstore.store import rows
 from ragstore.store.db import Database
 from ragstore.store.rows import ChunkRow, DocumentRow
@@ -34,6 +40,8 @@ ProgressFn = Callable[[int, int], None]
 
 BATCH_DOCUMENTS = 64
 BATCH_CHUNKS = 512
+EMBED_TEXTS = 1024
+"""Chunk texts handed to the embedder at once."""
 MIN_CHUNK_TOKENS = 32
 
 
@@ -111,24 +119,37 @@ def ingest_paths(
     *,
     sync: bool = False,
     progress: ProgressFn | None = None,
+    follow_symlinks: bool = False,
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
 ) -> IngestReport:
     """Load every supported file under ``paths`` and write what changed.
 
     With ``sync``, documents that came from files under ``paths`` that are gone (or no
-    longer hold them) are deleted. A file with any problem this run (unreadable, or a bad
-    record) keeps all its documents: a malformed line never deletes what it used to hold.
+    longer hold them) are deleted. Nothing that could not be read this run is deleted:
+    a file with any problem (unreadable, too large, or a bad record) keeps all its
+    documents, and so does everything under a folder that could not be listed or a
+    link that was not followed. See :func:`list_files` for which files are read.
     """
     started = time.perf_counter()
     roots = _resolve_roots(paths)
-    files = [pair for root in roots for pair in iter_files(root)]
     report = IngestReport()
+    files: list[tuple[Path, str]] = []
+    kept: list[Path] = []
+    for root in roots:
+        listing = list_files(root, roots=roots, follow_symlinks=follow_symlinks)
+        files += listing.files
+        kept += listing.unlisted
+        _note_problems(listing.problems, report)
     seen: set[str] = set()
-    failed_origins: set[str] = set()
 
     def loaded_documents() -> Iterator[tuple[Document, str | None]]:
         for done, (path, relpath) in enumerate(files, start=1):
-            loaded = load_file(path, relpath)
-            _note_problems(loaded, report, failed_origins)
+            loaded = load_file(path, relpath, max_file_bytes=max_file_bytes)
+            _note_problems(loaded.problems, report)
+            if loaded.problems:  # sync must not delete what a bad line may still hold
+                kept.append(path)
+            # A skipped file is one problem; otherwise each problem is one record left out.
+            report.documents_skipped += 1 if loaded.skipped else len(loaded.problems)
             for doc in loaded.documents:
                 seen.add(doc.id)
                 yield doc, str(path)
@@ -137,7 +158,7 @@ def ingest_paths(
 
     write_batches(target, loaded_documents(), report)
     if sync:
-        report.documents_deleted = _sync_deletions(target, roots, seen, failed_origins)
+        report.documents_deleted = _sync_deletions(target, roots, seen, kept)
     report.seconds = round(time.perf_counter() - started, 3)
     return report
 
@@ -145,33 +166,40 @@ def ingest_paths(
 def _resolve_roots(paths: Sequence[str | Path]) -> list[Path]:
     if not paths:
         raise InvalidInput("give at least one file or directory to ingest", field="paths")
-    roots = [Path(p).expanduser().resolve() for p in paths]
-    for given, root in zip(paths, roots, strict=True):
-        if not root.exists():
-            raise InvalidInput(f"no such file or directory: {given}", field="paths")
+    roots = []
+    for given in paths:
+        try:
+            root = Path(given).expanduser().resolve(strict=True)
+        except (OSError, RuntimeError):  # missing, unreachable, or a link loop
+            name = printable(str(given))
+            raise InvalidInput(f"no such file or directory: {name}", field="paths") from None
+        roots.append(root)
     return roots
 
 
-def _note_problems(loaded: LoadedFile, report: IngestReport, failed: set[str]) -> None:
-    for problem in loaded.problems:
+def _note_problems(problems: Sequence[LoadProblem], report: IngestReport) -> None:
+    for problem in problems:
         logger.warning("skipped %s: %s", problem.location, problem.message)
         report.errors.append(f"{problem.location}: {problem.message}")
-    if loaded.problems:  # sync must not delete what a bad line may still hold
-        failed.add(str(loaded.path))
-    # A skipped file is one problem; otherwise each problem is one record left out.
-    report.documents_skipped += 1 if loaded.skipped else len(loaded.problems)
 
 
 def _sync_deletions(
-    target: Target, roots: Sequence[Path], seen: set[str], failed_origins: set[str]
+    target: Target, roots: Sequence[Path], seen: set[str], kept: Sequence[Path]
 ) -> int:
+    """Delete the documents of files under ``roots`` that this run did not find, except
+    those from a ``kept`` path (a file with problems, or anything under a folder or
+    link that was not read)."""
+    kept_origins = {str(path) for path in kept}
+    kept_folders = tuple(str(path) + os.sep for path in kept)
+    # a root whose name is not valid UTF-8 never held a stored document
+    searched = [str(root) for root in roots if printable(str(root)) == str(root)]
     with target.db.write() as conn:
         stale = [
             doc_id
-            for doc_id, origin in rows.docs_from_origins(
-                conn, target.collection_id, [str(r) for r in roots]
-            )
-            if doc_id not in seen and origin not in failed_origins
+            for doc_id, origin in rows.docs_from_origins(conn, target.collection_id, searched)
+            if doc_id not in seen
+            and origin not in kept_origins
+            and not (origin or "").startswith(kept_folders)
         ]
         return rows.delete_documents(conn, target.collection_id, stale)
 
@@ -241,11 +269,40 @@ def _vectors(target: Target, pending: list[Pending], report: IngestReport) -> di
             if digest not in vectors:
                 missing.setdefault(digest, text)
     report.chunks_reused += sum(len(p.chunk_hashes) for p in pending) - len(missing)
-    if missing:
-        embedded = target.embedder.embed_documents(list(missing.values()))
-        vectors.update(zip(missing.keys(), embedded, strict=True))
-        report.chunks_embedded += len(missing)
+    # A slice at a time: the embedder tokenizes all it is given up front (about 36 KB
+    # per 256-token text), which for a 20 MB document's chunks was 620 MB.
+    digests, texts = list(missing), list(missing.values())
+    for offset in range(0, len(texts), EMBED_TEXTS):
+        embedded = target.embedder.embed_documents(texts[offset : offset + EMBED_TEXTS])
+        vectors.update(zip(digests[offset : offset + EMBED_TEXTS], embedded, strict=True))
+        _release_freed_memory()
+    report.chunks_embedded += len(missing)
     return vectors
+
+
+def _malloc_trim() -> Callable[[int], object] | None:
+    """glibc's ``malloc_trim``; ``None`` where the C library has none."""
+    import ctypes
+
+    try:
+        trim: Callable[[int], object] = ctypes.CDLL(None).malloc_trim
+    except (AttributeError, OSError, TypeError):
+        return None
+    return trim
+
+
+_MALLOC_TRIM = _malloc_trim()
+
+
+def _release_freed_memory() -> None:
+    """Give the heap that the embedder freed back to the system (glibc only).
+
+    A forward pass allocates and frees tensors of many sizes; glibc keeps what is freed
+    in fragments it cannot reuse, and the resident set grew by 340 MB over 2,600 chunks
+    here, not returning. Trimming after each slice kept it flat.
+    """
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 def _write(target: Target, pending: list[Pending], vectors: dict[str, np.ndarray]) -> None:

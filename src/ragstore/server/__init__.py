@@ -20,8 +20,24 @@ except ImportError as exc:  # pragma: no cover - depends on the install
         "pip install 'ragstore[server]'"
     ) from exc
 
-from ragstore.server.app import create_app
-from ragstore.server.run import serve
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from ragstore.server.settings import Limits, ServerSettings
 
+if TYPE_CHECKING:
+    from ragstore.server.app import create_app
+    from ragstore.server.run import serve
+
 __all__ = ["Limits", "ServerSettings", "create_app", "serve"]
+
+_LAZY = {"create_app": "ragstore.server.app", "serve": "ragstore.server.run"}
+
+
+def __getattr__(name: str) -> Any:
+    """``create_app`` and ``serve``, imported on first use: importing the package must
+    not import ``auth``, or ``python -m ragstore.server.auth`` (the key tool) would run
+    a second copy of it and warn."""
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_LAZY[name]), name)

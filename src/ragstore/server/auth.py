@@ -20,15 +20,17 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 import secrets
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NoReturn
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ragstore.errors import InvalidConfig
+from ragstore.errors import InvalidConfig, InvalidInput
+from ragstore.inputs import check_text, parse_json
 from ragstore.server.errors import ApiError
 
 Role = Literal["read", "write", "admin"]
@@ -141,9 +143,9 @@ def load_keys(path: Path | None, inline: str | None) -> KeyRing:
 
 def _parse_keys(text: str, origin: str) -> list[KeyEntry]:
     try:
-        return list(KeyFile.model_validate(json.loads(text)).keys)
-    except json.JSONDecodeError as exc:
-        raise InvalidConfig(f"{origin} is not valid JSON: {exc}", field="keys") from None
+        return list(KeyFile.model_validate(parse_json(text, origin)).keys)
+    except InvalidInput as exc:  # not JSON, too deep, or not valid Unicode
+        raise InvalidConfig(str(exc), field="keys") from None
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
@@ -162,9 +164,22 @@ def new_key_entry(key_id: str, role: Role, tenants: list[str]) -> tuple[str, dic
     return key, entry
 
 
+def check_tenants(tenants: list[str]) -> None:
+    """:class:`InvalidInput` naming the first tenant no route can match: each must match
+    :data:`TENANT_PATTERN` (lower-case, as the routes' ``{tenant}``) or be ``"*"``."""
+    for tenant in tenants:
+        check_text(tenant, "tenant")
+        if tenant != ALL_TENANTS and not re.fullmatch(TENANT_PATTERN, tenant):
+            raise InvalidInput(
+                f"tenant {tenant!r} can never match a route: use 1-32 of a-z 0-9 _ - "
+                f"(starting with a letter or digit), or {ALL_TENANTS!r} for all",
+                field="tenant",
+            )
+
+
 def main(argv: list[str] | None = None) -> None:
     """``python -m ragstore.server.auth ID ROLE TENANT...``: print a new key (once) and
-    its key-file entry."""
+    its key-file entry. A bad argument exits with status 2 and one line saying why."""
     args = sys.argv[1:] if argv is None else argv
     if len(args) < 3 or args[1] not in ROLE_RANK:
         usage = "usage: python -m ragstore.server.auth ID read|write|admin TENANT..."
@@ -172,8 +187,22 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(2)
     role: Role = "admin" if args[1] == "admin" else ("write" if args[1] == "write" else "read")
     key, entry = new_key_entry(args[0], role, args[2:])
+    try:
+        check_text(args[0], "ID")
+        check_tenants(args[2:])
+        KeyEntry.model_validate(entry)  # what the server will load
+    except InvalidInput as exc:
+        _fail(str(exc))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        _fail(f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}")
     print(f"key (shown once, give it to the client): {key}")
     print(json.dumps(entry))
+
+
+def _fail(message: str) -> NoReturn:
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 if __name__ == "__main__":

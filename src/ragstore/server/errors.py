@@ -55,6 +55,9 @@ _HTTP_TYPES = {
     503: "unavailable",
 }
 
+_LOCATIONS = ("body", "query", "path", "header", "cookie")
+"""The first part of a request validation error's ``loc``: where the field is."""
+
 
 class ApiError(Exception):
     """An error answered as is: status, type, message, field and extra headers."""
@@ -91,9 +94,24 @@ def error_response(
     field: str | None = None,
     headers: Mapping[str, str] | None = None,
 ) -> JSONResponse:
-    """The JSON error body every failure uses."""
-    body = {"error": {"type": kind, "message": message, "field": field}}
+    """The JSON error body every failure uses.
+
+    Text that cannot be encoded (a lone surrogate echoed from a request) is written
+    with backslash escapes, so that an error answer can never fail in turn.
+    """
+    field = None if field is None else _encodable(field)
+    body = {"error": {"type": kind, "message": _encodable(message), "field": field}}
     return JSONResponse(body, status_code=status, headers=dict(headers or {}))
+
+
+def _encodable(text: str) -> str:
+    """``text`` unchanged when it is valid Unicode, else with its lone surrogates
+    written as ``\\udxxx``."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
 
 
 def from_ragstore(error: RagstoreError) -> ApiError:
@@ -103,8 +121,9 @@ def from_ragstore(error: RagstoreError) -> ApiError:
 
 
 def validation_field(loc: Sequence[Any]) -> str | None:
-    """``("body", "documents", 3, "text")`` -> ``"documents[3].text"``."""
-    parts = [p for p in loc if p not in ("body", "query", "path", "header")]
+    """``("body", "documents", 3, "text")`` -> ``"documents[3].text"``; only the first
+    part says where (body, query, path...), so a body field named ``query`` stays."""
+    parts = list(loc[1:] if loc and loc[0] in _LOCATIONS else loc)
     out = ""
     for part in parts:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
@@ -140,9 +159,18 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errors = exc.errors()
     first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+    if first.get("type") == "json_invalid":  # located at a character, not a field
+        return error_response(422, "invalid_input", _not_json(first), "body")
     field = validation_field(first.get("loc", ()))
     where = f"{field}: " if field else ""
     return error_response(422, "invalid_input", f"{where}{first.get('msg')}", field)
+
+
+def _not_json(error: Mapping[str, Any]) -> str:
+    reason = (error.get("ctx") or {}).get("error") or error.get("msg")
+    position = error.get("loc", ())[-1:]
+    at = f" at character {position[0]}" if position and isinstance(position[0], int) else ""
+    return f"body is not valid JSON: {reason}{at}"
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:

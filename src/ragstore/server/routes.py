@@ -12,14 +12,16 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import ValidationError
 
-from ragstore.errors import InvalidInput, NotFound
+from ragstore.config import IndexConfig
+from ragstore.errors import InvalidConfig, InvalidInput, NotFound
 from ragstore.search.hybrid import SearchOptions, SearchResults
 from ragstore.server.auth import TENANT_PATTERN, Principal, Role
 from ragstore.server.errors import ApiError
 from ragstore.server.jobs import Job
 from ragstore.server.responses import JSON, hit_dict
-from ragstore.server.runtime import Runtime, check_filter_depth, check_text
+from ragstore.server.runtime import Runtime, check_json_field, check_text
 from ragstore.server.schemas import (
     CollectionCreate,
     CountRequest,
@@ -45,6 +47,8 @@ Tenant = Annotated[str, Path(pattern=TENANT_PATTERN, description="The tenant tha
 Name = Annotated[str, Path(pattern=NAME_PATTERN, description="The collection's name.")]
 DocId = Annotated[str, Path(min_length=1, max_length=1024, description="A document id.")]
 COLLECTION = "/tenants/{tenant}/collections/{collection}"
+_INDEX_DEPTH = 2
+"""Index settings are flat: one object of numbers and names."""
 
 
 def runtime(request: Request) -> Runtime:
@@ -92,8 +96,9 @@ async def list_collections(tenant: Tenant, rt: Rt, who: Who) -> JSON:
 async def create_collection(tenant: Tenant, body: CollectionCreate, rt: Rt, who: Who) -> JSON:
     """A new collection: text (embedded by the server's model) or vectors (``dim``)."""
     who.require("admin", tenant, body.name)
+    index = _index_config(body.index)
     spec = CollectionSpec(
-        body.embedder is not None, body.dim, body.chunk_size, body.chunk_overlap, body.index
+        body.embedder is not None, body.dim, body.chunk_size, body.chunk_overlap, index
     )
     created = await rt.write_pool.run(lambda: rt.collections.create(tenant, body.name, spec))
     return JSON(_info(created.info()), status_code=201)
@@ -196,14 +201,15 @@ async def delete_document(
 async def delete_documents(
     tenant: Tenant, collection: Name, body: DeleteRequest, rt: Rt, who: Who
 ) -> JSON:
-    """Delete the documents with ``ids``, or every one matching ``filter``."""
+    """Delete the documents with ``ids``, every one matching ``filter``, or with
+    ``all: true`` every document (an empty filter is refused: it would match all)."""
     who.require("write", tenant, collection)
-    if body.ids is not None and len(body.ids) > rt.limits.max_batch:
-        raise _too_many("ids", len(body.ids), rt.limits.max_batch)
-    check_filter_depth(body.filter, rt.limits.max_filter_depth)
+    _check_delete(body, rt)
 
     def work() -> int:
         col = rt.collections.get(tenant, collection)
+        if body.all:
+            return col.delete(where=None, all=True)
         return col.delete(body.ids, where=body.filter)
 
     return JSON({"deleted": await rt.write_pool.run(work)})
@@ -213,7 +219,7 @@ async def delete_documents(
 async def count(tenant: Tenant, collection: Name, body: CountRequest, rt: Rt, who: Who) -> JSON:
     """How many documents (match ``filter``)."""
     who.require("read", tenant, collection)
-    check_filter_depth(body.filter, rt.limits.max_filter_depth)
+    check_json_field(body.filter, rt.limits.max_filter_depth, "filter")
     found = await rt.search_pool.run(
         lambda: rt.collections.get(tenant, collection).count(body.filter)
     )
@@ -345,7 +351,7 @@ def _check_batch(documents: list[DocumentIn], rt: Runtime) -> None:
     for i, doc in enumerate(documents):
         check_text(doc.text, limits.max_text_chars, f"documents[{i}].text")
         check_text(doc.title, limits.max_text_chars, f"documents[{i}].title")
-        check_filter_depth(doc.metadata, limits.max_metadata_depth, f"documents[{i}].metadata")
+        check_json_field(doc.metadata, limits.max_metadata_depth, f"documents[{i}].metadata")
 
 
 def check_search(body: SearchRequest, rt: Runtime) -> None:
@@ -354,7 +360,35 @@ def check_search(body: SearchRequest, rt: Runtime) -> None:
     check_text(body.query, limits.max_query_chars, "query")
     if body.k > limits.max_k:
         raise ApiError(422, f"k must be at most {limits.max_k}", field="k")
-    check_filter_depth(body.filter, limits.max_filter_depth)
+    check_json_field(body.filter, limits.max_filter_depth, "filter")
+
+
+def _check_delete(body: DeleteRequest, rt: Runtime) -> None:
+    """422 unless a delete names exactly one of ``ids``, a narrowing ``filter`` or
+    ``all: true``; 413 for too many ids."""
+    given = [name for name in ("ids", "filter") if getattr(body, name) is not None]
+    given += ["all"] if body.all else []
+    if len(given) != 1:
+        field = given[-1] if given else "ids"
+        raise InvalidInput("give exactly one of ids, filter or all: true", field=field)
+    if body.filter == {}:
+        message = 'an empty filter matches every document: send {"all": true} to delete them all'
+        raise InvalidInput(message, field="filter")
+    if body.ids is not None and len(body.ids) > rt.limits.max_batch:
+        raise _too_many("ids", len(body.ids), rt.limits.max_batch)
+    check_json_field(body.filter, rt.limits.max_filter_depth, "filter")
+
+
+def _index_config(index: dict[str, Any]) -> IndexConfig:
+    """The index settings of a new collection, validated strictly (no ``true`` for an
+    integer); 422 naming ``index.<setting>``."""
+    check_json_field(index, _INDEX_DEPTH, "index")
+    try:
+        return IndexConfig.model_validate(index, strict=True)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(["index", *(str(part) for part in first["loc"])])
+        raise InvalidConfig(f"{field}: {first['msg']}", field=field) from None
 
 
 def _too_many(field: str, got: int, limit: int) -> ApiError:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,7 @@ def serve(settings: ServerSettings) -> None:
             "(or RAGSTORE_KEYS), or listen on a loopback address",
             field="keys",
         )
+    _check_address(settings.host, settings.port)
     configure()
     if not keys:
         log.warning(
@@ -78,6 +80,20 @@ def serve(settings: ServerSettings) -> None:
         log.info("starting worker processes", extra=extra)
         options["http"] = "ragstore.server.balance:BalancedHttpProtocol"  # see there
         uvicorn.run(f"{__name__}:worker_app", factory=True, workers=settings.workers, **options)
+
+
+def _check_address(host: str, port: int) -> None:
+    """Fail with one clear error, before the store is opened, when the address cannot be
+    listened on (a port in use, an address this machine does not have)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, kind, proto, _, address = infos[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            probe.bind(address)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise InvalidConfig(f"cannot listen on {host}:{port}: {reason}", field="port") from None
 
 
 def worker_app() -> FastAPI:

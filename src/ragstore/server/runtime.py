@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import ragstore
+from ragstore.errors import InvalidInput
+from ragstore.inputs import check_json
 from ragstore.server.auth import KeyRing
 from ragstore.server.errors import ApiError
 from ragstore.server.jobs import JOBS_FILENAME, JobBoard, JobRunner
@@ -136,15 +138,19 @@ def check_text(value: str | None, limit: int, field: str) -> None:
         raise ApiError(413, f"{field} is {len(value)} characters; at most {limit}", field=field)
 
 
-def check_filter_depth(value: object, limit: int, field: str = "filter") -> None:
-    """422 naming ``field`` when a filter nests deeper than ``limit``."""
-    if _depth(value, limit + 1) > limit:
-        raise ApiError(422, f"{field} is nested deeper than {limit} levels", field=field)
+def check_json_field(value: object, limit: int, field: str) -> None:
+    """422 naming ``field`` (or the path inside it) unless a JSON value (a filter,
+    metadata, an index config) nests at most ``limit`` deep, has string keys, valid
+    Unicode in every key and string, and finite numbers only.
 
-
-def _depth(value: object, stop: int) -> int:
-    """Nesting depth of a JSON value, not counting beyond ``stop``."""
-    if stop <= 0 or not isinstance(value, dict | list):
-        return 0
-    children = value.values() if isinstance(value, dict) else value
-    return 1 + max((_depth(child, stop - 1) for child in children), default=0)
+    Walked without recursion (see :func:`ragstore.inputs.check_json`), at any depth.
+    """
+    if value is None:
+        return
+    try:
+        check_json(value, field, max_depth=limit)
+    except InvalidInput as error:
+        # A bad key is reported as "<path> key": name the object that holds it.
+        if error.field is not None:
+            error.field = error.field.removesuffix(" key")
+        raise

@@ -1,16 +1,39 @@
-"""Request bodies, validated at the edge (FastAPI answers 422 naming the field)."""
+"""Request bodies, validated at the edge (FastAPI answers 422 naming the field).
+
+Integers are strict (``"k": true`` is not ``k=1``, as in the Python API); floats take
+integers but not booleans or strings. Every string must be valid Unicode: a lone
+surrogate (``"\\ud800"`` in the JSON) is refused here, naming the field, before it can
+reach the store, a log line or an error message. JSON-valued fields (``filter``,
+``metadata``, ``index``) are checked by the routes, against the server's depth limits
+(``ragstore.server.runtime.check_json_field``).
+"""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictFloat, ValidationInfo
+from pydantic_core import PydanticCustomError
 
+from ragstore.errors import InvalidInput
+from ragstore.inputs import check_text
 from ragstore.records import MAX_ID_LENGTH
 from ragstore.search.hybrid import MAX_DEPTH, MAX_EF_SEARCH, MAX_K, MAX_NPROBE
 from ragstore.server.tenancy import NAME_PATTERN
 
 _STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+def _unicode(value: str, info: ValidationInfo) -> str:
+    """``value`` when it is valid Unicode; a validation error of the field otherwise."""
+    try:
+        return check_text(value, info.field_name or "value")
+    except InvalidInput as exc:
+        raise PydanticCustomError("string_unicode", "{reason}", {"reason": str(exc)}) from None
+
+
+Text = Annotated[str, AfterValidator(_unicode)]
+"""A string that must be valid Unicode (no lone surrogates)."""
 
 
 class CollectionCreate(BaseModel):
@@ -23,9 +46,9 @@ class CollectionCreate(BaseModel):
     embedder: Literal["sentence-transformers/all-MiniLM-L6-v2"] | None = (
         "sentence-transformers/all-MiniLM-L6-v2"
     )
-    dim: int | None = Field(default=None, ge=1, le=65536)
-    chunk_size: int = Field(default=256, ge=8, le=8192)
-    chunk_overlap: int = Field(default=32, ge=0, le=4096)
+    dim: int | None = Field(default=None, ge=1, le=65536, strict=True)
+    chunk_size: int = Field(default=256, ge=8, le=8192, strict=True)
+    chunk_overlap: int = Field(default=32, ge=0, le=4096, strict=True)
     index: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -34,12 +57,12 @@ class DocumentIn(BaseModel):
 
     model_config = _STRICT
 
-    id: str = Field(min_length=1, max_length=MAX_ID_LENGTH)
-    text: str | None = None
-    title: str | None = None
+    id: Text = Field(min_length=1, max_length=MAX_ID_LENGTH)
+    text: Text | None = None
+    title: Text | None = None
     metadata: dict[str, Any] | None = None
-    source: str | None = None
-    vector: list[float] | None = None
+    source: Text | None = None
+    vector: list[StrictFloat] | None = None
 
     def record(self) -> dict[str, Any]:
         """The record ``Collection.upsert`` takes."""
@@ -55,12 +78,17 @@ class UpsertRequest(BaseModel):
 
 
 class DeleteRequest(BaseModel):
-    """``POST .../delete``: exactly one of ``ids`` or ``filter``."""
+    """``POST .../delete``: exactly one of ``ids``, ``filter`` or ``all: true``.
+
+    A match-all delete must say so: ``{"filter": {}}`` is refused, ``{"all": true}``
+    deletes every document of the collection.
+    """
 
     model_config = _STRICT
 
-    ids: list[str] | None = None
+    ids: list[Text] | None = None
     filter: dict[str, Any] | None = None
+    all: bool = Field(default=False, strict=True)
 
 
 class CountRequest(BaseModel):
@@ -76,19 +104,19 @@ class SearchRequest(BaseModel):
 
     model_config = _STRICT
 
-    query: str | None = None
-    vector: list[float] | None = None
-    k: int = Field(default=10, ge=1, le=MAX_K)
+    query: Text | None = None
+    vector: list[StrictFloat] | None = None
+    k: int = Field(default=10, ge=1, le=MAX_K, strict=True)
     mode: Literal["hybrid", "dense", "keyword"] | None = None
     filter: dict[str, Any] | None = None
     fusion: Literal["rrf", "weighted"] = "weighted"
-    alpha: float = Field(default=0.5, ge=0.0, le=1.0)
-    rrf_k: int = Field(default=60, ge=1, le=10_000)
-    candidates: int | None = Field(default=None, ge=1, le=MAX_DEPTH)
+    alpha: float = Field(default=0.5, ge=0.0, le=1.0, strict=True)
+    rrf_k: int = Field(default=60, ge=1, le=10_000, strict=True)
+    candidates: int | None = Field(default=None, ge=1, le=MAX_DEPTH, strict=True)
     group_by_doc: bool = False
-    mmr_lambda: float | None = Field(default=None, ge=0.0, le=1.0)
+    mmr_lambda: float | None = Field(default=None, ge=0.0, le=1.0, strict=True)
     highlight: bool = False
-    ef_search: int | None = Field(default=None, ge=1, le=MAX_EF_SEARCH)
-    nprobe: int | None = Field(default=None, ge=1, le=MAX_NPROBE)
+    ef_search: int | None = Field(default=None, ge=1, le=MAX_EF_SEARCH, strict=True)
+    nprobe: int | None = Field(default=None, ge=1, le=MAX_NPROBE, strict=True)
     explain: bool = False
     cache: bool = True

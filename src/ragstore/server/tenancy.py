@@ -19,8 +19,8 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
+from ragstore.config import IndexConfig
 from ragstore.embed.base import Embedder, Vectors
 from ragstore.errors import InvalidInput, NotFound
 from ragstore.search.hybrid import SearchOptions, SearchResults
@@ -107,7 +107,7 @@ class CollectionSpec:
     dim: int | None
     chunk_size: int
     chunk_overlap: int
-    index: dict[str, Any]
+    index: IndexConfig
 
 
 class Collections:

@@ -267,13 +267,15 @@ class Database:
     def write(self) -> Iterator[sqlite3.Connection]:
         """A write transaction: waits its turn, commits on success, rolls back on error."""
         conn = self.connection()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+        with _storage_failures():
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
         self._local.writes = getattr(self._local, "writes", 0) + 1
         self._checkpointer.wrote()
 
@@ -364,6 +366,21 @@ class Database:
                 for statement in _statements(step):
                     tx.execute(statement)
             tx.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+_STORAGE_FAILURES = ("SQLITE_READONLY", "SQLITE_IOERR", "SQLITE_FULL", "SQLITE_CANTOPEN")
+
+
+@contextmanager
+def _storage_failures() -> Iterator[None]:
+    """SQLite's "cannot write here" errors (a read-only file, a full disk, an I/O
+    error) as :class:`StoreError`; a programming error stays what it is."""
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        if getattr(exc, "sqlite_errorname", "").startswith(_STORAGE_FAILURES):
+            raise StoreError(f"the store cannot be written: {exc}") from exc
+        raise
 
 
 class _WalIndex:

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -33,14 +34,17 @@ from ragstore.cache import configure as use_cache
 from ragstore.cache.keys import check_tenant
 from ragstore.config import DEFAULT_EMBEDDER, CollectionConfig, IndexConfig
 from ragstore.embed import Embedder, get_embedder
-from ragstore.errors import Conflict, InvalidInput, ModelMismatch, NotFound
+from ragstore.errors import Conflict, InvalidInput, ModelMismatch, NotFound, StoreError
 from ragstore.filters import Filter, parse_filter
 from ragstore.index.ann import Knobs
 from ragstore.index.base import Matrix
 from ragstore.ingest import pipeline
+from ragstore.ingest.loaders import DEFAULT_MAX_FILE_BYTES
 from ragstore.ingest.pipeline import ProgressFn
+from ragstore.inputs import check_text
 from ragstore.records import (
     VectorRecord,
+    doc_ids,
     text_records,
     unit_vector,
     vector_batch,
@@ -86,8 +90,7 @@ class Store:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path).expanduser()
-        self.path.mkdir(parents=True, exist_ok=True)
-        self._db = Database(self.path)
+        self._db = _open_database(self.path)
         self._open: dict[str, Collection] = {}
         self._verified: dict[str, tuple[bytes | None, Collection]] = {}
         """Per collection name, the last collection looked up and the commit marker read
@@ -137,6 +140,7 @@ class Store:
         index is loaded once; a new one once another process deleted and re-created it
         or changed its config.
         """
+        _check_name(name)
         marker = self._db.commit_marker()
         with self._db.read() as conn:
             row = conn.execute("SELECT id, config FROM collections WHERE name = ?", (name,))
@@ -307,9 +311,28 @@ class Collection:
         *,
         sync: bool = False,
         progress: ProgressFn | None = None,
+        follow_symlinks: bool = False,
+        max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
     ) -> IngestReport:
-        """Load files and folders; only new or changed documents are embedded."""
-        return pipeline.ingest_paths(self._target(), paths, sync=sync, progress=progress)
+        """Load files and folders; only new or changed documents are embedded.
+
+        Files over ``max_file_bytes`` are skipped and reported; symbolic links leading
+        outside ``paths`` are followed only with ``follow_symlinks``. With ``sync``,
+        documents whose files are gone are deleted, never those a problem kept from
+        being read this run.
+        """
+        if isinstance(max_file_bytes, bool) or not isinstance(max_file_bytes, int):
+            raise InvalidInput("max_file_bytes must be a whole number", field="max_file_bytes")
+        if max_file_bytes < 1:
+            raise InvalidInput("max_file_bytes must be at least 1", field="max_file_bytes")
+        return pipeline.ingest_paths(
+            self._target(),
+            [paths] if isinstance(paths, str | Path) else paths,
+            sync=sync,
+            progress=progress,
+            follow_symlinks=follow_symlinks,
+            max_file_bytes=max_file_bytes,
+        )
 
     def search(
         self,
@@ -350,6 +373,8 @@ class Collection:
         hits say ``cached="exact"`` or ``"semantic"``. Explained or reranked searches and
         vector queries always run.
         """
+        if isinstance(query, str):
+            check_text(query, "query")
         params = hybrid.search_params(
             vector is not None,
             k=k,
@@ -390,6 +415,7 @@ class Collection:
         searches nothing, so an event loop may call it."""
         if not _has_text(query):
             return None
+        check_text(query, "query")
         cache = cached_for(self._db)
         if cache is None:
             return None
@@ -500,10 +526,12 @@ class Collection:
             self._index.catch_up(conn)
             return self._index.stats()
 
-    def get(self, ids: Sequence[str]) -> list[StoredDocument]:
-        """Stored documents by id, in the order asked; unknown ids are left out."""
+    def get(self, ids: str | Sequence[str]) -> list[StoredDocument]:
+        """Stored documents by id (a string is one id), in the order asked; unknown ids
+        are left out."""
+        wanted = doc_ids(ids)
         with self._db.read() as conn:
-            return rows.get_documents(conn, self.id, list(ids))
+            return rows.get_documents(conn, self.id, wanted)
 
     def count(self, where: Mapping[str, Any] | None = None) -> int:
         """Number of documents (that match ``where``, if given)."""
@@ -512,14 +540,25 @@ class Collection:
             return rows.count_documents(conn, self.id, flt)
 
     def delete(
-        self, ids: Sequence[str] | None = None, *, where: Mapping[str, Any] | None = None
+        self,
+        ids: str | Sequence[str] | None = None,
+        *,
+        where: Mapping[str, Any] | None = None,
+        all: bool = False,
     ) -> int:
-        """Delete documents by id or by filter; returns how many were deleted."""
-        if (ids is None) == (where is None):
-            raise InvalidInput("give exactly one of ids or where", field="ids")
-        flt: Filter | None = parse_filter(where) if where is not None else None
+        """Delete documents by id (a string is one id), by filter, or every one with
+        ``all=True``; returns how many were deleted.
+
+        A filter that matches everything (``{}``) is refused: a match-all delete must
+        say ``all=True``, so an empty filter built by mistake never empties a collection.
+        """
+        if sum((ids is not None, where is not None, bool(all))) != 1:
+            raise InvalidInput("give exactly one of ids, where or all=True", field="ids")
+        doomed = doc_ids(ids) if ids is not None else None
+        flt = _narrowing_filter(where) if where is not None else None
         with self._db.write() as conn:
-            doomed = list(ids) if ids is not None else rows.matching_doc_ids(conn, self.id, flt)
+            if doomed is None:
+                doomed = rows.matching_doc_ids(conn, self.id, flt)
             return rows.delete_documents(conn, self.id, doomed)
 
     def info(self) -> CollectionInfo:
@@ -626,8 +665,31 @@ def _vector_document_hash(doc: Document, metadata_json: str, vector: np.ndarray)
     return digest.hexdigest()
 
 
+def _narrowing_filter(where: Mapping[str, Any]) -> Filter:
+    """The filter of a delete, which must narrow: ``{}`` would match every document."""
+    flt = parse_filter(where)
+    if flt is None:
+        raise InvalidInput(
+            "an empty filter matches every document: delete them with all=True", field="where"
+        )
+    return flt
+
+
 def _has_text(query: object) -> bool:
     return isinstance(query, str) and bool(query.strip())
+
+
+def _open_database(path: Path) -> Database:
+    """The store's database in directory ``path`` (made if missing), or a
+    :class:`StoreError` saying why it cannot be opened there."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        return Database(path)
+    except FileExistsError:
+        raise StoreError(f"cannot open a store at {path}: it is not a directory") from None
+    except (OSError, sqlite3.Error) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise StoreError(f"cannot open a store at {path}: {reason}") from None
 
 
 def _check_name(name: str) -> None:

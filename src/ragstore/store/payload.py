@@ -49,8 +49,17 @@ class _Column:
 
     def extend(self, metadata: list[dict[str, object]]) -> None:
         """Append one code per new chunk."""
-        new = np.fromiter((self._code(m) for m in metadata), dtype=np.int32, count=len(metadata))
-        self.codes = np.concatenate([self.codes, new])
+        self.codes = np.concatenate([self.codes, self._codes(metadata)])
+
+    def fill(self, held: Ids, ids: Ids, metadata: list[dict[str, object]]) -> None:
+        """Codes for every chunk id ``held`` (ascending), from the metadata of the live
+        chunks ``ids`` among them; chunks deleted since they were held read as missing
+        (they are never returned, but the codes must line up with ``held``)."""
+        self.codes = np.full(len(held), self._code({}), dtype=np.int32)
+        self.codes[np.searchsorted(held, ids)] = self._codes(metadata)
+
+    def _codes(self, metadata: list[dict[str, object]]) -> npt.NDArray[np.int32]:
+        return np.fromiter((self._code(m) for m in metadata), dtype=np.int32, count=len(metadata))
 
     def mask(self, compare: Compare) -> Mask:
         """Which chunks satisfy ``compare`` (a comparison on this column's path)."""
@@ -109,7 +118,8 @@ class PayloadIndex:
         if column is None:
             self._catch_up(conn)
             column = _Column(path, np.empty(0, dtype=np.int32))
-            column.extend(_chunk_metadata(conn, self._collection_id, 0, self._last_chunk)[1])
+            ids, metadata = _chunk_metadata(conn, self._collection_id, 0, self._last_chunk)
+            column.fill(self._chunk_ids, ids, metadata)
             self._columns[path] = column
         return column
 
