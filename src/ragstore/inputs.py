@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable
 from typing import Any
 
 from ragstore.errors import InvalidInput
@@ -35,12 +34,6 @@ def check_text(value: str, field: str) -> str:
             field=field,
         ) from None
     return value
-
-
-def check_texts(values: Iterable[str], field: str) -> None:
-    """:func:`check_text` for each of ``values`` (``field[i]`` names the bad one)."""
-    for i, value in enumerate(values):
-        check_text(value, f"{field}[{i}]")
 
 
 def parse_json(raw: str | bytes, field: str, *, max_depth: int = MAX_JSON_DEPTH) -> Any:

@@ -27,6 +27,7 @@ from ragstore.errors import (
     NotFound,
     RagstoreError,
     StoreError,
+    printable,
 )
 from ragstore.server.logs import request_id
 
@@ -99,19 +100,9 @@ def error_response(
     Text that cannot be encoded (a lone surrogate echoed from a request) is written
     with backslash escapes, so that an error answer can never fail in turn.
     """
-    field = None if field is None else _encodable(field)
-    body = {"error": {"type": kind, "message": _encodable(message), "field": field}}
+    field = None if field is None else printable(field)
+    body = {"error": {"type": kind, "message": printable(message), "field": field}}
     return JSONResponse(body, status_code=status, headers=dict(headers or {}))
-
-
-def _encodable(text: str) -> str:
-    """``text`` unchanged when it is valid Unicode, else with its lone surrogates
-    written as ``\\udxxx``."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return text
 
 
 def from_ragstore(error: RagstoreError) -> ApiError:
