@@ -25,7 +25,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import ragstore
 from ragstore.embed import get_embedder
 from ragstore.embed.local import MiniLMEmbedder
-from ragstore.ingest.pipeline import embed_text
+from ragstore.engine.pipeline import embed_text
 
 DEFAULT_CORPUS = Path(__file__).resolve().parents[2] / "shared/datasets/scifact/corpus.jsonl"
 RESULTS = Path(__file__).resolve().parent / "results" / "ingest.json"

@@ -4,11 +4,11 @@ Every engine indexes the same BEIR corpora, read in place; a document is one uni
 title and text. All score with Okapi BM25, k1 = 1.2 and b = 0.75, and analyse text the
 same way as far as each allows:
 
-* ``ragstore``: ragstore's keyword side. ``keyword.encode_terms`` (lower case, code-like
+* ``ragstore``: ragstore's keyword side. ``terms.encode_terms`` (lower case, code-like
   compounds kept whole and split, Lucene's English stop words dropped, Porter stems)
   writes each chunk's terms into a ``chunks`` row in a WAL database file with ragstore's
   pragmas; ``BM25Index`` loads its postings from those rows, and a query runs
-  ``BM25Index.search`` on ``keyword.query_terms``. An update deletes and inserts the row
+  ``BM25Index.search`` on ``terms.query_terms``. An update deletes and inserts the row
   in one committed transaction, then catches the postings up (remove + add), as a search
   does after a write.
 * ``fts5``: the engine ragstore used before, with the same analyser: the analysed text
@@ -74,10 +74,10 @@ import numpy as np
 import Stemmer
 import tantivy
 
+from ragstore import terms
 from ragstore.eval.beir import BeirDataset, load_beir
 from ragstore.eval.metrics import evaluate_run
 from ragstore.index.bm25 import BM25Index
-from ragstore.search import keyword
 
 DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 RESULTS = Path(__file__).resolve().parent / "results" / "keyword_engines.json"
@@ -133,12 +133,12 @@ class PostingsEngine:
         with _transaction(self.conn):
             self.conn.executemany(
                 "INSERT INTO chunks (document_id, terms) VALUES (?, ?)",
-                [(i, keyword.encode_terms(doc.title, doc.text)) for i, doc in enumerate(docs)],
+                [(i, terms.encode_terms(doc.title, doc.text)) for i, doc in enumerate(docs)],
             )
         self._catch_up()
 
     def search(self, query: str, k: int) -> list[tuple[int, float]]:
-        ids, scores = self.index.search(keyword.query_terms(query), k)
+        ids, scores = self.index.search(terms.query_terms(query), k)
         return [(self.chunk_doc[c], s) for c, s in zip(ids.tolist(), scores.tolist(), strict=True)]
 
     def replace(self, index: int, doc: Doc) -> None:
@@ -150,7 +150,7 @@ class PostingsEngine:
             self.conn.execute("DELETE FROM chunks WHERE document_id = ?", (index,))
             self.conn.execute(
                 "INSERT INTO chunks (document_id, terms) VALUES (?, ?)",
-                (index, keyword.encode_terms(doc.title, doc.text)),
+                (index, terms.encode_terms(doc.title, doc.text)),
             )
         self.index.remove(np.array(old, dtype=np.int64))
         self._catch_up()
@@ -186,13 +186,13 @@ class Fts5Engine:
                 self._insert(index, doc)
 
     def search(self, query: str, k: int) -> list[tuple[int, float]]:
-        terms = dict.fromkeys(keyword.analyze(query))
-        if not terms:
+        wanted = dict.fromkeys(terms.analyze(query))
+        if not wanted:
             return []
         rows = self.conn.execute(
             "SELECT rowid, -bm25(fts, 1.0, 1.0) AS score FROM fts WHERE fts MATCH ? "
             "ORDER BY score DESC, rowid LIMIT ?",
-            (" OR ".join(f'"{term}"' for term in terms), k),
+            (" OR ".join(f'"{term}"' for term in wanted), k),
         ).fetchall()
         return [(int(rowid) - 1, float(score)) for rowid, score in rows]
 
@@ -205,7 +205,7 @@ class Fts5Engine:
         self.conn.close()
 
     def _insert(self, index: int, doc: Doc) -> None:
-        title, text = " ".join(keyword.analyze(doc.title)), " ".join(keyword.analyze(doc.text))
+        title, text = " ".join(terms.analyze(doc.title)), " ".join(terms.analyze(doc.text))
         self.conn.execute(
             "INSERT INTO fts (rowid, title, text) VALUES (?, ?, ?)", (index + 1, title, text)
         )
@@ -327,10 +327,10 @@ def _en_stem_stop() -> tantivy.TextAnalyzer:
 
 
 CONFIGS = {
-    "ragstore": "keyword.encode_terms stored per chunk in SQLite (WAL, synchronous=NORMAL), "
+    "ragstore": "terms.encode_terms stored per chunk in SQLite (WAL, synchronous=NORMAL), "
     "BM25Index postings in memory, k1=1.2 b=0.75 as FTS5's bm25(); update = delete + insert "
     "the row in one committed transaction, then remove + add on the postings",
-    "fts5": f"keyword.analyze + fts5 tokenize '{FTS_TOKENIZE}', "
+    "fts5": f"terms.analyze + fts5 tokenize '{FTS_TOKENIZE}', "
     "bm25() k1=1.2 b=0.75, columns (title, text) weights 1/1; "
     "update = delete + insert rows, one committed transaction (WAL, synchronous=NORMAL "
     "as ragstore; update_one_doc_synchronous_full_ms: the same with an fsync per commit)",

@@ -60,8 +60,7 @@ from ragstore.embed import Embedder
 from ragstore.filters import matches, parse_filter
 from ragstore.index.bm25 import BM25Index
 from ragstore.search.hybrid import Mode
-from ragstore.search.keyword import query_terms
-from ragstore.store import rows
+from ragstore.terms import query_terms
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASETS = ROOT.parent / "shared" / "datasets"
@@ -293,7 +292,8 @@ def baseline_cases(
     """The parts of a query, each timed alone (query vectors embedded beforehand)."""
     qvecs = np.stack([embedder.embed_query(q) for q in queries]).astype(np.float32)
     postings = BM25Index()  # the keyword side's engine alone: no lock, catch-up or mask
-    postings.add(*rows.chunk_terms(conn, col.id, 0))
+    with col._db.read() as reader:
+        postings.add(*reader.chunk_terms(col.id, 0))
     terms = [query_terms(q) for q in queries]
     faiss.omp_set_num_threads(1)  # one query at a time; idle OpenMP threads would spin
     flat = faiss.IndexFlatIP(vectors.shape[1])

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 import ragstore
+from ragstore import terms
 from ragstore.index import bm25
 from ragstore.index.bm25 import BM25Index
-from ragstore.search import keyword
-from ragstore.store.db import DB_FILENAME
+from ragstore.store.sqlite.db import DB_FILENAME
 
 FTS_TOKENIZE = "porter unicode61 remove_diacritics 2 tokenchars '._-'"
 VOCABULARY = (
@@ -51,18 +51,18 @@ class Fts5Reference:
         )
 
     def add(self, chunk_id: int, title: str, text: str) -> None:
-        title_terms, terms = " ".join(keyword.analyze(title)), " ".join(keyword.analyze(text))
-        if title_terms or terms:
+        title_terms, text_terms = " ".join(terms.analyze(title)), " ".join(terms.analyze(text))
+        if title_terms or text_terms:
             self.conn.execute(
                 "INSERT INTO f (rowid, title, text) VALUES (?, ?, ?)",
-                (chunk_id, title_terms, terms),
+                (chunk_id, title_terms, text_terms),
             )
 
     def delete(self, chunk_id: int) -> None:
         self.conn.execute("DELETE FROM f WHERE rowid = ?", (chunk_id,))
 
     def search(self, query: str, k: int) -> list[tuple[int, float]]:
-        stems = dict.fromkeys(keyword.analyze(query))
+        stems = dict.fromkeys(terms.analyze(query))
         expression = " OR ".join(f'"{term}"' for term in stems)
         return self.conn.execute(
             "SELECT rowid, -bm25(f, 1.0, 1.0) AS s FROM f WHERE f MATCH ? "
@@ -87,7 +87,7 @@ def assert_same(index: BM25Index, reference: Fts5Reference, k: int = 25) -> None
     """The same top-``k`` scores, each id scored as FTS5 scores it (chunks whose scores tie
     to rounding may trade places)."""
     for query in QUERIES:
-        ids, scores = index.search(keyword.query_terms(query), k)
+        ids, scores = index.search(terms.query_terms(query), k)
         everything = dict(reference.search(query, 1_000_000))
         best = sorted(everything.values(), reverse=True)[:k]
         np.testing.assert_allclose(scores, best, rtol=1e-9, err_msg=query)
@@ -100,7 +100,7 @@ def build(docs: list[tuple[str, str]], batch: int) -> tuple[BM25Index, Fts5Refer
     for start in range(0, len(docs), batch):
         part = docs[start : start + batch]
         ids = np.arange(start + 1, start + 1 + len(part), dtype=np.int64)
-        index.add(ids, [keyword.encode_terms(title, text) for title, text in part])
+        index.add(ids, [terms.encode_terms(title, text) for title, text in part])
         for chunk_id, (title, text) in zip(ids.tolist(), part, strict=True):
             reference.add(chunk_id, title, text)
     return index, reference
@@ -123,15 +123,15 @@ def test_scores_equal_fts5_after_deletes_and_compaction(monkeypatch: pytest.Monk
             reference.delete(chunk_id)
         assert_same(index, reference)
     index.remove(np.arange(1, 1501))
-    assert len(index) == 0 and index.search(keyword.query_terms("cell"), 5)[0].size == 0
+    assert len(index) == 0 and index.search(terms.query_terms("cell"), 5)[0].size == 0
 
 
 def test_a_mask_keeps_only_allowed_chunks_and_still_fills_k() -> None:
     index, _ = build(corpus(1000, seed=5), batch=100)
     allowed = np.zeros(1001, dtype=bool)
     allowed[::3] = True
-    everything, _ = index.search(keyword.query_terms("cell protein"), 1000)
-    ids, _ = index.search(keyword.query_terms("cell protein"), 10, allowed)
+    everything, _ = index.search(terms.query_terms("cell protein"), 1000)
+    ids, _ = index.search(terms.query_terms("cell protein"), 10, allowed)
     assert len(ids) == 10 and allowed[ids].all()
     assert ids.tolist() == [i for i in everything.tolist() if allowed[i]][:10]
 

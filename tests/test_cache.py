@@ -398,7 +398,7 @@ def test_strict_mode_retires_entries_on_any_write(
 
 def test_an_index_change_retires_entries(docs: ragstore.Collection, store: ragstore.Store) -> None:
     docs.search(RETURNS, k=2, cache=True)
-    with store._db.write() as conn:  # what rebuilding the index with new settings does
+    with store._db.db.write() as conn:  # what rebuilding the index with new settings does
         conn.execute("UPDATE collections SET config = config WHERE id = ?", (docs.id,))
     assert levels(docs.search(RETURNS, k=2, cache=True)) == {None}
 

@@ -176,7 +176,7 @@ cli_args = st.one_of(
 @FUZZ
 @given(args=cli_args)
 def test_the_cli_takes_anything(col: ragstore.Collection, args: tuple[str, ...]) -> None:
-    store_path = Path(col._db.path).parent
+    store_path = Path(col._db.db.path).parent
     before = state(col)
     started = time.monotonic()
     result = CliRunner().invoke(cli, ["--store", str(store_path), "--collection", "docs", *args])

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import ragstore
-from ragstore.ingest.pipeline import document_hash
+from ragstore.engine.pipeline import document_hash
 from ragstore.records import metadata_json, vector_batch
 from ragstore.types import Document
 

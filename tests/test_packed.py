@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 
 import ragstore
-from ragstore.store import db as database
-from ragstore.store import packed
-from ragstore.store.db import Database
+from ragstore.store.sqlite import db as database
+from ragstore.store.sqlite import packed
+from ragstore.store.sqlite.db import Database
 
 
 @pytest.fixture
@@ -129,7 +129,7 @@ def test_a_writer_waits_while_the_log_is_too_far_behind(
         reader.execute("SELECT count(*) FROM chunks").fetchone()  # pins the log
         vectors = np.eye(64, dtype=np.float32)
         col.upsert_vectors([f"a{i}" for i in range(64)], vectors)  # the log falls behind
-        checkpointer = store._db._checkpointer
+        checkpointer = store._db.db._checkpointer
         deadline = time.monotonic() + 10
         while checkpointer._backlog <= 10 and time.monotonic() < deadline:
             time.sleep(0.01)  # until a round has found it behind

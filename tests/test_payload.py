@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 from test_filters import DOCUMENT_LISTS, filters, paths_and_values
 
 import ragstore
+from ragstore.engine.store import Collection
 from ragstore.filters import parse_filter
-from ragstore.store import payload, rows
-from ragstore.store.local import Collection
+from ragstore.index import payload
 
 Metadata = dict[str, Any]
 _names = itertools.count()
@@ -23,9 +23,9 @@ _names = itertools.count()
 def column_and_sql_ids(col: Collection, raw: object) -> tuple[list[int], list[int]]:
     where = parse_filter(raw)
     assert where is not None
-    with col._index.lock, col._db.read() as conn:
-        from_columns = np.flatnonzero(col._index.allowed(conn, where)).tolist()
-        from_sql = sorted(rows.allowed_chunk_ids(conn, col.id, where).tolist())
+    with col._index.lock, col._db.read() as reader:
+        from_columns = np.flatnonzero(col._index.allowed(reader, where)).tolist()
+        from_sql = sorted(reader.allowed_chunk_ids(col.id, where).tolist())
     return from_columns, from_sql
 
 

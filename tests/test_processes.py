@@ -14,8 +14,8 @@ import numpy as np
 from conftest import RAGSTORE_BIN
 
 import ragstore
-from ragstore.ingest.pipeline import chunk_document
-from ragstore.store.db import DB_FILENAME
+from ragstore.engine.pipeline import chunk_document
+from ragstore.store.sqlite.db import DB_FILENAME
 from ragstore.types import Document
 
 WORKERS = str(Path(__file__).with_name("workers.py"))
@@ -135,7 +135,7 @@ def test_each_commit_of_another_process_is_seen_by_the_next_search(tmp_path: Pat
         col = store.create_collection("vecs", embedder=None, dim=16)
         col.upsert_vectors(["0"], basis[:1])
         looks: list[str] = []
-        col._db.connection().set_trace_callback(
+        col._db.db.connection().set_trace_callback(
             lambda sql: looks.append(sql) if "data_version" in sql else None
         )
         for i in range(1, 6):

@@ -8,7 +8,7 @@ import pytest
 
 import ragstore
 from ragstore.filters import matches, parse_filter
-from ragstore.search.keyword import analyze
+from ragstore.terms import analyze
 from ragstore.types import Hit
 
 CODE_DOCS = [

@@ -16,10 +16,11 @@ from click.testing import CliRunner
 import ragstore
 from ragstore.cli import cli
 from ragstore.embed import Embedder
+from ragstore.engine.store import Collection, Store
 from ragstore.errors import InvalidConfig, InvalidInput
-from ragstore.store.db import DB_FILENAME
-from ragstore.store.local import INDEX_DIRNAME, Collection, Store
-from ragstore.store.segments import INDEX_FILE
+from ragstore.index.segments import INDEX_FILE
+from ragstore.store.sqlite.backend import INDEX_DIRNAME
+from ragstore.store.sqlite.db import DB_FILENAME
 
 DIM = 32
 KINDS = ["flat", "hnsw", "ivf", "ivfpq", "sq8"]
@@ -268,7 +269,7 @@ def test_rebuild_index_switches_kind(vector_store: Store) -> None:
 
 
 def test_a_schema_1_store_is_upgraded_in_place(tmp_path: Path) -> None:
-    from ragstore.store.db import _MIGRATIONS, _statements
+    from ragstore.store.sqlite.db import _MIGRATIONS, _statements
 
     path = tmp_path / "old"
     path.mkdir()

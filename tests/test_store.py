@@ -16,7 +16,7 @@ from conftest import unit_vectors
 
 import ragstore
 from ragstore.embed import Embedder
-from ragstore.store.db import DB_FILENAME, SCHEMA_VERSION, Database, _WalIndex
+from ragstore.store.sqlite.db import DB_FILENAME, SCHEMA_VERSION, Database, _WalIndex
 
 POLICIES = [
     {
@@ -285,7 +285,8 @@ def test_embeddings_are_reused_across_collections_of_the_same_model(
 def test_index_of_another_store_catches_up_even_after_tombstones_are_trimmed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("ragstore.store.rows.TOMBSTONES_KEPT", 3)
+    monkeypatch.setattr("ragstore.store.sqlite.rows.REMOVALS_KEPT", 3)
+    monkeypatch.setattr("ragstore.engine.pipeline.REMOVALS_KEPT", 3)
     vectors = unit_vectors(40, 8, seed=3)
     records = [{"id": f"v{i}", "vector": v.tolist()} for i, v in enumerate(vectors)]
     with ragstore.open(tmp_path / "s") as writer, ragstore.open(tmp_path / "s") as reader:
@@ -331,7 +332,7 @@ one is held, a process opening the database knows the shared memory is in use.""
 READ_COMMIT_MARKER = """
 import sys, time
 from pathlib import Path
-from ragstore.store.db import Database
+from ragstore.store.sqlite.db import Database
 db = Database(Path(sys.argv[1]))
 db.connection()
 db.commit_marker(); db.change_stamp(db.connection())

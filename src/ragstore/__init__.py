@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ragstore.config import ChunkingConfig, CollectionConfig, IndexConfig
 from ragstore.embed import Embedder, register_embedder
+from ragstore.engine.store import Collection, CollectionInfo, Store
 from ragstore.errors import (
     Conflict,
     DimensionMismatch,
@@ -28,7 +29,6 @@ from ragstore.errors import (
     SchemaTooNew,
     StoreError,
 )
-from ragstore.store.local import Collection, CollectionInfo, Store
 from ragstore.types import Document, Hit, IngestReport, StoredDocument
 
 __version__ = "0.1.0"

@@ -21,12 +21,13 @@ from pydantic import ValidationError
 import ragstore
 from ragstore.cache import QueryCache
 from ragstore.config import config_error
+from ragstore.engine.pipeline import ProgressFn
+from ragstore.engine.store import Collection, Store
 from ragstore.errors import InvalidConfig, InvalidFilter, InvalidInput, RagstoreError
 from ragstore.ingest.loaders import DEFAULT_MAX_FILE_BYTES
-from ragstore.ingest.pipeline import ProgressFn
 from ragstore.inputs import parse_json
 from ragstore.search.hybrid import DEFAULT_ALPHA, DEFAULT_FUSION, RRF_K, Fusion, Mode
-from ragstore.store.local import Collection, Store
+from ragstore.store import is_url
 from ragstore.types import Hit
 
 SNIPPET_CHARS = 240
@@ -40,7 +41,7 @@ def exit_code_for(error: RagstoreError) -> int:
 class Context:
     """What every command needs: where the store is and which collection to use."""
 
-    def __init__(self, store_path: Path, collection: str) -> None:
+    def __init__(self, store_path: str | Path, collection: str) -> None:
         self.store_path = store_path
         self.collection_name = collection
         self._store: Store | None = None
@@ -64,20 +65,35 @@ class Context:
 pass_context = click.make_pass_decorator(Context)
 
 
+class StoreLocation(click.ParamType):  # type: ignore[type-arg]
+    """A ``postgresql://`` URL as given, or a directory path (checked like click's)."""
+
+    name = "directory|url"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> str | Path:
+        if isinstance(value, str) and is_url(value):
+            return value
+        directory = click.Path(path_type=Path, file_okay=False)
+        converted: Path = directory.convert(value, param, ctx)
+        return converted
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--store",
     "store_path",
-    type=click.Path(path_type=Path, file_okay=False),
+    type=StoreLocation(),
     envvar="RAGSTORE_PATH",
     default="./ragstore-data",
     show_default=True,
-    help="Store directory (env RAGSTORE_PATH).",
+    help="Store directory, or a postgresql:// URL (env RAGSTORE_PATH).",
 )
 @click.option("--collection", default="default", show_default=True, help="Collection name.")
 @click.version_option(ragstore.__version__, prog_name="ragstore")
 @click.pass_context
-def cli(ctx: click.Context, store_path: Path, collection: str) -> None:
+def cli(ctx: click.Context, store_path: str | Path, collection: str) -> None:
     """ragstore: ingest documents and search them by meaning, offline."""
     logging.basicConfig(level=logging.WARNING, format="warning: %(message)s", stream=sys.stderr)
     ctx.obj = Context(store_path, collection)

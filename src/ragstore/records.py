@@ -12,9 +12,8 @@ from typing import Any
 import numpy as np
 
 from ragstore.errors import DimensionMismatch, InvalidInput
-from ragstore.index.base import Matrix
 from ragstore.inputs import check_json, check_text
-from ragstore.types import Document
+from ragstore.types import Document, Matrix
 
 _TEXT_FIELDS = frozenset({"id", "text", "title", "metadata", "source"})
 _VECTOR_FIELDS = frozenset({"id", "vector", "text", "metadata", "source"})

@@ -5,7 +5,17 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+import numpy as np
+import numpy.typing as npt
+
 Metadata = dict[str, Any]
+Ids = npt.NDArray[np.int64]
+"""Chunk ids."""
+Scores = npt.NDArray[np.float32]
+Matrix = npt.NDArray[np.float32]
+"""Vectors, one per row."""
+AllowedMask = npt.NDArray[np.bool_]
+"""Which chunk ids a search may return: ``mask[chunk_id]``; ids past its end may not."""
 
 
 @dataclass(frozen=True, slots=True)

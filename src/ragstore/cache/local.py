@@ -1,8 +1,11 @@
-"""The in-process backend: entries in memory for speed, persisted in the store's own
-SQLite file so they survive a restart and are shared with other processes.
+"""The in-process backend: entries in memory for speed, persisted in a SQLite file (the
+store's own for the embedded backend) so they survive a restart and are shared with
+other processes.
 
-SQLite is the durable copy: the cache migration's triggers delete the rows citing a
-document in the transaction that updates or deletes it. The in-memory copy is a mirror
+SQLite is the durable copy: in the store's own file the cache migration's triggers
+delete the rows citing a document in the transaction that updates or deletes it; beside
+a PostgreSQL store, an entry is checked against the store's change feed before it is
+served, like any other. The in-memory copy is a mirror
 loaded on first use; the cache drops entries from it through :meth:`invalidate` as soon
 as it sees changes in the store's change log. Cache writes never wait long for the
 store's write lock: under a busy writer an entry simply stays in memory only.
@@ -19,11 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ragstore.cache import freshness
 from ragstore.cache.base import Entry, Vector
 from ragstore.cache.settings import CacheSettings
-from ragstore.store.db import Database
-from ragstore.store.rows import batched, placeholders
+from ragstore.store.sqlite.db import Database
+from ragstore.store.sqlite.rows import batched, placeholders
 
 logger = logging.getLogger(__name__)
 
@@ -38,10 +40,10 @@ class LocalBackend:
 
     errors: tuple[type[Exception], ...] = (sqlite3.Error, OSError)
 
-    def __init__(self, db_path: Path, settings: CacheSettings) -> None:
+    def __init__(self, directory: Path, settings: CacheSettings) -> None:
         # Connections of its own, which give up on the write lock quickly: a busy store
         # skips persisting an entry rather than delaying the search.
-        self._db = Database(db_path.parent, busy_timeout_s=WRITE_WAIT_S)
+        self._db = Database(directory, busy_timeout_s=WRITE_WAIT_S)
         self._settings = settings
         self._lock = threading.RLock()
         self._memory = _Memory()
@@ -140,7 +142,6 @@ class LocalBackend:
         with self._db.write() as conn:
             count = int(conn.execute("SELECT count(*) FROM cache_entries").fetchone()[0])
             conn.execute("DELETE FROM cache_entries")
-            freshness.bump_epoch(conn)
         self.reset()
         return count
 

@@ -18,13 +18,13 @@ from typing import Any, Literal, TypeVar
 import numpy as np
 from pydantic_core import from_json
 
-from ragstore.cache import freshness, keys
+from ragstore import terms
+from ragstore.cache import keys
 from ragstore.cache.base import CacheBackend, Entry, Vector
 from ragstore.cache.settings import CacheSettings
 from ragstore.config import CollectionConfig
 from ragstore.errors import StoreError
-from ragstore.search import keyword
-from ragstore.store.db import Database
+from ragstore.store.base import Clock, StorageBackend
 from ragstore.types import Hit
 
 logger = logging.getLogger(__name__)
@@ -100,7 +100,7 @@ class _Lookup:
     collection_id: int
     scope: str
     text_key: str
-    clock: freshness.Clock
+    clock: Clock
     semantic: bool
     started: float
 
@@ -110,13 +110,13 @@ class QueryCache:
 
     An entry is served only when it is unexpired, computed under the same scope (see
     ``keys``) and no document it cites was updated or deleted after it was computed (see
-    ``freshness``). When the backend fails, the search runs uncached and a warning is
+    :mod:`ragstore.store.base`). When the backend fails, the search runs uncached and a warning is
     logged once per outage.
     """
 
     def __init__(
         self,
-        db: Database,
+        store: StorageBackend,
         backend: CacheBackend,
         settings: CacheSettings,
         *,
@@ -126,11 +126,11 @@ class QueryCache:
         self.settings = settings
         self.backend = backend
         self.backend_name = backend_name
-        self._db = db
+        self._source = store
         self._clock = clock
         self._lock = threading.Lock()
         self._synced: dict[int, int] = {}
-        self._verified: dict[int, tuple[bytes | None, freshness.Clock]] = {}
+        self._verified: dict[int, tuple[bytes | None, Clock]] = {}
         """Per collection, the clock last read and the commit marker read before it."""
         self._epoch: int | None = None
         self._configs: dict[int, tuple[CollectionConfig, str]] = {}
@@ -174,7 +174,7 @@ class QueryCache:
         entry already checked fresh at that clock, unexpired, and not while counters
         are due to be saved: no statement runs, so an event loop may call it."""
         verified = self._verified.get(key.collection_id)
-        marker = self._db.commit_marker()
+        marker = self._source.commit_marker()
         if verified is None or marker is None or verified[0] != marker:
             return None
         clock = verified[1]
@@ -225,7 +225,10 @@ class QueryCache:
         backend cannot be reached)."""
         with self._lock:
             self._synced.clear()
-        return self._required(self.backend.clear)
+        count = self._required(self.backend.clear)
+        with self._source.write() as writer:
+            writer.bump_epoch()  # other processes drop what they hold
+        return count
 
     def flush(self) -> None:
         """Save the counters gathered in this process."""
@@ -247,13 +250,14 @@ class QueryCache:
         params = keys.params_json(key.params)
         if params is None:
             return None
-        marker = self._db.commit_marker()
-        clock = freshness.read_clock(self._db.connection(), key.collection_id)
+        marker = self._source.commit_marker()
+        with self._source.peek() as reader:
+            clock = reader.clock(key.collection_id)
         self._sync(key.collection_id, clock)
         self._verified[key.collection_id] = marker, clock
         return self._lookup(key, clock, params)
 
-    def _lookup(self, key: CacheKey, clock: freshness.Clock, params: dict[str, Any]) -> _Lookup:
+    def _lookup(self, key: CacheKey, clock: Clock, params: dict[str, Any]) -> _Lookup:
         scope = keys.scope_key(
             (key.collection_id, key.collection_name),
             self._config_json(key.collection_id, key.config),
@@ -284,11 +288,11 @@ class QueryCache:
 
     def _store(self, lookup: _Lookup, vector: Vector | None, hits: list[Hit]) -> None:
         cites = tuple(sorted({hit.doc_id for hit in hits}))
-        conn = self._db.connection()
-        if freshness.changed_since(conn, lookup.collection_id, cites, lookup.clock.seq):
-            return  # a cited document changed while the search ran
+        with self._source.peek() as reader:
+            if reader.changed_since(lookup.collection_id, cites, lookup.clock.seq):
+                return  # a cited document changed while the search ran
+            youngest = reader.youngest_update(lookup.collection_id, cites)
         now = self._clock()
-        youngest = freshness.youngest_update(conn, lookup.collection_id, cites)
         ttl = self.settings.ttl.seconds(None if youngest is None else now - youngest)
         entry = Entry(
             collection_id=lookup.collection_id,
@@ -317,8 +321,9 @@ class QueryCache:
             self._count("invalidations")
             return False
         if entry.seq < lookup.clock.seq:
-            conn = self._db.connection()
-            if freshness.changed_since(conn, lookup.collection_id, entry.cites, entry.seq):
+            with self._source.peek() as reader:
+                changed = reader.changed_since(lookup.collection_id, entry.cites, entry.seq)
+            if changed:
                 self.backend.remove(entry)
                 self._count("invalidations")
                 return False
@@ -332,7 +337,7 @@ class QueryCache:
         hits = [Hit(**{**data, "cached": level}) for data in from_json(entry.hits)]
         if level == "semantic" and lookup.key.params.highlight:
             text = lookup.key.text
-            hits = [replace(hit, highlight=keyword.highlight(hit.text, text)) for hit in hits]
+            hits = [replace(hit, highlight=terms.highlight(hit.text, text)) for hit in hits]
         elapsed = time.perf_counter() - lookup.started
         self._count(f"{level}_hits")
         self._count("hit_seconds", elapsed)
@@ -343,7 +348,7 @@ class QueryCache:
 
     # ------------------------------------------------------------------ bookkeeping
 
-    def _sync(self, collection_id: int, clock: freshness.Clock) -> None:
+    def _sync(self, collection_id: int, clock: Clock) -> None:
         """Drop entries citing documents changed since this process last looked."""
         if clock.epoch != self._epoch:
             if self._epoch is not None:
@@ -353,7 +358,8 @@ class QueryCache:
         if seen is None or clock.seq <= seen:
             self._synced.setdefault(collection_id, clock.seq)
             return
-        changed = freshness.changes_after(self._db.connection(), collection_id, seen)
+        with self._source.peek() as reader:
+            changed = reader.changes_after(collection_id, seen)
         self._count("invalidations", self.backend.invalidate(collection_id, changed))
         self._synced[collection_id] = clock.seq
 

@@ -14,11 +14,11 @@ from typing import Any, get_args
 
 import numpy as np
 
+from ragstore.engine.store import Store
 from ragstore.errors import InvalidInput
 from ragstore.eval.beir import load_beir
 from ragstore.eval.metrics import evaluate_run
 from ragstore.search.hybrid import DEFAULT_ALPHA, DEFAULT_FUSION, RRF_K, Fusion, Mode
-from ragstore.store.local import Store
 from ragstore.types import IngestReport
 
 MODES: tuple[Mode, ...] = get_args(Mode)

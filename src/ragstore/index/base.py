@@ -14,11 +14,9 @@ import numpy as np
 import numpy.typing as npt
 from threadpoolctl import ThreadpoolController
 
-Ids = npt.NDArray[np.int64]
-Scores = npt.NDArray[np.float32]
-Matrix = npt.NDArray[np.float32]
-AllowedMask = npt.NDArray[np.bool_]
-"""Which chunk ids a search may return: ``mask[chunk_id]``; ids past its end may not."""
+from ragstore.types import AllowedMask, Ids, Matrix, Scores
+
+__all__ = ["AllowedMask", "Ids", "Matrix", "Scores", "id_mask", "lookup", "one_blas_thread"]
 
 
 def id_mask(ids: Ids, size: int = 0) -> AllowedMask:

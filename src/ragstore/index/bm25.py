@@ -1,7 +1,7 @@
 """BM25 over in-memory postings, kept in step with the store like the vector index.
 
-Each chunk's distinct terms (64-bit hashes, see :mod:`ragstore.search.keyword`) and their
-counts are stored with the chunk in SQLite. This index holds them as *runs*: immutable
+Each chunk's distinct terms (64-bit hashes, see :mod:`ragstore.terms`) and their
+counts are stored with the chunk in the store. This index holds them as *runs*: immutable
 inverted lists over a range of chunks, each term's postings one slice of two arrays
 (chunk position, term count). New chunks become a small run; adjacent small runs are
 merged, so a collection has a few large runs and a handful of small ones. Deleted chunks
@@ -24,9 +24,8 @@ import numpy.typing as npt
 
 from ragstore.index.base import AllowedMask, Ids, lookup
 from ragstore.index.flat import top_k
+from ragstore.terms import TERM_DTYPE
 
-TERM_DTYPE = np.dtype([("term", "<i8"), ("count", "<u2")])
-"""One stored (term hash, count in the chunk) pair."""
 K1 = 1.2
 B = 0.75
 MIN_IDF = 1e-6

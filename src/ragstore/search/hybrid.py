@@ -9,7 +9,6 @@ side keeps only those among the chunks that contain a query term.
 from __future__ import annotations
 
 import dataclasses
-import sqlite3
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -17,13 +16,14 @@ from typing import Any, Literal, Protocol, TypedDict, get_args
 
 import numpy as np
 
+from ragstore import terms
 from ragstore.errors import InvalidInput
 from ragstore.filters import Filter, parse_filter, to_json
 from ragstore.index.ann import Knobs
 from ragstore.index.base import AllowedMask, Matrix
-from ragstore.search import fusion, keyword
-from ragstore.store import rows
-from ragstore.store.vectors import SegmentedIndex
+from ragstore.index.vectors import SegmentedIndex
+from ragstore.search import fusion
+from ragstore.store.base import Reader
 from ragstore.types import Hit
 
 Mode = Literal["dense", "keyword", "hybrid"]
@@ -164,7 +164,7 @@ class Side:
 
 
 def run(
-    conn: sqlite3.Connection,
+    reader: Reader,
     index: SegmentedIndex,
     params: SearchParams,
     *,
@@ -185,23 +185,23 @@ def run(
     """
     depth = params.candidates
     with index.lock:
-        index.catch_up(conn)
-        allowed = None if params.where is None else index.allowed(conn, params.where)
-        lexical = _keyword(conn, index, text, allowed, depth, params.mode)
+        index.catch_up(reader)
+        allowed = None if params.where is None else index.allowed(reader, params.where)
+        lexical = _keyword(reader, index, text, allowed, depth, params.mode)
     query_vector = vector.result() if isinstance(vector, Future) else vector
     with index.lock:
         dense = _dense(index, query_vector, allowed, params, depth)
     ranked = _fuse(params, dense, lexical)
     if params.group_by_doc:
-        ranked = best_per_document(conn, ranked)
+        ranked = best_per_document(reader, ranked)
     if params.mmr_lambda is not None:
-        ranked = _diversify(conn, ranked, params.k, params.mmr_lambda)
+        ranked = _diversify(reader, ranked, params.k, params.mmr_lambda)
     if reranker is None or text is None:
-        hits = _hits(conn, ranked[: params.k], dense, lexical)
+        hits = _hits(reader, ranked[: params.k], dense, lexical)
     else:
-        hits = reranker.rerank(text, _hits(conn, ranked, dense, lexical))[: params.k]
+        hits = reranker.rerank(text, _hits(reader, ranked, dense, lexical))[: params.k]
     if params.highlight and text is not None:
-        hits = [dataclasses.replace(h, highlight=keyword.highlight(h.text, text)) for h in hits]
+        hits = [dataclasses.replace(h, highlight=terms.highlight(h.text, text)) for h in hits]
     results = SearchResults(hits)
     if params.explain:
         results.plan = _plan(params, dense, lexical)
@@ -222,10 +222,10 @@ def _plan(params: SearchParams, dense: Side | None, lexical: Side | None) -> dic
 
 
 def best_per_document(
-    conn: sqlite3.Connection, ranked: Sequence[tuple[int, float]]
+    reader: Reader, ranked: Sequence[tuple[int, float]]
 ) -> list[tuple[int, float]]:
     """Keep the best chunk of each document (``ranked`` is best first)."""
-    document_of = rows.documents_of(conn, [chunk_id for chunk_id, _ in ranked])
+    document_of = reader.documents_of([chunk_id for chunk_id, _ in ranked])
     seen: set[int] = set()
     kept = []
     for chunk_id, score in ranked:
@@ -250,7 +250,7 @@ def _dense(
 
 
 def _keyword(
-    conn: sqlite3.Connection,
+    reader: Reader,
     index: SegmentedIndex,
     text: str | None,
     allowed: AllowedMask | None,
@@ -259,7 +259,7 @@ def _keyword(
 ) -> Side | None:
     if mode == "dense" or text is None:
         return None
-    ids, scores = index.keyword_search(conn, keyword.query_terms(text), depth, allowed)
+    ids, scores = index.keyword_search(reader, terms.query_terms(text), depth, allowed)
     return Side(list(zip(ids.tolist(), scores.tolist(), strict=True)))
 
 
@@ -278,12 +278,12 @@ def _fuse(
 
 
 def _hits(
-    conn: sqlite3.Connection,
+    reader: Reader,
     ranked: Sequence[tuple[int, float]],
     dense: Side | None,
     lexical: Side | None,
 ) -> list[Hit]:
-    found = rows.hits_by_chunk(conn, [chunk_id for chunk_id, _ in ranked])
+    found = reader.hits_by_chunk([chunk_id for chunk_id, _ in ranked])
     by_dense = dense.explain() if dense else {}
     by_keyword = lexical.explain() if lexical else {}
     return [
@@ -310,11 +310,11 @@ def _explained(
 
 
 def _diversify(
-    conn: sqlite3.Connection, ranked: list[tuple[int, float]], k: int, lambda_: float
+    reader: Reader, ranked: list[tuple[int, float]], k: int, lambda_: float
 ) -> list[tuple[int, float]]:
     if len(ranked) <= 1:
         return ranked
-    vectors = rows.vectors_for(conn, [chunk_id for chunk_id, _ in ranked])
+    vectors = reader.vectors_for([chunk_id for chunk_id, _ in ranked])
     scores = np.array([score for _, score in ranked], dtype=np.float64)
     spread = float(scores.max() - scores.min())
     relevance = (scores - scores.min()) / spread if spread > 0 else np.ones_like(scores)

@@ -7,6 +7,7 @@ template, and writes one JSON log line per request (never the API key).
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -19,7 +20,6 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-import ragstore
 from ragstore.server import errors
 from ragstore.server.auth import KeyRing
 from ragstore.server.errors import error_response
@@ -49,7 +49,7 @@ def create_app(settings: ServerSettings, keys: KeyRing, run_dir: Path | None = N
 
     app = FastAPI(
         title="ragstore",
-        version=ragstore.__version__,
+        version=importlib.metadata.version("ragstore"),
         description="Retrieval over HTTP: collections, documents, search, jobs, cache.",
         lifespan=lifespan,
         default_response_class=JSON,

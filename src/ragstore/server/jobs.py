@@ -27,10 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from ragstore.engine.store import Collection
 from ragstore.errors import RagstoreError
 from ragstore.records import text_records, vector_records
 from ragstore.server.errors import ApiError
-from ragstore.store.local import Collection
 from ragstore.types import IngestReport
 
 log = logging.getLogger(__name__)

@@ -15,6 +15,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import ValidationError
 
 from ragstore.config import IndexConfig
+from ragstore.engine.store import Collection, CollectionInfo
 from ragstore.errors import InvalidConfig, InvalidInput, NotFound
 from ragstore.search.hybrid import SearchOptions, SearchResults
 from ragstore.server.auth import TENANT_PATTERN, Principal, Role
@@ -35,9 +36,7 @@ from ragstore.server.tenancy import (
     CollectionSpec,
     decode_cursor,
     encode_cursor,
-    page_of_ids,
 )
-from ragstore.store.local import Collection, CollectionInfo
 from ragstore.types import IngestReport
 
 router = APIRouter(prefix="/v1")
@@ -165,9 +164,7 @@ async def list_documents(
 
     def work() -> dict[str, Any]:
         col = rt.collections.get(tenant, collection)
-        store = rt.store
-        assert store is not None
-        ids = page_of_ids(store, col, after, limit)
+        ids = col.page_of_ids(after or "", limit)
         docs = [d.to_dict() for d in col.get(ids)]
         more = len(ids) == limit
         return {"documents": docs, "next_cursor": encode_cursor(ids[-1]) if more else None}

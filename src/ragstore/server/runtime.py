@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import ragstore
+from ragstore.engine.store import Store
 from ragstore.errors import InvalidInput
 from ragstore.inputs import check_json
 from ragstore.server.auth import KeyRing
@@ -18,7 +18,6 @@ from ragstore.server.metrics import Metrics
 from ragstore.server.settings import ServerSettings
 from ragstore.server.tenancy import Collections, ServerEmbedder, split_name
 from ragstore.server.work import WorkPool
-from ragstore.store.local import Store
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +59,7 @@ class Runtime:
     def start(self) -> None:
         """Open the store now and load the model in the background (``/readyz`` says
         when it is done)."""
-        self.store = ragstore.open(self.settings.store_path)
+        self.store = Store(self.settings.store_path)
         threading.Thread(target=self._load_model, name="ragstore-model", daemon=True).start()
 
     @property

@@ -44,7 +44,8 @@ class ServerSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    store_path: Path = Path("./ragstore-data")
+    store_path: str | Path = Path("./ragstore-data")
+    """A directory, or a ``postgresql://`` URL."""
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     keys_file: Path | None = None

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -22,10 +21,9 @@ from dataclasses import dataclass
 
 from ragstore.config import IndexConfig
 from ragstore.embed.base import Embedder, Vectors
+from ragstore.engine.store import Collection, CollectionInfo, Store
 from ragstore.errors import InvalidInput, NotFound
 from ragstore.search.hybrid import SearchOptions, SearchResults
-from ragstore.store.db import DB_FILENAME
-from ragstore.store.local import Collection, CollectionInfo, Store
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$"
 """A collection name over HTTP: no dot, so ``tenant.name`` is unambiguous."""
@@ -193,25 +191,6 @@ def decode_cursor(cursor: str) -> str:
         return raw.decode("utf-8")
     except (binascii.Error, UnicodeError, ValueError):
         raise InvalidInput("cursor is not one this server returned", field="cursor") from None
-
-
-def page_of_ids(store: Store, collection: Collection, after: str | None, limit: int) -> list[str]:
-    """Up to ``limit`` document ids after ``after``, in id order.
-
-    Read with a read-only connection of the server's own: the store has no listing
-    call yet.
-    """
-    uri = f"file:{store.path / DB_FILENAME}?mode=ro"
-    conn = sqlite3.connect(uri, uri=True, timeout=60.0)
-    try:
-        rows = conn.execute(
-            "SELECT doc_id FROM documents WHERE collection_id = ? AND doc_id > ? "
-            "ORDER BY doc_id LIMIT ?",
-            (collection.id, after or "", limit),
-        ).fetchall()
-    finally:
-        conn.close()
-    return [str(row[0]) for row in rows]
 
 
 def require_document_found(count: int, doc_id: str) -> None:

@@ -10,13 +10,12 @@ array lookup. Columns are built on first use and extended as new chunks arrive.
 A chunk's metadata never changes: updating a document replaces its chunks with new ones.
 Deleted chunks stay in the columns; the vector segments no longer hold them, so they can
 never be returned. A path with more than :data:`MAX_DISTINCT` distinct values is left to
-SQL, which is then used for the whole filter.
+the store, which then evaluates the whole filter.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,10 +23,10 @@ import numpy.typing as npt
 
 from ragstore.filters import MISSING, And, Compare, Filter, Not, Or, lookup, matches
 from ragstore.index.base import AllowedMask, Ids, id_mask
-from ragstore.store import packed, rows
+from ragstore.store.base import Reader
 
 MAX_DISTINCT = 65_536
-"""Paths with more distinct values than this are filtered in SQL instead."""
+"""Paths with more distinct values than this are filtered by the store instead."""
 
 Mask = npt.NDArray[np.bool_]
 _MISSING_KEY = "\0missing"
@@ -89,12 +88,12 @@ class PayloadIndex:
         self._columns: dict[tuple[str, ...], _Column] = {}
         self._last_chunk = 0
 
-    def allowed(self, conn: sqlite3.Connection, where: Filter) -> AllowedMask:
-        """The chunks whose documents match ``where``, as of ``conn``'s snapshot (deleted
+    def allowed(self, reader: Reader, where: Filter) -> AllowedMask:
+        """The chunks whose documents match ``where``, as of ``reader``'s snapshot (deleted
         chunks may be among them). Callers serialise access."""
-        self._catch_up(conn)
-        if any(self._column(conn, path).too_varied for path in _paths(where)):
-            return id_mask(rows.allowed_chunk_ids(conn, self._collection_id, where))
+        self._catch_up(reader)
+        if any(self._column(reader, path).too_varied for path in _paths(where)):
+            return id_mask(reader.allowed_chunk_ids(self._collection_id, where))
         mask = np.zeros(self._last_chunk + 1, dtype=bool)
         mask[self._chunk_ids] = self._mask(where)
         return mask
@@ -113,62 +112,28 @@ class PayloadIndex:
                 return ~self._mask(item)
         raise AssertionError(f"unknown filter node {where!r}")
 
-    def _column(self, conn: sqlite3.Connection, path: tuple[str, ...]) -> _Column:
+    def _column(self, reader: Reader, path: tuple[str, ...]) -> _Column:
         column = self._columns.get(path)
         if column is None:
-            self._catch_up(conn)
+            self._catch_up(reader)
             column = _Column(path, np.empty(0, dtype=np.int32))
-            ids, metadata = _chunk_metadata(conn, self._collection_id, 0, self._last_chunk)
+            ids, metadata = reader.chunk_metadata(self._collection_id, 0, self._last_chunk)
             column.fill(self._chunk_ids, ids, metadata)
             self._columns[path] = column
         return column
 
-    def _catch_up(self, conn: sqlite3.Connection) -> None:
-        ids, metadata = _chunk_metadata(conn, self._collection_id, self._last_chunk, _LAST_ID)
+    def _catch_up(self, reader: Reader) -> None:
+        ids, metadata = reader.chunk_metadata(self._collection_id, self._last_chunk, _LAST_ID)
         if not len(ids):
             return
         self._chunk_ids = np.concatenate([self._chunk_ids, ids])
         for column in self._columns.values():
-            if not column.too_varied:  # never used again: SQL answers for its path
+            if not column.too_varied:  # never used again: the store answers for its path
                 column.extend(metadata)
         self._last_chunk = int(ids[-1])
 
 
 _LAST_ID = 2**63 - 1
-
-
-def _chunk_metadata(
-    conn: sqlite3.Connection, collection_id: int, after: int, upto: int
-) -> tuple[Ids, list[dict[str, object]]]:
-    """Ids (ascending) and document metadata of the chunks with ``after < id <= upto``;
-    each document's JSON is parsed once."""
-    ids: list[Ids] = []
-    metadata: list[dict[str, object]] = []
-    parsed: dict[bytes, dict[str, object]] = {}
-    for chunk_ids, documents, texts in packed.read_after(
-        conn,
-        "SELECT c.id AS c0, c.document_id AS c1, d.metadata AS c2 FROM chunks c "
-        "JOIN documents d ON d.id = c.document_id "
-        "WHERE c.collection_id = ? AND c.id <= ? AND c.id > ? ORDER BY c.id LIMIT ?",
-        (collection_id, upto),
-        3,
-        after,
-    ):
-        ids.append(chunk_ids.ints())
-        metadata.extend(
-            _parsed(parsed, document, text)
-            for document, text in zip(documents.values(), texts.values(), strict=True)
-        )
-    return (np.concatenate(ids) if ids else np.empty(0, dtype=np.int64)), metadata
-
-
-def _parsed(
-    cache: dict[bytes, dict[str, object]], document: bytes, text: bytes
-) -> dict[str, object]:
-    value = cache.get(document)
-    if value is None:
-        value = cache[document] = json.loads(text)
-    return value
 
 
 def _rebuilt(path: tuple[str, ...], value: object) -> dict[str, object]:

@@ -16,8 +16,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from ragstore import terms
 from ragstore.errors import SchemaTooNew, StoreError
-from ragstore.search import keyword
 
 DB_FILENAME = "ragstore.db"
 BUSY_TIMEOUT_S = 60.0
@@ -201,7 +201,7 @@ def _keyword_terms(conn: sqlite3.Connection) -> None:
     ).fetchall():
         conn.executemany(
             "UPDATE chunks SET terms = ? WHERE id = ?",
-            [(keyword.encode_terms(title, text), chunk_id) for chunk_id, title, text in found],
+            [(terms.encode_terms(title, text), chunk_id) for chunk_id, title, text in found],
         )
         last = int(found[-1][0])
     tables = conn.execute(

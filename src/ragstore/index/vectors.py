@@ -1,10 +1,11 @@
 """A collection's vector index: an exact growing segment plus sealed ANN segments.
 
-SQLite is the source of truth; every index structure here can be rebuilt from it.
-Chunk ids only grow (AUTOINCREMENT) and every removed chunk leaves a tombstone, so a
-process catches up after another one wrote by reading the chunks newer than the last it
-saw and the tombstones newer than the last it applied. Sealed segments are files
-recorded in the ``segments`` table; a process loads the ones it has not seen.
+The store is the source of truth; every index structure here can be rebuilt from it.
+Chunk ids only grow and every removed chunk leaves a removal in the store's change feed
+(see :mod:`ragstore.store.base`), so a process catches up after another one wrote by
+reading the chunks newer than the last it saw and the removals newer than the last it
+applied. Sealed segments are files
+recorded in the store's segment manifest; a process loads the ones it has not seen.
 
 New chunks go to the growing segment (exact, in memory) and are searchable at once.
 When it reaches ``seal_threshold`` vectors a background thread seals it into an ANN
@@ -19,9 +20,8 @@ import contextlib
 import itertools
 import logging
 import os
-import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,22 +30,17 @@ import numpy as np
 
 from ragstore.config import IndexConfig
 from ragstore.filters import Filter
-from ragstore.index import FlatIndex, ann
+from ragstore.index import FlatIndex, ann, segments
 from ragstore.index.base import AllowedMask, Ids, Matrix, Scores, one_blas_thread
 from ragstore.index.bm25 import BM25Index, Floats
-from ragstore.store import rows, segments
-from ragstore.store.db import Database
-from ragstore.store.payload import PayloadIndex
-from ragstore.store.segments import SealedSegment, SegmentDamaged, SegmentRow, SegmentSearch
+from ragstore.index.payload import PayloadIndex
+from ragstore.index.segments import SealedSegment, SegmentDamaged, SegmentRow, SegmentSearch
+from ragstore.store.base import Reader, StorageBackend
 
 log = logging.getLogger(__name__)
 
 _EXACT_BLOCK = 16_384
 _LAST_ID = 2**63 - 1
-_MANIFEST = (
-    "SELECT id, kind, vectors, first_chunk, last_chunk, files FROM segments "
-    "WHERE collection_id = ? ORDER BY first_chunk"
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,10 +64,10 @@ class SegmentedIndex:
     """One collection's growing and sealed segments, kept in step with the store."""
 
     def __init__(
-        self, db: Database, root: Path, collection_id: int, dim: int, config: IndexConfig
+        self, backend: StorageBackend, collection_id: int, dim: int, config: IndexConfig
     ) -> None:
-        self._db = db
-        self._root = root
+        self._backend = backend
+        self._root = backend.index_root
         self._collection_id = collection_id
         self._dim = dim
         self.config = config
@@ -84,47 +79,50 @@ class SegmentedIndex:
         self._growing_docs: dict[int, str] = {}
         self._sealed: dict[int, SealedSegment] = {}
         self._last_chunk = 0
-        self._last_tombstone = 0
+        self._last_removal = 0
         self._repairs: list[tuple[SegmentRow, str]] = []
         self._payload = PayloadIndex(collection_id)
         self._keywords: BM25Index | None = None  # built at the first keyword search
-        self._synced_at: dict[int, tuple[int, int, int]] = {}
+        self._synced_at: dict[object, Hashable] = {}
 
     # -- reading ---------------------------------------------------------------------
 
-    def catch_up(self, conn: sqlite3.Connection) -> None:
-        """Bring the segments up to what ``conn``'s open read transaction sees.
+    def catch_up(self, reader: Reader) -> None:
+        """Bring the segments up to what ``reader``'s snapshot sees.
 
-        The caller holds :attr:`lock` and keeps the transaction open while it searches.
+        The caller holds :attr:`lock` and keeps the snapshot open while it searches.
         """
-        stamp = self._db.change_stamp(conn)
+        stamp = reader.change_stamp()
         if not self._is_current(stamp):
-            self._sync(conn)
+            self._sync(reader)
             self._caught_up(stamp)
 
     def refresh(self) -> None:
-        """:meth:`catch_up` in a read transaction of its own, opened only when something
-        was committed since this thread's connection last looked. The caller holds
-        :attr:`lock` and is not inside a transaction."""
-        conn = self._db.connection()
-        stamp = self._db.change_stamp(conn)
-        if not self._is_current(stamp):
-            # A commit landing after the stamp is read is caught up too, and changes the
-            # stamp, so the next call looks again: nothing is ever missed.
-            with self._db.read() as tx:
-                self._sync(tx)
-            self._caught_up(stamp)
+        """:meth:`catch_up` in a snapshot of its own, opened only when something was
+        committed since this thread last looked (where the backend can tell that
+        cheaply). The caller holds :attr:`lock` and is not inside a transaction."""
+        stamp = self._backend.change_stamp()
+        if stamp is not None and self._is_current(stamp):
+            return
+        # A commit landing after the stamp is read is caught up too, and changes the
+        # stamp, so the next call looks again: nothing is ever missed.
+        with self._backend.read() as reader:
+            if stamp is None:
+                self.catch_up(reader)
+                return
+            self._sync(reader)
+        self._caught_up(stamp)
 
-    def _is_current(self, stamp: tuple[int, int, int]) -> bool:
-        return self._loaded and self._synced_at.get(stamp[0]) == stamp
+    def _is_current(self, stamp: Hashable) -> bool:
+        return self._loaded and self._synced_at.get(_stamp_key(stamp)) == stamp
 
-    def _caught_up(self, stamp: tuple[int, int, int]) -> None:
-        self._synced_at[stamp[0]] = stamp
+    def _caught_up(self, stamp: Hashable) -> None:
+        self._synced_at[_stamp_key(stamp)] = stamp
         self._start_background_work()
 
-    def allowed(self, conn: sqlite3.Connection, where: Filter) -> AllowedMask:
+    def allowed(self, reader: Reader, where: Filter) -> AllowedMask:
         """The chunks a filter lets through, from in-memory metadata columns."""
-        return self._payload.allowed(conn, where)
+        return self._payload.allowed(reader, where)
 
     def search(
         self, query: Matrix, k: int, allowed: AllowedMask | None, knobs: ann.Knobs
@@ -141,16 +139,16 @@ class SegmentedIndex:
         return DenseResult(ids, scores, docs, [r.plan for r in results])
 
     def keyword_search(
-        self, conn: sqlite3.Connection, terms: Ids, k: int, allowed: AllowedMask | None
+        self, reader: Reader, terms: Ids, k: int, allowed: AllowedMask | None
     ) -> tuple[Ids, Floats]:
         """BM25 top-``k`` chunk ids and scores for a query's term hashes.
 
-        The caller holds :attr:`lock` and has caught up in ``conn``'s transaction; the
+        The caller holds :attr:`lock` and has caught up in ``reader``'s snapshot; the
         first call builds the postings from every chunk's stored terms.
         """
         if self._keywords is None:
             self._keywords = BM25Index()
-            self._keywords.add(*rows.chunk_terms(conn, self._collection_id, 0))
+            self._keywords.add(*reader.chunk_terms(self._collection_id, 0))
         return self._keywords.search(terms, k, allowed)
 
     def exact(self, queries: Matrix, k: int) -> Ids:
@@ -222,46 +220,46 @@ class SegmentedIndex:
 
     # -- catching up -----------------------------------------------------------------
 
-    def _reload(self, conn: sqlite3.Connection) -> None:
+    def _reload(self, reader: Reader) -> None:
         self._payload = PayloadIndex(self._collection_id)
         self._keywords = None
         self._growing = FlatIndex(self._dim)
         self._growing_docs = {}
         self._sealed = {}
         self._last_chunk = 0
-        self._last_tombstone = rows.last_tombstone(conn)
-        self._apply_manifest(conn)
-        self._add_new_chunks(conn)
+        self._last_removal = reader.last_removal()
+        self._apply_manifest(reader)
+        self._add_new_chunks(reader)
         self._loaded = True
 
-    def _apply_manifest(self, conn: sqlite3.Connection) -> None:
-        current = [segments.parse_row(r) for r in conn.execute(_MANIFEST, (self._collection_id,))]
+    def _apply_manifest(self, reader: Reader) -> None:
+        current = [segments.parse_row(r) for r in reader.segments(self._collection_id)]
         wanted = {row.id for row in current}
         for segment_id in [s for s in self._sealed if s not in wanted]:
             del self._sealed[segment_id]
         for row in current:
             if row.id not in self._sealed:
-                self._adopt(conn, row)
+                self._adopt(reader, row)
         self._sealed = dict(sorted(self._sealed.items(), key=lambda s: s[1].row.first_chunk))
 
-    def _adopt(self, conn: sqlite3.Connection, row: SegmentRow) -> None:
+    def _adopt(self, reader: Reader, row: SegmentRow) -> None:
         """Load a segment another process (or an earlier run) sealed."""
         try:
             segment = segments.load(self._segment_root, row, self._dim)
         except SegmentDamaged as exc:
             log.warning("rebuilding damaged index segment %s from the store: %s", row.id, exc)
-            segment = self._rebuild_damaged(conn, row)
-        live = rows.chunk_ids_between(conn, self._collection_id, row.first_chunk, row.last_chunk)
+            segment = self._rebuild_damaged(reader, row)
+        live = reader.chunk_ids_between(self._collection_id, row.first_chunk, row.last_chunk)
         segment.mark_deleted(np.setdiff1d(segment.ids, live, assume_unique=True))
         self._sealed[row.id] = segment
         self._shrink_growing(self._growing.ids_between(row.first_chunk, row.last_chunk))
         self._last_chunk = max(self._last_chunk, row.last_chunk)
 
-    def _rebuild_damaged(self, conn: sqlite3.Connection, row: SegmentRow) -> SealedSegment:
+    def _rebuild_damaged(self, reader: Reader, row: SegmentRow) -> SealedSegment:
         """Rebuild a segment's files from the chunks in its range. The manifest is pointed
-        at them by the background thread, since ``conn`` is inside a read transaction."""
-        ids, vectors, docs = rows.chunk_vectors(
-            conn, self._collection_id, row.first_chunk, row.last_chunk, self._dim
+        at them by the background thread, since ``reader`` is inside a read transaction."""
+        ids, vectors, docs = reader.chunk_vectors(
+            self._collection_id, row.first_chunk, row.last_chunk, self._dim
         )
         kind, files = segments.build_files(
             self._segment_root, self.config.kind, ids, vectors, docs, self.config
@@ -275,16 +273,14 @@ class SegmentedIndex:
             repairs, self._repairs = self._repairs, []
         for fresh, old_directory in repairs:
             values = (fresh.kind, fresh.vectors, fresh.first_chunk, fresh.last_chunk, fresh.files)
-            with self._db.write() as conn:
-                current = rows.update_segment(conn, fresh.id, values)
+            with self._backend.write() as writer:
+                current = writer.update_segment(fresh.id, values)
             # A segment merged away meanwhile by another process leaves its repair unused.
             stale = old_directory if current else fresh.directory_name
             segments.remove_files(self._segment_root, stale)
 
-    def _apply_tombstones(self, conn: sqlite3.Connection) -> None:
-        removed, self._last_tombstone = rows.tombstones_after(
-            conn, self._collection_id, self._last_tombstone
-        )
+    def _apply_removals(self, reader: Reader) -> None:
+        removed, self._last_removal = reader.removed_after(self._collection_id, self._last_removal)
         if removed.size:
             self._shrink_growing(removed)
             for segment in self._sealed.values():
@@ -292,9 +288,9 @@ class SegmentedIndex:
             if self._keywords is not None:
                 self._keywords.remove(removed)
 
-    def _add_new_chunks(self, conn: sqlite3.Connection) -> None:
-        ids, vectors, docs = rows.chunk_vectors(
-            conn, self._collection_id, self._last_chunk + 1, _LAST_ID, self._dim
+    def _add_new_chunks(self, reader: Reader) -> None:
+        ids, vectors, docs = reader.chunk_vectors(
+            self._collection_id, self._last_chunk + 1, _LAST_ID, self._dim
         )
         if ids.size:
             self._growing.add(ids, vectors)
@@ -305,12 +301,6 @@ class SegmentedIndex:
         self._growing.remove(ids)
         for chunk_id in ids.tolist():
             self._growing_docs.pop(chunk_id, None)
-
-    def _tombstone_floor(self, conn: sqlite3.Connection) -> int:
-        row = conn.execute(
-            "SELECT tombstone_floor FROM collections WHERE id = ?", (self._collection_id,)
-        ).fetchone()
-        return int(row[0]) if row else 0
 
     @property
     def _segment_root(self) -> Path:
@@ -349,24 +339,24 @@ class SegmentedIndex:
             worker.join()
 
     def _work(self, *, force: bool) -> None:
-        with self.lock, self._db.read() as conn:
-            self._sync(conn)
+        with self.lock, self._backend.read() as reader:
+            self._sync(reader)
         self._record_repairs()
         if force or self._growing_full():
             self._seal()
         while (job := self._locked_next_job(force)) is not None:
             self._replace(job)
 
-    def _sync(self, conn: sqlite3.Connection) -> None:
-        if not self._loaded or self._last_tombstone < self._tombstone_floor(conn):
-            self._reload(conn)
+    def _sync(self, reader: Reader) -> None:
+        if not self._loaded or self._last_removal < reader.removal_floor(self._collection_id):
+            self._reload(reader)
         else:
-            self._apply_manifest(conn)
-            self._apply_tombstones(conn)
-            self._add_new_chunks(conn)
+            self._apply_manifest(reader)
+            self._apply_removals(reader)
+            self._add_new_chunks(reader)
             if self._keywords is not None:
                 first = self._keywords.last_chunk + 1
-                self._keywords.add(*rows.chunk_terms(conn, self._collection_id, first))
+                self._keywords.add(*reader.chunk_terms(self._collection_id, first))
 
     def _growing_full(self) -> bool:
         return len(self._growing) >= self.config.seal_threshold
@@ -436,8 +426,8 @@ class SegmentedIndex:
 
     def _drop(self, replaced: Sequence[SealedSegment]) -> None:
         """Forget segments whose every vector was deleted."""
-        with self._db.write() as conn:
-            gone = rows.delete_segments(conn, [s.row.id for s in replaced])
+        with self._backend.write() as writer:
+            gone = writer.delete_segments([s.row.id for s in replaced])
         if not gone:
             return
         with self.lock:
@@ -458,9 +448,9 @@ class SegmentedIndex:
         first = min([int(ids[0])] + [s.row.first_chunk for s in replaced])
         last = max([int(ids[-1])] + [s.row.last_chunk for s in replaced])
         replaced_ids = [s.row.id for s in replaced]
-        with self._db.write() as conn:
-            segment_id = rows.replace_segments(
-                conn, self._collection_id, replaced_ids, (kind, len(ids), first, last, files)
+        with self._backend.write() as writer:
+            segment_id = writer.replace_segments(
+                self._collection_id, replaced_ids, (kind, len(ids), first, last, files)
             )
         if segment_id is None:
             segments.remove_files(self._segment_root, files["dir"])
@@ -509,3 +499,8 @@ def _cheapest_pair(ordered: list[SealedSegment], limit: int) -> _Job | None:
         return None
     _, i = min(pairs)
     return _Job(ordered[i : i + 2])
+
+
+def _stamp_key(stamp: Hashable) -> object:
+    """Stamps are compared per connection where the backend's carry one first."""
+    return stamp[0] if isinstance(stamp, tuple) else None

@@ -6,7 +6,7 @@ query for the exact identifier ranks it first while a query for one of its words
 finds it. Words are lower-cased and stripped of diacritics; common English stop words are
 dropped (Lucene's English set); the Porter stemmer folds inflections. Each distinct term
 is kept as a 64-bit hash of its text, with its count in the chunk: a chunk's terms are
-stored with it in SQLite (:func:`encode_terms`, in the same transaction as its text) and
+stored with it in the store (:func:`encode_terms`, in the same transaction as its text) and
 the in-memory postings of :mod:`ragstore.index.bm25` are built from them.
 """
 
@@ -22,8 +22,10 @@ from functools import lru_cache
 import numpy as np
 import Stemmer
 
-from ragstore.index.base import Ids
-from ragstore.index.bm25 import TERM_DTYPE
+from ragstore.types import Ids
+
+TERM_DTYPE = np.dtype([("term", "<i8"), ("count", "<u2")])
+"""A chunk's stored terms: each distinct term's hash and its count in the chunk."""
 
 # The stop words of Lucene's EnglishAnalyzer (ENGLISH_STOP_WORDS_SET).
 STOP_WORDS = frozenset(

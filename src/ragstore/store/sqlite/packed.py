@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ragstore.index.base import Ids
+from ragstore.types import Ids
 
 MAX_PARAMS = 9_000
 """Bound parameters per bulk statement (SQLite allows 32,766)."""

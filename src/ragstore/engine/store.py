@@ -1,4 +1,5 @@
-"""The embedded store: one directory holding a SQLite database, no server."""
+"""Stores and collections: the public engine over a storage backend (a directory with a
+SQLite file, or a PostgreSQL database)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import json
 import os
 import re
 import shutil
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -34,13 +34,14 @@ from ragstore.cache import configure as use_cache
 from ragstore.cache.keys import check_tenant
 from ragstore.config import DEFAULT_EMBEDDER, CollectionConfig, IndexConfig
 from ragstore.embed import Embedder, get_embedder
-from ragstore.errors import Conflict, InvalidInput, ModelMismatch, NotFound, StoreError
+from ragstore.engine import pipeline
+from ragstore.engine.pipeline import ProgressFn
+from ragstore.errors import Conflict, InvalidInput, ModelMismatch, NotFound
 from ragstore.filters import Filter, parse_filter
 from ragstore.index.ann import Knobs
 from ragstore.index.base import Matrix
-from ragstore.ingest import pipeline
+from ragstore.index.vectors import SegmentedIndex
 from ragstore.ingest.loaders import DEFAULT_MAX_FILE_BYTES
-from ragstore.ingest.pipeline import ProgressFn
 from ragstore.inputs import check_text
 from ragstore.records import (
     VectorRecord,
@@ -52,14 +53,9 @@ from ragstore.records import (
 )
 from ragstore.search import hybrid
 from ragstore.search.hybrid import Fusion, Mode, Reranker, SearchOptions, SearchResults
-from ragstore.store import rows
-from ragstore.store.db import Database
-from ragstore.store.rows import ChunkRow, DocumentRow
-from ragstore.store.vectors import SegmentedIndex
+from ragstore.store import is_url, open_backend
+from ragstore.store.base import ChunkRow, DocumentRow, StorageBackend
 from ragstore.types import Document, IngestReport, StoredDocument
-
-INDEX_DIRNAME = "indexes"
-"""Sealed index segments live under ``<store>/indexes/<collection id>/``."""
 
 VECTOR_BATCH = 4096
 """Vector documents written per transaction (one chunk each)."""
@@ -86,11 +82,15 @@ class CollectionInfo:
 
 
 class Store:
-    """A directory of collections. Open it with :func:`ragstore.open`."""
+    """Collections in a directory or a PostgreSQL database. Open it with
+    :func:`ragstore.open`."""
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path).expanduser()
-        self._db = _open_database(self.path)
+    def __init__(self, location: str | Path) -> None:
+        self._db: StorageBackend = open_backend(location)
+        self.location = self._db.location
+        """The directory, or the database URL without its password."""
+        self.path = None if is_url(location) else Path(location).expanduser()
+        """The store's directory (``None`` for a database server)."""
         self._open: dict[str, Collection] = {}
         self._verified: dict[str, tuple[bytes | None, Collection]] = {}
         """Per collection name, the last collection looked up and the commit marker read
@@ -124,13 +124,10 @@ class Store:
         _check_name(name)
         model = get_embedder(embedder) if isinstance(embedder, str) else embedder
         config = _new_config(model, dim, chunk_size, chunk_overlap, index)
-        with self._db.write() as conn:
-            if _collection_row(conn, name) is not None:
+        with self._db.write() as writer:
+            if writer.find_collection(name) is not None:
                 raise Conflict(f"collection {name!r} already exists")
-            conn.execute(
-                "INSERT INTO collections (name, config, created_at) VALUES (?, ?, ?)",
-                (name, config.to_json(), time.time()),
-            )
+            writer.create_collection(name, config.to_json(), time.time())
         return self.get_collection(name, embedder=model)
 
     def get_collection(self, name: str, *, embedder: Embedder | None = None) -> Collection:
@@ -142,12 +139,11 @@ class Store:
         """
         _check_name(name)
         marker = self._db.commit_marker()
-        with self._db.read() as conn:
-            row = conn.execute("SELECT id, config FROM collections WHERE name = ?", (name,))
-            found = row.fetchone()
+        with self._db.read() as reader:
+            found = reader.find_collection(name)
         if found is None:
             raise NotFound(f"no collection named {name!r}")
-        collection = self._opened(name, int(found[0]), str(found[1]), embedder)
+        collection = self._opened(name, found.id, found.config, embedder)
         self._verified[name] = marker, collection
         return collection
 
@@ -180,31 +176,23 @@ class Store:
 
     def list_collections(self) -> list[CollectionInfo]:
         """Every collection with its config and counts."""
-        with self._db.read() as conn:
-            found = conn.execute(
-                "SELECT c.name, c.config, "
-                "(SELECT count(*) FROM documents d WHERE d.collection_id = c.id), "
-                "(SELECT count(*) FROM chunks k WHERE k.collection_id = c.id) "
-                "FROM collections c ORDER BY c.name"
-            ).fetchall()
+        with self._db.read() as reader:
+            found = reader.list_collections()
         return [
-            CollectionInfo(name, CollectionConfig.parse(json.loads(config)), docs, chunks)
-            for name, config, docs, chunks in found
+            CollectionInfo(row.name, CollectionConfig.parse(json.loads(row.config)), docs, chunks)
+            for row, docs, chunks in found
         ]
 
     def delete_collection(self, name: str) -> None:
         """Delete a collection with all its documents."""
-        with self._db.write() as conn:
-            row = _collection_row(conn, name)
+        with self._db.write() as writer:
+            row = writer.find_collection(name)
             if row is None:
                 raise NotFound(f"no collection named {name!r}")
-            collection_id = row[0]
-            for table in ("chunks", "documents", "tombstones", "segments"):
-                conn.execute(f"DELETE FROM {table} WHERE collection_id = ?", (collection_id,))
-            conn.execute("DELETE FROM collections WHERE id = ?", (collection_id,))
+            writer.delete_collection(row.id)
         self._open.pop(name, None)
         self._verified.pop(name, None)
-        shutil.rmtree(self.path / INDEX_DIRNAME / str(collection_id), ignore_errors=True)
+        shutil.rmtree(self._db.index_root / str(row.id), ignore_errors=True)
 
     @property
     def cache(self) -> QueryCache:
@@ -244,7 +232,7 @@ class Collection:
 
     def __init__(
         self,
-        db: Database,
+        db: StorageBackend,
         name: str,
         collection_id: int,
         config: CollectionConfig,
@@ -257,9 +245,7 @@ class Collection:
         self.config = config
         self._stored_config = stored_config  # the row's text, to tell when it changes
         self._embedder = embedder
-        self._index = SegmentedIndex(
-            db, db.path.parent / INDEX_DIRNAME, collection_id, config.dim, config.index
-        )
+        self._index = SegmentedIndex(db, collection_id, config.dim, config.index)
 
     @property
     def embedder(self) -> Embedder | None:
@@ -431,9 +417,9 @@ class Collection:
         params: hybrid.SearchParams,
         reranker: Reranker | None,
     ) -> SearchResults:
-        with self._db.read() as conn:
+        with self._db.read() as reader:
             return hybrid.run(
-                conn,
+                reader,
                 self._index,
                 params,
                 text=query,
@@ -476,9 +462,10 @@ class Collection:
                 self._index.refresh()
                 found = self._index.search(query, k, None, knobs)
             else:
-                with self._db.read() as conn:
-                    self._index.catch_up(conn)
-                    found = self._index.search(query, k, self._index.allowed(conn, flt), knobs)
+                with self._db.read() as reader:
+                    self._index.catch_up(reader)
+                    allowed = self._index.allowed(reader, flt)
+                    found = self._index.search(query, k, allowed, knobs)
         return found.docs, found.scores
 
     def wait_for_index(self) -> None:
@@ -495,8 +482,8 @@ class Collection:
         merged = self.config.index.model_dump() | settings
         config = CollectionConfig.parse(self.config.model_dump() | {"index": merged})
         stored_config = config.to_json()
-        with self._db.write() as conn:
-            conn.execute("UPDATE collections SET config = ? WHERE id = ?", (stored_config, self.id))
+        with self._db.write() as writer:
+            writer.set_config(self.id, stored_config)
         self.config = config
         self._stored_config = stored_config
         self._index.config = config.index
@@ -507,9 +494,9 @@ class Collection:
         (drawn at random) as the queries."""
         if isinstance(sample, bool) or not isinstance(sample, int) or not 1 <= sample <= 100_000:
             raise InvalidInput("sample must be an integer from 1 to 100000", field="sample")
-        with self._index.lock, self._db.read() as conn:
-            self._index.catch_up(conn)
-            queries = rows.sample_vectors(conn, self.id, sample, self.config.dim, seed)
+        with self._index.lock, self._db.read() as reader:
+            self._index.catch_up(reader)
+            queries = reader.sample_vectors(self.id, sample, self.config.dim, seed)
             if not len(queries):
                 return {"k": k, "queries": 0, "recall": None}
             truth = self._index.exact(queries, k)
@@ -522,22 +509,28 @@ class Collection:
 
     def index_stats(self) -> dict[str, Any]:
         """The index's segments: kind, vectors, deleted, bytes and bytes per vector."""
-        with self._index.lock, self._db.read() as conn:
-            self._index.catch_up(conn)
+        with self._index.lock, self._db.read() as reader:
+            self._index.catch_up(reader)
             return self._index.stats()
 
     def get(self, ids: str | Sequence[str]) -> list[StoredDocument]:
         """Stored documents by id (a string is one id), in the order asked; unknown ids
         are left out."""
         wanted = doc_ids(ids)
-        with self._db.read() as conn:
-            return rows.get_documents(conn, self.id, wanted)
+        with self._db.read() as reader:
+            return reader.get_documents(self.id, wanted)
+
+    def page_of_ids(self, after: str = "", limit: int = 100) -> list[str]:
+        """Up to ``limit`` document ids greater than ``after``, ascending: a listing
+        page; pass the last id of one page as ``after`` for the next."""
+        with self._db.read() as reader:
+            return reader.page_of_doc_ids(self.id, after, limit)
 
     def count(self, where: Mapping[str, Any] | None = None) -> int:
         """Number of documents (that match ``where``, if given)."""
         flt = parse_filter(where)
-        with self._db.read() as conn:
-            return rows.count_documents(conn, self.id, flt)
+        with self._db.read() as reader:
+            return reader.count_documents(self.id, flt)
 
     def delete(
         self,
@@ -556,18 +549,16 @@ class Collection:
             raise InvalidInput("give exactly one of ids, where or all=True", field="ids")
         doomed = doc_ids(ids) if ids is not None else None
         flt = _narrowing_filter(where) if where is not None else None
-        with self._db.write() as conn:
+        with self._db.write() as writer:
             if doomed is None:
-                doomed = rows.matching_doc_ids(conn, self.id, flt)
-            return rows.delete_documents(conn, self.id, doomed)
+                doomed = writer.matching_doc_ids(self.id, flt)
+            return writer.delete_documents(self.id, doomed)
 
     def info(self) -> CollectionInfo:
         """Config and counts of this collection."""
-        with self._db.read() as conn:
-            chunks = conn.execute(
-                "SELECT count(*) FROM chunks WHERE collection_id = ?", (self.id,)
-            ).fetchone()[0]
-            documents = rows.count_documents(conn, self.id, None)
+        with self._db.read() as reader:
+            chunks = reader.chunk_count(self.id)
+            documents = reader.count_documents(self.id, None)
         return CollectionInfo(self.name, self.config, documents, chunks)
 
     def _target(self) -> pipeline.Target:
@@ -605,8 +596,8 @@ class Collection:
             )
 
     def _write_vectors(self, parsed: list[VectorRecord], report: IngestReport) -> None:
-        with self._db.read() as conn:
-            stored = rows.content_hashes(conn, self.id, [r.document.id for r in parsed])
+        with self._db.read() as reader:
+            stored = reader.content_hashes(self.id, [r.document.id for r in parsed])
         changed: dict[str, DocumentRow] = {}
         for record in parsed:
             doc = record.document
@@ -624,8 +615,9 @@ class Collection:
                 doc.id, doc.source, None, doc.title, doc.text, doc.metadata, digest, [chunk],
                 record.metadata_json,
             )  # fmt: skip
-        for batch in rows.batched(list(changed.values()), VECTOR_BATCH):
-            pipeline.write_rows(self._db, self.id, batch)
+        documents = list(changed.values())
+        for start in range(0, len(documents), VECTOR_BATCH):
+            pipeline.write_rows(self._db, self.id, documents[start : start + VECTOR_BATCH])
 
 
 class _InFlight:
@@ -679,19 +671,6 @@ def _has_text(query: object) -> bool:
     return isinstance(query, str) and bool(query.strip())
 
 
-def _open_database(path: Path) -> Database:
-    """The store's database in directory ``path`` (made if missing), or a
-    :class:`StoreError` saying why it cannot be opened there."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        return Database(path)
-    except FileExistsError:
-        raise StoreError(f"cannot open a store at {path}: it is not a directory") from None
-    except (OSError, sqlite3.Error) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise StoreError(f"cannot open a store at {path}: {reason}") from None
-
-
 def _check_name(name: str) -> None:
     if not isinstance(name, str) or not _NAME.match(name):
         raise InvalidInput(
@@ -720,13 +699,6 @@ def _new_config(
             "index": index.model_dump() if isinstance(index, IndexConfig) else dict(index or {}),
         }
     )
-
-
-def _collection_row(conn: Any, name: str) -> tuple[int, CollectionConfig] | None:
-    row = conn.execute("SELECT id, config FROM collections WHERE name = ?", (name,)).fetchone()
-    if row is None:
-        return None
-    return int(row[0]), CollectionConfig.parse(json.loads(row[1]))
 
 
 def _check_embedder(config: CollectionConfig, embedder: Embedder) -> None:

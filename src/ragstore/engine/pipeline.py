@@ -28,9 +28,7 @@ from ragstore.ingest.loaders import (
     list_files,
     load_file,
 )
-from ragstore.store import rows
-from ragstore.store.db import Database
-from ragstore.store.rows import ChunkRow, DocumentRow
+from ragstore.store.base import REMOVALS_KEPT, ChunkRow, DocumentRow, StorageBackend
 from ragstore.types import Document, IngestReport, Span
 
 logger = logging.getLogger(__name__)
@@ -49,7 +47,7 @@ MIN_CHUNK_TOKENS = 32
 class Target:
     """Where a batch of documents goes: a collection and how it embeds and chunks."""
 
-    db: Database
+    store: StorageBackend
     collection_id: int
     embedder: Embedder
     chunking: ChunkingConfig
@@ -105,12 +103,12 @@ def write_batches(
         _write(target, pending, vectors)
 
 
-def write_rows(db: Database, collection_id: int, documents: Sequence[DocumentRow]) -> None:
+def write_rows(store: StorageBackend, collection_id: int, documents: Sequence[DocumentRow]) -> None:
     """Write prepared rows in one transaction."""
     now = time.time()
-    with db.write() as conn:
-        rows.write_documents(conn, collection_id, documents, now)
-        rows.trim_tombstones(conn, collection_id, rows.TOMBSTONES_KEPT)
+    with store.write() as writer:
+        writer.write_documents(collection_id, documents, now)
+        writer.trim_removals(collection_id, REMOVALS_KEPT)
 
 
 def ingest_paths(
@@ -193,15 +191,15 @@ def _sync_deletions(
     kept_folders = tuple(str(path) + os.sep for path in kept)
     # a root whose name is not valid UTF-8 never held a stored document
     searched = [str(root) for root in roots if printable(str(root)) == str(root)]
-    with target.db.write() as conn:
+    with target.store.write() as writer:
         stale = [
             doc_id
-            for doc_id, origin in rows.docs_from_origins(conn, target.collection_id, searched)
+            for doc_id, origin in writer.docs_from_origins(target.collection_id, searched)
             if doc_id not in seen
             and origin not in kept_origins
             and not (origin or "").startswith(kept_folders)
         ]
-        return rows.delete_documents(conn, target.collection_id, stale)
+        return writer.delete_documents(target.collection_id, stale)
 
 
 def _batches(
@@ -222,8 +220,8 @@ def _batches(
 def _pending(
     target: Target, batch: list[tuple[Document, str | None]], report: IngestReport
 ) -> list[Pending]:
-    with target.db.read() as conn:
-        stored = rows.content_hashes(conn, target.collection_id, [doc.id for doc, _ in batch])
+    with target.store.read() as reader:
+        stored = reader.content_hashes(target.collection_id, [doc.id for doc, _ in batch])
     pending = []
     for doc, origin in batch:
         digest = document_hash(doc)
@@ -261,9 +259,9 @@ def embed_text(title: str, chunk: str) -> str:
 
 def _vectors(target: Target, pending: list[Pending], report: IngestReport) -> dict[str, np.ndarray]:
     wanted = sorted({h for p in pending for h in p.chunk_hashes})
-    with target.db.read() as conn:
+    with target.store.read() as reader:
         model = (target.embedder.name, target.embedder.version)
-        stored = rows.vectors_by_hash(conn, model, wanted)
+        stored = reader.vectors_by_hash(model, wanted)
     vectors = {h: np.frombuffer(blob, dtype=np.float32) for h, blob in stored.items()}
     missing: dict[str, str] = {}
     for p in pending:
@@ -309,7 +307,7 @@ def _release_freed_memory() -> None:
 
 def _write(target: Target, pending: list[Pending], vectors: dict[str, np.ndarray]) -> None:
     if pending:
-        write_rows(target.db, target.collection_id, [_row(p, vectors) for p in pending])
+        write_rows(target.store, target.collection_id, [_row(p, vectors) for p in pending])
 
 
 def _row(p: Pending, vectors: dict[str, np.ndarray]) -> DocumentRow:

@@ -1,0 +1,320 @@
+"""The storage interface: what the index, search, cache and ingest layers ask of a store.
+
+A backend (``store/sqlite``, ``store/postgres``) is the source of truth for collections,
+documents, chunks with their vectors and keyword terms, and a change feed. Everything
+else (vector segments, BM25 postings, metadata columns, cached answers) is derived from
+it and kept in step by reading the feed:
+
+- chunk ids only grow, so "new chunks" are the ids past the last one seen;
+- every removed chunk leaves a *removal* with a growing sequence number, so "removed
+  chunks" are the removals past the last sequence applied; the oldest removals are
+  forgotten past :data:`REMOVALS_KEPT`, and :meth:`Reader.removal_floor` says how far,
+  so a reader that fell further behind reloads instead;
+- every update or delete of a document bumps its collection's clock and records the
+  change against the document, in the writer's own transaction (:class:`Clock`,
+  :meth:`Reader.changes_after`), which the query cache checks before it serves an entry.
+
+All reads of one :meth:`StorageBackend.read` block see one committed snapshot; a
+:meth:`StorageBackend.write` block is one transaction, committed at its end or rolled
+back on an error. A third backend implements these two Protocols and
+:class:`StorageBackend`, and passes ``tests/`` run with ``--backend`` set to it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from ragstore.filters import Filter
+from ragstore.types import Hit, Ids, Matrix, StoredDocument
+
+REMOVALS_KEPT = 50_000
+"""Removals kept per collection for other processes' indexes to catch up from."""
+
+SegmentValues = tuple[str, int, int, int, dict[str, Any]]
+"""A new segment manifest row: kind, vectors, first chunk, last chunk, files."""
+
+SegmentRecord = tuple[int, str, int, int, int, str]
+"""A segment manifest row as stored: id, kind, vectors, first chunk, last chunk, files
+(JSON text)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkRow:
+    """A chunk ready to be written: its place in the document, its text and its vector."""
+
+    ordinal: int
+    text: str
+    start: int
+    end: int
+    hash: str
+    vector: Matrix
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentRow:
+    """A document ready to be written, with all its chunks."""
+
+    doc_id: str
+    source: str | None
+    origin: str | None
+    title: str
+    text: str
+    metadata: dict[str, Any]
+    content_hash: str
+    chunks: Sequence[ChunkRow]
+    metadata_json: str | None = None
+    """``metadata`` as stored, when the caller has it already."""
+
+
+@dataclass(frozen=True, slots=True)
+class Clock:
+    """A collection's change counters and the store's cache epoch, read at one moment.
+
+    ``seq`` counts updates and deletes of documents, ``writes`` every document write,
+    ``index_version`` changes of the collection's index (config or segments); ``epoch``
+    counts clears of the query cache.
+    """
+
+    seq: int
+    writes: int
+    index_version: int
+    epoch: int
+
+
+@dataclass(frozen=True, slots=True)
+class CollectionRow:
+    """A collection as stored: its id, its name and its config as JSON text."""
+
+    id: int
+    name: str
+    config: str
+
+
+class Reader(Protocol):
+    """Reads inside one snapshot of the store."""
+
+    def change_stamp(self) -> Hashable:
+        """A value that is the same for two snapshots that see the same commits."""
+        ...
+
+    # -- collections
+
+    def find_collection(self, name: str) -> CollectionRow | None:
+        """The collection called ``name``."""
+        ...
+
+    def list_collections(self) -> list[tuple[CollectionRow, int, int]]:
+        """Every collection, by name, with its document and chunk counts."""
+        ...
+
+    def chunk_count(self, collection_id: int) -> int:
+        """Number of chunks in the collection."""
+        ...
+
+    # -- documents
+
+    def content_hashes(self, collection_id: int, doc_ids: Sequence[str]) -> dict[str, str]:
+        """Stored content hash of each of ``doc_ids`` that exists."""
+        ...
+
+    def vectors_by_hash(
+        self, model: tuple[str, str | None], hashes: Sequence[str]
+    ) -> dict[str, bytes]:
+        """Stored vectors (raw float32 bytes) of chunks whose embedded-text hash is in
+        ``hashes``, from any collection built with the same model ``(name, version)``."""
+        ...
+
+    def matching_doc_ids(self, collection_id: int, where: Filter | None) -> list[str]:
+        """Ids of the documents that match a filter (every one when ``where`` is None)."""
+        ...
+
+    def count_documents(self, collection_id: int, where: Filter | None) -> int:
+        """Number of documents that match a filter."""
+        ...
+
+    def page_of_doc_ids(self, collection_id: int, after: str, limit: int) -> list[str]:
+        """Up to ``limit`` document ids greater than ``after``, ascending."""
+        ...
+
+    def docs_from_origins(self, collection_id: int, roots: Sequence[str]) -> list[tuple[str, str]]:
+        """``(doc_id, origin)`` of documents loaded from a file at or under any of
+        ``roots``."""
+        ...
+
+    def get_documents(self, collection_id: int, doc_ids: Sequence[str]) -> list[StoredDocument]:
+        """Stored documents for ``doc_ids``, in that order; unknown ids are left out."""
+        ...
+
+    # -- chunks
+
+    def allowed_chunk_ids(self, collection_id: int, where: Filter) -> Ids:
+        """Ids of every chunk whose document matches the filter."""
+        ...
+
+    def chunk_ids_between(self, collection_id: int, first: int, last: int) -> Ids:
+        """Ids of the collection's chunks in ``[first, last]``, ascending."""
+        ...
+
+    def chunk_vectors(
+        self, collection_id: int, first: int, last: int, dim: int
+    ) -> tuple[Ids, Matrix, list[str]]:
+        """Ids (ascending), vectors and document ids of the chunks in ``[first, last]``."""
+        ...
+
+    def chunk_terms(self, collection_id: int, first: int) -> tuple[Ids, list[bytes]]:
+        """Ids (ascending) and stored keyword terms of the chunks from ``first``."""
+        ...
+
+    def chunk_metadata(
+        self, collection_id: int, after: int, upto: int
+    ) -> tuple[Ids, list[dict[str, object]]]:
+        """Ids (ascending) and document metadata of the chunks with ``after < id <=
+        upto``; chunks of one document share one parsed object."""
+        ...
+
+    def sample_vectors(self, collection_id: int, count: int, dim: int, seed: int) -> Matrix:
+        """Up to ``count`` of the collection's vectors, chosen at random (seeded)."""
+        ...
+
+    def hits_by_chunk(self, chunk_ids: Sequence[int]) -> dict[int, Hit]:
+        """Hits (score 0, to be set by the caller) for the chunk ids that still exist."""
+        ...
+
+    def documents_of(self, chunk_ids: Sequence[int]) -> dict[int, int]:
+        """chunk id -> row id of its document, for the chunks that still exist."""
+        ...
+
+    def vectors_for(self, chunk_ids: Sequence[int]) -> Matrix:
+        """The stored vectors of chunks, one row per id, in the order given."""
+        ...
+
+    # -- the change feed
+
+    def removed_after(self, collection_id: int, seq: int) -> tuple[Ids, int]:
+        """Chunk ids removed since removal ``seq``, and the newest seq seen."""
+        ...
+
+    def last_removal(self) -> int:
+        """Newest removal seq in the whole store (0 when none)."""
+        ...
+
+    def removal_floor(self, collection_id: int) -> int:
+        """Newest removal seq of the collection that was forgotten (0 when none)."""
+        ...
+
+    def segments(self, collection_id: int) -> list[SegmentRecord]:
+        """The collection's sealed index segments, by first chunk."""
+        ...
+
+    def clock(self, collection_id: int) -> Clock:
+        """The collection's change counters (zeros before its first write)."""
+        ...
+
+    def changed_since(self, collection_id: int, doc_ids: Sequence[str], seq: int) -> bool:
+        """Whether any of ``doc_ids`` was updated or deleted after change ``seq``."""
+        ...
+
+    def changes_after(self, collection_id: int, seq: int) -> list[str]:
+        """Ids of the documents updated or deleted after change ``seq``."""
+        ...
+
+    def youngest_update(self, collection_id: int, doc_ids: Sequence[str]) -> float | None:
+        """The newest ``updated_at`` among ``doc_ids`` (``None`` when none exists)."""
+        ...
+
+    def store_id(self) -> str:
+        """A random id made when the store was created."""
+        ...
+
+
+class Writer(Reader, Protocol):
+    """Reads and writes inside one transaction."""
+
+    def create_collection(self, name: str, config: str, now: float) -> None:
+        """Add a collection (the caller checked the name is free)."""
+        ...
+
+    def delete_collection(self, collection_id: int) -> None:
+        """Remove a collection with all its documents, chunks and segments."""
+        ...
+
+    def set_config(self, collection_id: int, config: str) -> None:
+        """Replace a collection's config."""
+        ...
+
+    def write_documents(self, collection_id: int, docs: Sequence[DocumentRow], now: float) -> None:
+        """Insert or replace documents with all their chunks. A batch must not name a
+        document twice."""
+        ...
+
+    def delete_documents(self, collection_id: int, doc_ids: Sequence[str]) -> int:
+        """Delete documents and their chunks; returns how many documents existed."""
+        ...
+
+    def trim_removals(self, collection_id: int, keep: int) -> None:
+        """Forget all but the newest ``keep`` removals of a collection."""
+        ...
+
+    def replace_segments(
+        self, collection_id: int, replaced: Sequence[int], new: SegmentValues
+    ) -> int | None:
+        """Replace manifest rows ``replaced`` by ``new``; ``None`` if they changed
+        meanwhile (one is gone, or another segment overlaps the new one's range)."""
+        ...
+
+    def delete_segments(self, segment_ids: Sequence[int]) -> bool:
+        """Remove manifest rows; ``False`` (and nothing removed) unless all exist."""
+        ...
+
+    def update_segment(self, segment_id: int, new: SegmentValues) -> bool:
+        """Point a manifest row at rebuilt files; ``False`` if it is gone."""
+        ...
+
+    def bump_epoch(self) -> None:
+        """Tell every process that the query cache was cleared."""
+        ...
+
+
+class StorageBackend(Protocol):
+    """A store's source of truth: one SQLite file, or one PostgreSQL database."""
+
+    location: str
+    """Where the store is, as the user named it (a directory, or a URL without its
+    password)."""
+    index_root: Path
+    """The directory this process keeps derived index files in."""
+    cache_dir: Path
+    """The directory of the local query cache's SQLite file: the store's own for the
+    embedded backend, one beside the index files for a server."""
+
+    def read(self) -> AbstractContextManager[Reader]:
+        """A read-only snapshot."""
+        ...
+
+    def write(self) -> AbstractContextManager[Writer]:
+        """A write transaction: waits its turn, commits on success, rolls back on error."""
+        ...
+
+    def peek(self) -> AbstractContextManager[Reader]:
+        """Reads without a snapshot, each one on its own: for single lookups on hot
+        paths, where opening a transaction would cost more than the read."""
+        ...
+
+    def change_stamp(self) -> Hashable | None:
+        """Without opening a transaction: a value that stays the same while nothing is
+        committed (``None`` when that cannot be told cheaply; read a snapshot's)."""
+        ...
+
+    def commit_marker(self) -> bytes | None:
+        """Bytes that stay the same while nothing is committed to the store by any
+        process, read without a statement (``None`` where there is no such thing). Read
+        it *before* what it should vouch for."""
+        ...
+
+    def close(self) -> None:
+        """Release connections and background threads."""
+        ...
