@@ -206,14 +206,15 @@ def _check_source(store: ragstore.Store, corpus: str, documents: int) -> None:
         have = found.documents if found else 0
         raise SystemExit(
             f"eval-{corpus} holds {have} of {documents} documents; build it first "
-            f"(ragstore --store {store.path} eval <dataset folder>) so nothing is embedded"
+            f"(ragstore --store {store.location} eval <dataset folder>) so nothing is embedded"
         )
 
 
 def _doc_ids(store: ragstore.Store, col: ragstore.Collection) -> list[str]:
-    with _connect(store) as conn:
-        rows = conn.execute("SELECT doc_id FROM documents WHERE collection_id = ?", (col.id,))
-        return [row[0] for row in rows]
+    ids: list[str] = []
+    while page := col.page_of_ids(ids[-1] if ids else "", 10_000):
+        ids.extend(page)
+    return ids
 
 
 def _connect(store: ragstore.Store) -> sqlite3.Connection:

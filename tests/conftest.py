@@ -1,4 +1,8 @@
-"""Shared fixtures: the real embedding model (loaded once) and stores on disk."""
+"""Shared fixtures: the real embedding model (loaded once), and stores on every backend:
+a directory on disk, and a database on a real PostgreSQL server started for the session.
+
+``RAGSTORE_TEST_BACKENDS=sqlite`` (comma-separated) runs the backend-parametrized tests
+on fewer backends, for a quicker local run; CI runs them all."""
 
 from __future__ import annotations
 
@@ -11,6 +15,8 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from pg_server import PgServer
 
 import ragstore
 from ragstore.config import DEFAULT_EMBEDDER
@@ -27,9 +33,49 @@ def embedder() -> Embedder:
     return get_embedder(DEFAULT_EMBEDDER)
 
 
+BACKENDS = os.environ.get("RAGSTORE_TEST_BACKENDS", "sqlite,postgres").split(",")
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgServer]:
+    """A PostgreSQL server with pgvector for the whole session (each test that uses it
+    makes a database of its own)."""
+    os.environ.setdefault("RAGSTORE_INDEX_DIR", str(tmp_path_factory.mktemp("pg-indexes")))
+    with PgServer(tmp_path_factory.mktemp("pg")) as server:
+        yield server
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """The storage backend a test runs on."""
+    return str(request.param)
+
+
+def fresh_location(backend: str, directory: Path, request: pytest.FixtureRequest) -> str | Path:
+    """Where a fresh, empty store is on ``backend``: a directory under ``directory``, or
+    a new database on the session's PostgreSQL server."""
+    if backend == "sqlite":
+        return directory / "store"
+    server: PgServer = request.getfixturevalue("pg_server")
+    return server.create_database()
+
+
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[ragstore.Store]:
-    """A fresh store in a temporary directory."""
+def store_location(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str | Path:
+    """Where a fresh, empty store is: a directory, or a new PostgreSQL database."""
+    return fresh_location(backend, tmp_path, request)
+
+
+@pytest.fixture
+def store(store_location: str | Path) -> Iterator[ragstore.Store]:
+    """A fresh store on each backend."""
+    with ragstore.open(store_location) as opened:
+        yield opened
+
+
+@pytest.fixture
+def sqlite_store(tmp_path: Path) -> Iterator[ragstore.Store]:
+    """A fresh embedded store, for tests of SQLite itself."""
     with ragstore.open(tmp_path / "store") as opened:
         yield opened
 

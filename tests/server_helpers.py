@@ -40,7 +40,7 @@ class Server:
 
     def __init__(
         self,
-        store: Path,
+        store: str | Path,
         log: Path,
         *,
         keys: Path | None = None,
@@ -48,6 +48,7 @@ class Server:
         host: str = "127.0.0.1",
         workers: int = 1,
     ) -> None:
+        self.store = store
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log

@@ -25,28 +25,27 @@ INGEST_KEYS = {
 }
 
 
-def run(store: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def run(store: str | Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "RAGSTORE_PATH": str(store)}
     return subprocess.run(
         [RAGSTORE_BIN, *args], env=env, capture_output=True, text=True, timeout=300, check=False
     )
 
 
-def invoke(store: Path, *args: str) -> tuple[int, str]:
+def invoke(store: str | Path, *args: str) -> tuple[int, str]:
     result = CliRunner().invoke(cli, ["--store", str(store), *args])
     return result.exit_code, result.output
 
 
 @pytest.fixture
-def ingested(tmp_path: Path) -> Path:
-    store = tmp_path / "store"
-    code, _ = invoke(store, "ingest", str(SAMPLE_DOCS))
+def ingested(store_location: str | Path) -> str | Path:
+    code, _ = invoke(store_location, "ingest", str(SAMPLE_DOCS))
     assert code == 0
-    return store
+    return store_location
 
 
-def test_readme_flow_as_real_processes(tmp_path: Path) -> None:
-    store = tmp_path / "store"
+def test_readme_flow_as_real_processes(tmp_path: Path, store_location: str | Path) -> None:
+    store = store_location
     docs = tmp_path / "docs"
     shutil.copytree(SAMPLE_DOCS, docs)
 
@@ -66,7 +65,7 @@ def test_readme_flow_as_real_processes(tmp_path: Path) -> None:
     assert {"doc_id", "chunk_id", "score", "text", "source", "metadata"} <= set(top)
 
 
-def test_query_with_filter(ingested: Path) -> None:
+def test_query_with_filter(ingested: str | Path) -> None:
     code, output = invoke(
         ingested, "query", "support opening hours", "--filter", '{"lang": "de"}', "--json"
     )
@@ -85,7 +84,7 @@ def test_query_with_filter(ingested: Path) -> None:
     ],
 )
 def test_invalid_filter_exits_2_naming_the_problem(
-    ingested: Path, filter_json: str, named: str
+    ingested: str | Path, filter_json: str, named: str
 ) -> None:
     code, output = invoke(ingested, "query", "hours", "--filter", filter_json)
 
@@ -93,7 +92,7 @@ def test_invalid_filter_exits_2_naming_the_problem(
     assert named in output
 
 
-def test_usage_errors_exit_2(ingested: Path, tmp_path: Path) -> None:
+def test_usage_errors_exit_2(ingested: str | Path, tmp_path: Path) -> None:
     assert invoke(ingested, "query")[0] == 2
     assert invoke(ingested, "query", "x", "-k", "many")[0] == 2
     assert invoke(ingested, "query", "x", "-k", "0")[0] == 2
@@ -101,14 +100,14 @@ def test_usage_errors_exit_2(ingested: Path, tmp_path: Path) -> None:
     assert invoke(ingested, "delete")[0] == 2
 
 
-def test_unknown_collection_exits_1(ingested: Path) -> None:
+def test_unknown_collection_exits_1(ingested: str | Path) -> None:
     code, output = invoke(ingested, "--collection", "nope", "query", "x")
 
     assert code == 1
     assert "no collection named 'nope'" in output
 
 
-def test_collections_count_get_delete(ingested: Path) -> None:
+def test_collections_count_get_delete(ingested: str | Path) -> None:
     code, listing = invoke(ingested, "collections", "--json")
     [info] = json.loads(listing)
     assert code == 0

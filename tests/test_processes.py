@@ -4,27 +4,24 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from checks import assert_whole_documents
 from conftest import RAGSTORE_BIN
 
 import ragstore
-from ragstore.engine.pipeline import chunk_document
-from ragstore.store.sqlite.db import DB_FILENAME
-from ragstore.types import Document
 
 WORKERS = str(Path(__file__).with_name("workers.py"))
 
 
 def test_concurrent_writers_and_reader_never_see_locks_or_partial_batches(
-    tmp_path: Path,
+    store_location: str | Path,
 ) -> None:
-    store_path = tmp_path / "store"
+    store_path = store_location
     with ragstore.open(store_path) as store:
         store.create_collection("vecs", embedder=None, dim=16)
     commands = [
@@ -52,13 +49,15 @@ def paragraphs(doc: int) -> str:
     )
 
 
-def test_kill_9_during_ingest_leaves_only_whole_documents(tmp_path: Path) -> None:
+def test_kill_9_during_ingest_leaves_only_whole_documents(
+    tmp_path: Path, store_location: str | Path
+) -> None:
     folder = tmp_path / "docs"
     folder.mkdir()
     total = 320
     for doc in range(total):
         (folder / f"doc{doc:04d}.txt").write_text(paragraphs(doc))
-    store_path = tmp_path / "store"
+    store_path = store_location
     with ragstore.open(store_path) as store:
         store.create_collection("c", chunk_size=48, chunk_overlap=8)
 
@@ -67,7 +66,7 @@ def test_kill_9_during_ingest_leaves_only_whole_documents(tmp_path: Path) -> Non
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    committed = wait_for_documents(store_path / DB_FILENAME, proc)
+    committed = wait_for_documents(store_path, proc)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
@@ -77,7 +76,7 @@ def test_kill_9_during_ingest_leaves_only_whole_documents(tmp_path: Path) -> Non
         col = store.get_collection("c")
         survived = col.count()
         assert committed <= survived < total
-        assert_whole_documents(store_path / DB_FILENAME, col)
+        assert_whole_documents(col)
         assert col.search("wind and rain readings", k=5)
 
         report = col.ingest([folder])
@@ -87,8 +86,8 @@ def test_kill_9_during_ingest_leaves_only_whole_documents(tmp_path: Path) -> Non
         assert col.count() == total
 
 
-def test_kill_9_during_index_builds_leaves_a_working_index(tmp_path: Path) -> None:
-    store_path = tmp_path / "store"
+def test_kill_9_during_index_builds_leaves_a_working_index(store_location: str | Path) -> None:
+    store_path = store_location
     rng = np.random.default_rng(7)
     vectors = rng.normal(size=(6000, 16)).astype(np.float32)
     with ragstore.open(store_path) as store:
@@ -110,8 +109,8 @@ def test_kill_9_during_index_builds_leaves_a_working_index(tmp_path: Path) -> No
         assert col.index_stats()["segments"][0]["kind"] == col.config.index.kind
 
 
-def test_a_segment_sealed_by_another_process_is_adopted(tmp_path: Path) -> None:
-    store_path = tmp_path / "store"
+def test_a_segment_sealed_by_another_process_is_adopted(store_location: str | Path) -> None:
+    store_path = store_location
     vectors = np.random.default_rng(8).normal(size=(3000, 16)).astype(np.float32)
     with ragstore.open(store_path) as store:
         col = store.create_collection("ann", embedder=None, dim=16, index={"kind": "hnsw"})
@@ -129,6 +128,8 @@ def test_a_segment_sealed_by_another_process_is_adopted(tmp_path: Path) -> None:
 
 
 def test_each_commit_of_another_process_is_seen_by_the_next_search(tmp_path: Path) -> None:
+    """SQLite only: it counts SQLite's own change checks (a PostgreSQL store reads the
+    snapshot's id with each search instead)."""
     store_path = tmp_path / "store"
     basis = np.eye(16, dtype=np.float32)
     with ragstore.open(store_path) as store:
@@ -149,29 +150,13 @@ def test_each_commit_of_another_process_is_seen_by_the_next_search(tmp_path: Pat
             assert looks == ["PRAGMA data_version"]
 
 
-def wait_for_documents(db: Path, proc: subprocess.Popen[bytes]) -> int:
+def wait_for_documents(location: str | Path, proc: subprocess.Popen[bytes]) -> int:
     deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, "ingest finished before it could be killed"
-        if db.exists():
-            with sqlite3.connect(db, timeout=60) as conn:
-                count = conn.execute("SELECT count(*) FROM documents").fetchone()[0]
-            if count:
-                return int(count)
-        time.sleep(0.05)
+    with ragstore.open(location) as store:
+        col = store.get_collection("c")
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, "ingest finished before it could be killed"
+            if count := col.count():
+                return count
+            time.sleep(0.05)
     raise AssertionError("no document was committed in time")
-
-
-def assert_whole_documents(db: Path, col: ragstore.Collection) -> None:
-    with sqlite3.connect(db) as conn:
-        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        rows = conn.execute(
-            "SELECT d.doc_id, d.text, group_concat(c.ordinal || ':' || c.start_char || ':' || "
-            "c.end_char, ' ') FROM documents d LEFT JOIN chunks c ON c.document_id = d.id "
-            "GROUP BY d.id"
-        ).fetchall()
-    assert col.embedder is not None
-    for doc_id, text, chunks in rows:
-        stored = sorted(tuple(map(int, c.split(":"))) for c in (chunks or "").split())
-        spans = chunk_document(Document(doc_id, text), col.embedder, col.config.chunking)
-        assert stored == [(i, s.start, s.end) for i, s in enumerate(spans)], doc_id

@@ -53,8 +53,8 @@ def recall(found: list[str], truth: list[str]) -> float:
 
 
 @pytest.fixture
-def vector_store(tmp_path: Path) -> Store:
-    return ragstore.open(tmp_path / "store")
+def vector_store(store_location: str | Path) -> Store:
+    return ragstore.open(store_location)
 
 
 @pytest.mark.parametrize("kind", KINDS)

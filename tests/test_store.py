@@ -183,11 +183,11 @@ def test_invalid_filter_and_k_are_invalid_input(store: ragstore.Store) -> None:
         col.search("x", k=1001)
 
 
-def test_reopened_store_keeps_documents_and_config(tmp_path: Path) -> None:
-    with ragstore.open(tmp_path / "s") as first:
+def test_reopened_store_keeps_documents_and_config(store_location: str | Path) -> None:
+    with ragstore.open(store_location) as first:
         first.create_collection("small", chunk_size=64, chunk_overlap=8).upsert(POLICIES)
 
-    with ragstore.open(tmp_path / "s") as second:
+    with ragstore.open(store_location) as second:
         col = second.get_collection("small")
         assert col.config.chunking.chunk_size == 64
         assert col.count() == 3
@@ -283,13 +283,14 @@ def test_embeddings_are_reused_across_collections_of_the_same_model(
 
 
 def test_index_of_another_store_catches_up_even_after_tombstones_are_trimmed(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    store_location: str | Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr("ragstore.store.sqlite.rows.REMOVALS_KEPT", 3)
     monkeypatch.setattr("ragstore.engine.pipeline.REMOVALS_KEPT", 3)
+    monkeypatch.setattr("ragstore.store.postgres.backend.REMOVALS_KEPT", 3, raising=False)
     vectors = unit_vectors(40, 8, seed=3)
     records = [{"id": f"v{i}", "vector": v.tolist()} for i, v in enumerate(vectors)]
-    with ragstore.open(tmp_path / "s") as writer, ragstore.open(tmp_path / "s") as reader:
+    with ragstore.open(store_location) as writer, ragstore.open(store_location) as reader:
         writer.create_collection("vecs", embedder=None, dim=8).upsert(records)
         seen = reader.get_collection("vecs")
         assert seen.search(vector=vectors[5], k=1)[0].doc_id == "v5"  # index loaded
@@ -363,8 +364,11 @@ def test_reading_the_wal_index_keeps_sqlites_locks_on_it(tmp_path: Path) -> None
 
 
 def test_a_collection_is_known_without_a_lookup_only_while_nothing_is_committed(
-    store: ragstore.Store, embedder: Embedder
+    sqlite_store: ragstore.Store, embedder: Embedder
 ) -> None:
+    """SQLite only: a PostgreSQL store has no commit marker that can be read without a
+    statement, so it always looks the collection up."""
+    store = sqlite_store
     col = store.create_collection("known", embedder=embedder)
     assert store.known_collection("known") is col
     assert store.known_collection("unknown") is None

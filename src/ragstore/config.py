@@ -26,7 +26,7 @@ class ChunkingConfig(BaseModel):
         return self
 
 
-IndexKind = Literal["flat", "hnsw", "ivf", "ivfpq", "sq8"]
+IndexKind = Literal["flat", "hnsw", "ivf", "ivfpq", "sq8", "pgvector"]
 
 
 class IndexConfig(BaseModel):
@@ -37,6 +37,10 @@ class IndexConfig(BaseModel):
     ``ef_search``; ``ivf`` and ``ivfpq`` use ``nlist`` (``None``: about 2·sqrt(n)) and
     ``nprobe``; ``ivfpq`` also ``pq_m`` sub-quantizers of ``nbits`` bits. The compressed
     kinds (``ivfpq``, ``sq8``) re-rank ``rerank * k`` candidates with the exact vectors.
+
+    ``pgvector`` (PostgreSQL stores only) holds nothing in memory: both sides of a search
+    run in the database, dense on a pgvector HNSW index (``m``, ``ef_construction``,
+    ``ef_search``), keyword as PostgreSQL full-text search.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")

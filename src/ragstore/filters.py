@@ -399,15 +399,25 @@ def compile_sql(flt: Filter, json_column: str) -> tuple[str, list[object]]:
     is bound as a ``?`` parameter, returned in order. The expression is never NULL, so
     ``NOT (expr)`` selects exactly the other rows.
     """
+    return compile_tree(flt, lambda cmp: _compile_compare(cmp, json_column))
+
+
+CompileCompare = Callable[[Compare], tuple[str, list[object]]]
+"""One comparison as an SQL expression (never NULL) and its parameters."""
+
+
+def compile_tree(flt: Filter, compare: CompileCompare) -> tuple[str, list[object]]:
+    """Compile ``flt`` to a boolean SQL expression, each comparison by ``compare`` (the
+    one part that differs between SQL dialects)."""
     match flt:
         case Compare():
-            return _compile_compare(flt, json_column)
+            return compare(flt)
         case And(items):
-            return _join("AND", [compile_sql(item, json_column) for item in items])
+            return _join("AND", [compile_tree(item, compare) for item in items])
         case Or(items):
-            return _join("OR", [compile_sql(item, json_column) for item in items])
+            return _join("OR", [compile_tree(item, compare) for item in items])
         case Not(item):
-            sql, params = compile_sql(item, json_column)
+            sql, params = compile_tree(item, compare)
             return f"(NOT {sql})", params
 
 

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Unpack
+from typing import Any, Unpack, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -36,10 +36,11 @@ from ragstore.config import DEFAULT_EMBEDDER, CollectionConfig, IndexConfig
 from ragstore.embed import Embedder, get_embedder
 from ragstore.engine import pipeline
 from ragstore.engine.pipeline import ProgressFn
-from ragstore.errors import Conflict, InvalidInput, ModelMismatch, NotFound
+from ragstore.errors import Conflict, InvalidConfig, InvalidInput, ModelMismatch, NotFound
 from ragstore.filters import Filter, parse_filter
 from ragstore.index.ann import Knobs
-from ragstore.index.base import Matrix
+from ragstore.index.base import Ids, Matrix
+from ragstore.index.database import DatabaseIndex
 from ragstore.index.vectors import SegmentedIndex
 from ragstore.ingest.loaders import DEFAULT_MAX_FILE_BYTES
 from ragstore.inputs import check_text
@@ -54,7 +55,14 @@ from ragstore.records import (
 from ragstore.search import hybrid
 from ragstore.search.hybrid import Fusion, Mode, Reranker, SearchOptions, SearchResults
 from ragstore.store import is_url, open_backend
-from ragstore.store.base import ChunkRow, DocumentRow, StorageBackend
+from ragstore.store.base import (
+    ChunkRow,
+    DatabaseIndexes,
+    DocumentRow,
+    Reader,
+    StorageBackend,
+    Writer,
+)
 from ragstore.types import Document, IngestReport, StoredDocument
 
 VECTOR_BATCH = 4096
@@ -124,10 +132,14 @@ class Store:
         _check_name(name)
         model = get_embedder(embedder) if isinstance(embedder, str) else embedder
         config = _new_config(model, dim, chunk_size, chunk_overlap, index)
+        _check_index_kind(self._db, config.index)
         with self._db.write() as writer:
             if writer.find_collection(name) is not None:
                 raise Conflict(f"collection {name!r} already exists")
             writer.create_collection(name, config.to_json(), time.time())
+            created = writer.find_collection(name)
+            assert created is not None
+            _update_database_indexes(self._db, writer, created.id, config)
         return self.get_collection(name, embedder=model)
 
     def get_collection(self, name: str, *, embedder: Embedder | None = None) -> Collection:
@@ -245,7 +257,7 @@ class Collection:
         self.config = config
         self._stored_config = stored_config  # the row's text, to tell when it changes
         self._embedder = embedder
-        self._index = SegmentedIndex(db, collection_id, config.dim, config.index)
+        self._index = _index_for(db, collection_id, config)
 
     @property
     def embedder(self) -> Embedder | None:
@@ -457,6 +469,10 @@ class Collection:
         flt = parse_filter(where)
         knobs = Knobs(ef_search=ef_search, nprobe=nprobe)
         query = unit_vector(vector, self.config.dim, "vector")
+        if isinstance(self._index, DatabaseIndex):
+            with self._db.read() as reader:
+                found = self._index.dense(reader, query, k, flt, knobs)
+            return found.docs, found.scores
         with self._index.lock:
             if flt is None:
                 self._index.refresh()
@@ -470,48 +486,67 @@ class Collection:
 
     def wait_for_index(self) -> None:
         """Wait until background sealing and merging have finished."""
-        self._index.wait()
+        if isinstance(self._index, SegmentedIndex):
+            self._index.wait()
 
     def optimize(self) -> None:
-        """Seal the growing segment, merge segments and rebuild stale ones now; blocks."""
-        self._index.optimize()
+        """Seal the growing segment, merge segments and rebuild stale ones now; blocks.
+        (An in-database index is kept current by the database: nothing to do.)"""
+        if isinstance(self._index, SegmentedIndex):
+            self._index.optimize()
 
     def rebuild_index(self, index: Mapping[str, Any] | IndexConfig) -> None:
         """Switch to another index kind or settings and rebuild every segment now."""
         settings = index.model_dump() if isinstance(index, IndexConfig) else dict(index)
         merged = self.config.index.model_dump() | settings
         config = CollectionConfig.parse(self.config.model_dump() | {"index": merged})
+        _check_index_kind(self._db, config.index)
         stored_config = config.to_json()
         with self._db.write() as writer:
             writer.set_config(self.id, stored_config)
+            _update_database_indexes(self._db, writer, self.id, config)
         self.config = config
         self._stored_config = stored_config
-        self._index.config = config.index
-        self._index.optimize()
+        if isinstance(self._index, SegmentedIndex) and config.index.kind != "pgvector":
+            self._index.config = config.index
+            self._index.optimize()
+        else:
+            self._index = _index_for(self._db, self.id, config)
 
     def check_recall(self, sample: int = 100, k: int = 10, seed: int = 0) -> dict[str, Any]:
         """Recall@k of the index against exact search, with ``sample`` stored vectors
         (drawn at random) as the queries."""
         if isinstance(sample, bool) or not isinstance(sample, int) or not 1 <= sample <= 100_000:
             raise InvalidInput("sample must be an integer from 1 to 100000", field="sample")
-        with self._index.lock, self._db.read() as reader:
-            self._index.catch_up(reader)
+        with self._db.read() as reader:
             queries = reader.sample_vectors(self.id, sample, self.config.dim, seed)
             if not len(queries):
                 return {"k": k, "queries": 0, "recall": None}
-            truth = self._index.exact(queries, k)
-            found = [self._index.search(q, k, None, Knobs()).ids for q in queries]
+            truth, found = self._recall_pairs(reader, queries, k)
         recalls = [
             len(set(f.tolist()) & set(t[t >= 0].tolist())) / max(int((t >= 0).sum()), 1)
             for f, t in zip(found, truth, strict=True)
         ]
         return {"k": k, "queries": len(queries), "recall": round(float(np.mean(recalls)), 4)}
 
+    def _recall_pairs(self, reader: Reader, queries: Matrix, k: int) -> tuple[Ids, list[Ids]]:
+        """Exact top-``k`` ids of each query, and what the index finds."""
+        index = self._index
+        if isinstance(index, DatabaseIndex):
+            found = [index.dense(reader, q, k, None, Knobs()).ids for q in queries]
+            return index.exact(reader, queries, k), found
+        with index.lock:
+            index.catch_up(reader)
+            return index.exact(queries, k), [index.search(q, k, None, Knobs()).ids for q in queries]
+
     def index_stats(self) -> dict[str, Any]:
         """The index's segments: kind, vectors, deleted, bytes and bytes per vector."""
-        with self._index.lock, self._db.read() as reader:
-            self._index.catch_up(reader)
-            return self._index.stats()
+        with self._db.read() as reader:
+            if isinstance(self._index, DatabaseIndex):
+                return self._index.stats(reader)
+            with self._index.lock:
+                self._index.catch_up(reader)
+                return self._index.stats()
 
     def get(self, ids: str | Sequence[str]) -> list[StoredDocument]:
         """Stored documents by id (a string is one id), in the order asked; unknown ids
@@ -699,6 +734,37 @@ def _new_config(
             "index": index.model_dump() if isinstance(index, IndexConfig) else dict(index or {}),
         }
     )
+
+
+def _index_for(
+    backend: StorageBackend, collection_id: int, config: CollectionConfig
+) -> SegmentedIndex | DatabaseIndex:
+    """The index that serves a collection: in the database for kind ``pgvector``,
+    else segments in memory derived from the store."""
+    if config.index.kind == "pgvector":
+        return DatabaseIndex(collection_id, config.dim, config.index)
+    return SegmentedIndex(backend, collection_id, config.dim, config.index)
+
+
+def _check_index_kind(backend: StorageBackend, index: IndexConfig) -> None:
+    if index.kind == "pgvector" and not backend.searches_in_database:
+        raise InvalidConfig(
+            "index kind 'pgvector' searches inside PostgreSQL: open a postgresql:// store",
+            field="index.kind",
+        )
+
+
+def _update_database_indexes(
+    backend: StorageBackend, writer: Writer, collection_id: int, config: CollectionConfig
+) -> None:
+    """Build the in-database indexes of a ``pgvector`` collection; drop them otherwise."""
+    if not backend.searches_in_database:
+        return
+    indexes = cast(DatabaseIndexes, writer)
+    if config.index.kind == "pgvector":
+        indexes.create_search_indexes(collection_id, config.dim, config.index)
+    else:
+        indexes.drop_search_indexes(collection_id)
 
 
 def _check_embedder(config: CollectionConfig, embedder: Embedder) -> None:

@@ -21,6 +21,7 @@ from ragstore.errors import InvalidInput
 from ragstore.filters import Filter, parse_filter, to_json
 from ragstore.index.ann import Knobs
 from ragstore.index.base import AllowedMask, Matrix
+from ragstore.index.database import DatabaseIndex
 from ragstore.index.vectors import SegmentedIndex
 from ragstore.search import fusion
 from ragstore.store.base import Reader
@@ -165,7 +166,7 @@ class Side:
 
 def run(
     reader: Reader,
-    index: SegmentedIndex,
+    index: SegmentedIndex | DatabaseIndex,
     params: SearchParams,
     *,
     text: str | None,
@@ -183,14 +184,10 @@ def run(
     ``(chunk id, score)`` pairs until the end; only the hits returned (or handed to the
     reranker) are read in full.
     """
-    depth = params.candidates
-    with index.lock:
-        index.catch_up(reader)
-        allowed = None if params.where is None else index.allowed(reader, params.where)
-        lexical = _keyword(reader, index, text, allowed, depth, params.mode)
-    query_vector = vector.result() if isinstance(vector, Future) else vector
-    with index.lock:
-        dense = _dense(index, query_vector, allowed, params, depth)
+    if isinstance(index, DatabaseIndex):
+        dense, lexical = _database_sides(reader, index, params, text, vector)
+    else:
+        dense, lexical = _memory_sides(reader, index, params, text, vector)
     ranked = _fuse(params, dense, lexical)
     if params.group_by_doc:
         ranked = best_per_document(reader, ranked)
@@ -208,6 +205,46 @@ def run(
     return results
 
 
+def _memory_sides(
+    reader: Reader,
+    index: SegmentedIndex,
+    params: SearchParams,
+    text: str | None,
+    vector: QueryVector,
+) -> tuple[Side | None, Side | None]:
+    depth = params.candidates
+    with index.lock:
+        index.catch_up(reader)
+        allowed = None if params.where is None else index.allowed(reader, params.where)
+        lexical = _keyword(reader, index, text, allowed, depth, params.mode)
+    query_vector = vector.result() if isinstance(vector, Future) else vector
+    with index.lock:
+        dense = _dense(index, query_vector, allowed, params, depth)
+    return dense, lexical
+
+
+def _database_sides(
+    reader: Reader,
+    index: DatabaseIndex,
+    params: SearchParams,
+    text: str | None,
+    vector: QueryVector,
+) -> tuple[Side | None, Side | None]:
+    """Both sides as statements in the database, the filter inside each."""
+    depth = params.candidates
+    lexical = None
+    if params.mode != "dense" and text is not None:
+        ids, scores = index.keyword(reader, text, depth, params.where)
+        plan = "postgresql full-text" + (" + filter in sql" if params.where else "")
+        lexical = Side(list(zip(ids.tolist(), scores.tolist(), strict=True)), plan)
+    query_vector = vector.result() if isinstance(vector, Future) else vector
+    if query_vector is None:
+        return None, lexical
+    found = index.dense(reader, query_vector, depth, params.where, params.knobs)
+    dense = Side(list(zip(found.ids.tolist(), found.scores.tolist(), strict=True)), found.plan)
+    return dense, lexical
+
+
 def _plan(params: SearchParams, dense: Side | None, lexical: Side | None) -> dict[str, object]:
     plan: dict[str, object] = {"mode": params.mode, "candidates": params.candidates}
     if params.where is not None:
@@ -215,7 +252,7 @@ def _plan(params: SearchParams, dense: Side | None, lexical: Side | None) -> dic
     if dense is not None:
         plan["dense"] = dense.plan
     if lexical is not None:
-        plan["keyword"] = "bm25 postings" + (" + filter mask" if params.where else "")
+        plan["keyword"] = lexical.plan
     if dense is not None and lexical is not None:
         plan["fusion"] = params.fusion
     return plan
@@ -260,7 +297,8 @@ def _keyword(
     if mode == "dense" or text is None:
         return None
     ids, scores = index.keyword_search(reader, terms.query_terms(text), depth, allowed)
-    return Side(list(zip(ids.tolist(), scores.tolist(), strict=True)))
+    plan = "bm25 postings" + (" + filter mask" if allowed is not None else "")
+    return Side(list(zip(ids.tolist(), scores.tolist(), strict=True)), plan)
 
 
 def _fuse(

@@ -25,7 +25,7 @@ def open_backend(location: str | Path) -> StorageBackend:
                 "a postgresql:// store needs the postgres extra: "
                 f"pip install 'ragstore[postgres]' ({exc})"
             ) from None
-        return PostgresBackend(location)
+        return PostgresBackend(str(location))
     from ragstore.store.sqlite.backend import SqliteBackend
 
     return SqliteBackend(Path(location).expanduser())

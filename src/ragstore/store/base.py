@@ -28,8 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from ragstore.config import IndexConfig
 from ragstore.filters import Filter
-from ragstore.types import Hit, Ids, Matrix, StoredDocument
+from ragstore.types import Hit, Ids, Matrix, Scores, StoredDocument
 
 REMOVALS_KEPT = 50_000
 """Removals kept per collection for other processes' indexes to catch up from."""
@@ -279,6 +280,46 @@ class Writer(Reader, Protocol):
         ...
 
 
+class DatabaseSearch(Protocol):
+    """Searches a backend runs itself, for collections of index kind ``pgvector``: no
+    index is held in the process. Only a database server implements this."""
+
+    def dense_search(
+        self,
+        collection_id: int,
+        dim: int,
+        vector: Matrix,
+        k: int,
+        where: Filter | None,
+        ef_search: int,
+    ) -> tuple[Ids, Scores]:
+        """The ``k`` chunks nearest ``vector`` by inner product, best first, among those
+        whose documents match ``where``; k of them whenever k match."""
+        ...
+
+    def text_search(
+        self, collection_id: int, text: str, k: int, where: Filter | None
+    ) -> tuple[Ids, Scores]:
+        """The ``k`` chunks that best match the words of ``text``, best first."""
+        ...
+
+    def search_index_bytes(self, collection_id: int) -> int:
+        """Size on disk of the collection's in-database search indexes."""
+        ...
+
+
+class DatabaseIndexes(Protocol):
+    """Creates and drops a collection's in-database search indexes (in a write)."""
+
+    def create_search_indexes(self, collection_id: int, dim: int, index: IndexConfig) -> None:
+        """Build the indexes :class:`DatabaseSearch` uses, replacing older ones."""
+        ...
+
+    def drop_search_indexes(self, collection_id: int) -> None:
+        """Drop them (nothing when there are none)."""
+        ...
+
+
 class StorageBackend(Protocol):
     """A store's source of truth: one SQLite file, or one PostgreSQL database."""
 
@@ -290,6 +331,9 @@ class StorageBackend(Protocol):
     cache_dir: Path
     """The directory of the local query cache's SQLite file: the store's own for the
     embedded backend, one beside the index files for a server."""
+    searches_in_database: bool
+    """Whether its sessions implement :class:`DatabaseSearch` and
+    :class:`DatabaseIndexes` (index kind ``pgvector``)."""
 
     def read(self) -> AbstractContextManager[Reader]:
         """A read-only snapshot."""

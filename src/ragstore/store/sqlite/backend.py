@@ -24,6 +24,7 @@ class SqliteBackend:
         self.location = str(path)
         self.index_root = path / INDEX_DIRNAME
         self.cache_dir = path
+        self.searches_in_database = False
         self.db = _open_database(path)
 
     @contextmanager
