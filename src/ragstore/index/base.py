@@ -1,7 +1,7 @@
 """Types shared by the index code: ids, scores, vectors and allowed-id masks.
 
-Indexes are derived data: the store can always rebuild one from the vectors it keeps in
-SQLite. Vectors are unit length, so inner product is cosine similarity.
+Indexes are derived data: they can always be rebuilt from the vectors the store keeps.
+Vectors are unit length, so inner product is cosine similarity.
 """
 
 from __future__ import annotations

@@ -257,6 +257,40 @@ class PostgresSession:
                 return
             after = int(rows[-1][0])
 
+    def _chunk_pages(
+        self, columns: str, collection_id: int, first: int, last: int
+    ) -> Iterator[list[tuple[Any, ...]]]:
+        """``columns`` of the collection's chunks with ids in ``[first, last]``, by id, a
+        page at a time.
+
+        The planner cannot know that a collection's ids are clustered (it assumes ids
+        past ``first`` are spread over every collection), so an open range looked new
+        chunks up by walking the other collections' rows, and a join hashed the whole
+        documents table to find none. So the range is closed at the collection's
+        newest id first (one index probe), and documents are read apart
+        (:meth:`_documents_column`)."""
+        newest = self._one("SELECT max(id) FROM chunks WHERE collection_id = %s", (collection_id,))[
+            0
+        ]
+        if newest is None or newest < first:
+            return iter(())
+        return self._pages(
+            f"SELECT {columns} FROM chunks WHERE collection_id = %s AND id <= %s AND id > %s "
+            "ORDER BY id LIMIT %s",
+            (collection_id, min(int(last), int(newest))),
+            first - 1,
+        )
+
+    def _documents_column(self, column: str, row_ids: Sequence[int]) -> dict[int, Any]:
+        """Document row id -> ``column``, for the documents of ``row_ids``."""
+        wanted = sorted(set(row_ids))
+        if not wanted:
+            return {}
+        rows = self._all(
+            f"SELECT id, {column} FROM documents WHERE id = ANY(%s::bigint[])", (wanted,)
+        )
+        return {int(row[0]): row[1] for row in rows}
+
     # -- collections
 
     def change_stamp(self) -> Hashable:
@@ -376,12 +410,7 @@ class PostgresSession:
         """Ids of the collection's chunks in ``[first, last]``, ascending."""
         parts = [
             np.fromiter((row[0] for row in rows), dtype=np.int64, count=len(rows))
-            for rows in self._pages(
-                "SELECT id FROM chunks WHERE collection_id = %s AND id <= %s AND id > %s "
-                "ORDER BY id LIMIT %s",
-                (collection_id, last),
-                first - 1,
-            )
+            for rows in self._chunk_pages("id", collection_id, first, last)
         ]
         return _concatenated(parts)
 
@@ -392,16 +421,11 @@ class PostgresSession:
         ids: list[Ids] = []
         vectors: list[Matrix] = []
         docs: list[str] = []
-        for rows in self._pages(
-            "SELECT c.id, c.vector, d.doc_id FROM chunks c "
-            "JOIN documents d ON d.id = c.document_id "
-            "WHERE c.collection_id = %s AND c.id <= %s AND c.id > %s ORDER BY c.id LIMIT %s",
-            (collection_id, last),
-            first - 1,
-        ):
+        for rows in self._chunk_pages("id, vector, document_id", collection_id, first, last):
             ids.append(np.fromiter((row[0] for row in rows), dtype=np.int64, count=len(rows)))
             vectors.append(_matrix([row[1] for row in rows], dim))
-            docs.extend(row[2] for row in rows)
+            doc_ids = self._documents_column("doc_id", [row[2] for row in rows])
+            docs.extend(doc_ids[row[2]] for row in rows)
         matrix = np.concatenate(vectors) if vectors else np.empty((0, dim), dtype=np.float32)
         return _concatenated(ids), matrix, docs
 
@@ -409,12 +433,7 @@ class PostgresSession:
         """Ids (ascending) and stored keyword terms of the chunks from ``first``."""
         ids: list[Ids] = []
         terms: list[bytes] = []
-        for rows in self._pages(
-            "SELECT id, terms FROM chunks WHERE collection_id = %s AND id > %s "
-            "ORDER BY id LIMIT %s",
-            (collection_id,),
-            first - 1,
-        ):
+        for rows in self._chunk_pages("id, terms", collection_id, first, _LAST_ID):
             ids.append(np.fromiter((row[0] for row in rows), dtype=np.int64, count=len(rows)))
             terms.extend(row[1] for row in rows)
         return _concatenated(ids), terms
@@ -427,18 +446,13 @@ class PostgresSession:
         ids: list[Ids] = []
         metadata: list[dict[str, object]] = []
         parsed: dict[int, dict[str, object]] = {}
-        for rows in self._pages(
-            "SELECT c.id, c.document_id, d.metadata_text FROM chunks c "
-            "JOIN documents d ON d.id = c.document_id "
-            "WHERE c.collection_id = %s AND c.id <= %s AND c.id > %s ORDER BY c.id LIMIT %s",
-            (collection_id, upto),
-            after,
-        ):
+        for rows in self._chunk_pages("id, document_id", collection_id, after + 1, upto):
             ids.append(np.fromiter((row[0] for row in rows), dtype=np.int64, count=len(rows)))
-            for _, document, text in rows:
+            texts = self._documents_column("metadata_text", [row[1] for row in rows])
+            for _, document in rows:
                 value = parsed.get(document)
                 if value is None:
-                    value = parsed[document] = json.loads(text)
+                    value = parsed[document] = json.loads(texts[document])
                 metadata.append(value)
         return _concatenated(ids), metadata
 

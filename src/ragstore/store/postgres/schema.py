@@ -180,10 +180,22 @@ CREATE TRIGGER collections_config AFTER UPDATE OF config ON collections
     FOR EACH ROW EXECUTE FUNCTION ragstore_index_changed();
 """
 
+# Schema 2: chunks of collections searched in the database (index kind pgvector) keep
+# their text's tsvector, filled on insert by a per-collection trigger (search.py), so
+# ranking a full-text match reads it instead of parsing the text again.
+_TEXT_SEARCH = """
+ALTER TABLE chunks ADD COLUMN tsv tsvector;
+CREATE FUNCTION ragstore_fill_tsv() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.tsv := to_tsvector('english'::regconfig, NEW.text);
+    RETURN NEW;
+END $$;
+"""
+
 Connection = psycopg.Connection[Any]
 Step = str | Callable[[Connection], None]
 
-MIGRATIONS: Final[tuple[Step, ...]] = (_TABLES + _TRIGGERS,)
+MIGRATIONS: Final[tuple[Step, ...]] = (_TABLES + _TRIGGERS, _TEXT_SEARCH)
 """The schema is built by applying these steps in order."""
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 

@@ -6,9 +6,11 @@ Each such collection has two partial indexes on ``chunks``, limited to its rows:
   Searches set ``hnsw.iterative_scan = strict_order``, so a filter that rejects most of
   the first candidates makes the scan go on until ``k`` rows pass (or
   ``hnsw.max_scan_tuples`` were read), instead of returning fewer;
-- a GIN index over ``to_tsvector('english', text)``: the keyword side is PostgreSQL's
-  full-text search, the query's words OR-ed, ranked by ``ts_rank_cd`` (not BM25, so its
-  scores and ranking differ from the in-memory keyword index).
+- a GIN index over the chunks' ``tsv`` column (``to_tsvector('english', text)``, filled
+  when a row is inserted by a trigger that fires for this collection's rows only): the
+  keyword side is PostgreSQL's full-text search, the query's words OR-ed, ranked by
+  ``ts_rank_cd`` (not BM25, so its scores and ranking differ from the in-memory keyword
+  index).
 
 The collection id, the dimension and the HNSW settings are written into the statements
 as numbers (they are validated integers): a partial index is used only when the planner
@@ -39,6 +41,11 @@ def create_indexes(
     """(Re)build the collection's HNSW and full-text indexes."""
     drop_indexes(conn, collection_id)
     cid, dim = int(collection_id), int(dim)
+    conn.execute(f"UPDATE chunks SET tsv = {_tsvector('text')} WHERE collection_id = {cid}")
+    conn.execute(
+        f"CREATE TRIGGER {_text_name(cid)} BEFORE INSERT ON chunks FOR EACH ROW "
+        f"WHEN (NEW.collection_id = {cid}) EXECUTE FUNCTION ragstore_fill_tsv()"
+    )
     conn.execute(
         f"CREATE INDEX {_hnsw_name(cid)} ON chunks USING hnsw "
         f"((vector::vector({dim})) vector_ip_ops) "
@@ -46,8 +53,7 @@ def create_indexes(
         f"WHERE collection_id = {cid}"
     )
     conn.execute(
-        f"CREATE INDEX {_text_name(cid)} ON chunks USING gin "
-        f"({_tsvector('text')}) WHERE collection_id = {cid}"
+        f"CREATE INDEX {_text_name(cid)} ON chunks USING gin (tsv) WHERE collection_id = {cid}"
     )
 
 
@@ -56,6 +62,8 @@ def drop_indexes(conn: psycopg.Connection[Any], collection_id: int) -> None:
     cid = int(collection_id)
     conn.execute(f"DROP INDEX IF EXISTS {_hnsw_name(cid)}")
     conn.execute(f"DROP INDEX IF EXISTS {_text_name(cid)}")
+    conn.execute(f"DROP TRIGGER IF EXISTS {_text_name(cid)} ON chunks")
+    conn.execute(f"UPDATE chunks SET tsv = NULL WHERE collection_id = {cid} AND tsv IS NOT NULL")
 
 
 def index_bytes(conn: psycopg.Connection[Any], collection_id: int) -> int:
@@ -101,11 +109,10 @@ def text(
         return _ids_scores([])
     cid = int(collection_id)
     restriction, params = _restriction(where)
-    tsvector = _tsvector("c.text")
     rows = conn.execute(
-        f"SELECT c.id, ts_rank_cd({tsvector}, q.query) AS rank "
+        "SELECT c.id, ts_rank_cd(c.tsv, q.query) AS rank "
         f"FROM websearch_to_tsquery('{TEXT_CONFIG}', %s) AS q(query), chunks c "
-        f"{restriction.join} WHERE c.collection_id = {cid} AND {tsvector} @@ q.query"
+        f"{restriction.join} WHERE c.collection_id = {cid} AND c.tsv @@ q.query"
         f"{restriction.test} ORDER BY rank DESC, c.id LIMIT %s",
         (" or ".join(words), *params, int(k)),
     ).fetchall()
