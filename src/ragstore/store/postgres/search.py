@@ -9,8 +9,10 @@ Each such collection has two partial indexes on ``chunks``, limited to its rows:
 - a GIN index over the chunks' ``tsv`` column (``to_tsvector('english', text)``, filled
   when a row is inserted by a trigger that fires for this collection's rows only): the
   keyword side is PostgreSQL's full-text search, the query's words OR-ed, ranked by
-  ``ts_rank_cd`` (not BM25, so its scores and ranking differ from the in-memory keyword
-  index).
+  ``ts_rank`` with normalization 1 (divided by 1 + log of the chunk's length): not BM25,
+  so its ranking differs from the in-memory keyword index's. On SciFact it scored nDCG@10
+  0.56 against ``ts_rank_cd``'s 0.36 (cover density favours chunks holding all of a
+  query's words close together, which an OR of a question's words seldom finds).
 
 The collection id, the dimension and the HNSW settings are written into the statements
 as numbers (they are validated integers): a partial index is used only when the planner
@@ -110,7 +112,7 @@ def text(
     cid = int(collection_id)
     restriction, params = _restriction(where)
     rows = conn.execute(
-        "SELECT c.id, ts_rank_cd(c.tsv, q.query) AS rank "
+        "SELECT c.id, ts_rank(c.tsv, q.query, 1) AS rank "
         f"FROM websearch_to_tsquery('{TEXT_CONFIG}', %s) AS q(query), chunks c "
         f"{restriction.join} WHERE c.collection_id = {cid} AND c.tsv @@ q.query"
         f"{restriction.test} ORDER BY rank DESC, c.id LIMIT %s",
