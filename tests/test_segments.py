@@ -286,8 +286,10 @@ def test_a_schema_1_store_is_upgraded_in_place(tmp_path: Path) -> None:
         assert col.index_stats()["vectors"] == 100
 
 
-def test_index_command_reports_segments_checks_recall_and_rebuilds(tmp_path: Path) -> None:
-    path = tmp_path / "store"
+def test_index_command_reports_segments_checks_recall_and_rebuilds(
+    store_location: str | Path,
+) -> None:
+    path = store_location
     with ragstore.open(path) as store:
         col = store.create_collection(
             "cli", embedder=None, dim=DIM, index={"kind": "hnsw", **SMALL_INDEX}
@@ -310,8 +312,8 @@ def test_index_command_reports_segments_checks_recall_and_rebuilds(tmp_path: Pat
         assert refused.exit_code == 2, (bad, refused.output)
 
 
-def test_query_explain_prints_the_plan(tmp_path: Path, embedder: Embedder) -> None:
-    path = tmp_path / "store"
+def test_query_explain_prints_the_plan(store_location: str | Path, embedder: Embedder) -> None:
+    path = store_location
     with ragstore.open(path) as store:
         col = store.create_collection("docs", embedder=embedder, index={"kind": "hnsw"})
         col.upsert(
