@@ -7,7 +7,7 @@ thread embeds it faster (``benchmarks/embed_query.py``). Two precisions:
 - ``int8``: the export with every linear layer's weights quantized per output channel
   to int8 and their inputs quantized on the fly (ONNX Runtime's dynamic quantization).
   About 2.5x faster again; cosine to the torch vector ~0.994, and nDCG@10 on SciFact and
-  Cranfield within 0.007 of fp32 either way (the README has the figures).
+  Cranfield within 0.007 of fp32 either way (docs/search.md has the figures).
 
 Documents are always embedded by torch in fp32; only queries take this path. Each file is
 written under a temporary name and renamed, so a reader never sees half of one, and
