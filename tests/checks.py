@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import sqlite3
-from pathlib import Path
 
 import ragstore
 from ragstore.engine.pipeline import chunk_document
+from ragstore.store.sqlite.backend import SqliteBackend
 from ragstore.store.sqlite.db import DB_FILENAME
 from ragstore.types import Document
 
 
 def assert_whole_documents(col: ragstore.Collection) -> None:
     """Every stored document has exactly the chunks its text splits into."""
-    if col._db.location == str(getattr(col._db, "path", "")):  # the embedded store
-        with sqlite3.connect(Path(col._db.location) / DB_FILENAME) as conn:
+    if isinstance(col._db, SqliteBackend):
+        with sqlite3.connect(col._db.path / DB_FILENAME) as conn:
             assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     with col._db.read() as reader:
         doc_ids = reader.matching_doc_ids(col.id, None)

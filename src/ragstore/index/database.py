@@ -20,7 +20,6 @@ from ragstore.store.base import DatabaseSearch, Reader
 from ragstore.types import Ids, Matrix, Scores
 
 _LAST_ID = 2**63 - 1
-_EXACT_BLOCK = 16_384
 
 
 class DatabaseIndex:
