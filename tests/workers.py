@@ -59,12 +59,35 @@ def rebuilder(store_path: str) -> None:
             col.rebuild_index({"kind": kind})
 
 
+def appender(store_path: str) -> None:
+    """Append batches of BATCH vectors to ``vecs``, batch ``b`` holding ids ``b-0`` to
+    ``b-4``, one transaction each, until killed."""
+    col = ragstore.open(store_path).get_collection("vecs")
+    rng = np.random.default_rng(3)
+    for b in range(10**9):
+        vectors = rng.normal(size=(BATCH, DIM)).astype(np.float32)
+        ids = [f"{b}-{i}" for i in range(BATCH)]
+        col.upsert_vectors(ids, vectors, [{"batch": b}] * BATCH)
+
+
+def alias_flipper(store_path: str, flips: int) -> None:
+    """Switch alias ``docs`` between ``v1`` and ``v2`` ``flips`` times, ending on ``v2``."""
+    with ragstore.open(store_path) as store:
+        for flip in range(flips):
+            store.set_alias("docs", "v2" if (flips - flip) % 2 else "v1")
+            time.sleep(0.02)
+
+
 if __name__ == "__main__":
     role, path, *rest = sys.argv[1:]
     if role == "writer":
         writer(path, rest[0], int(rest[1]))
     elif role == "rebuilder":
         rebuilder(path)
+    elif role == "alias-flipper":
+        alias_flipper(path, int(rest[0]))
+    elif role == "appender":
+        appender(path)
     elif role == "upsert-basis":  # ids given: each gets that standard basis vector
         with ragstore.open(path) as store:
             ids = [int(i) for i in rest]

@@ -10,7 +10,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn, cast
@@ -21,9 +21,10 @@ from pydantic import ValidationError
 import ragstore
 from ragstore.cache import QueryCache
 from ragstore.config import config_error
+from ragstore.engine import snapshot as snapshots
 from ragstore.engine.pipeline import ProgressFn
 from ragstore.engine.store import Collection, Store
-from ragstore.errors import InvalidConfig, InvalidFilter, InvalidInput, RagstoreError
+from ragstore.errors import InvalidConfig, InvalidFilter, InvalidInput, QualityGate, RagstoreError
 from ragstore.ingest.loaders import DEFAULT_MAX_FILE_BYTES
 from ragstore.inputs import parse_json
 from ragstore.search.hybrid import DEFAULT_ALPHA, DEFAULT_FUSION, RRF_K, Fusion, Mode
@@ -90,7 +91,9 @@ class StoreLocation(click.ParamType):  # type: ignore[type-arg]
     show_default=True,
     help="Store directory, or a postgresql:// URL (env RAGSTORE_PATH).",
 )
-@click.option("--collection", default="default", show_default=True, help="Collection name.")
+@click.option(
+    "--collection", default="default", show_default=True, help="Collection (or alias) name."
+)
 @click.version_option(ragstore.__version__, prog_name="ragstore")
 @click.pass_context
 def cli(ctx: click.Context, store_path: str | Path, collection: str) -> None:
@@ -382,6 +385,62 @@ def eval_command(
         )
 
 
+@cli.group(name="alias")
+def alias_group() -> None:
+    """Names that stand for a collection: point one at a new collection and every
+    command, search and server request that names it follows."""
+
+
+@alias_group.command(name="set")
+@click.argument("alias")
+@click.argument("collection")
+@pass_context
+def alias_set(obj: Context, alias: str, collection: str) -> None:
+    """Point ALIAS at COLLECTION (creating the alias, or switching it)."""
+    with _failures():
+        found = obj.store.set_alias(alias, collection)
+    click.echo(_alias_line(found.to_dict()))
+
+
+@alias_group.command(name="list")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@pass_context
+def alias_list(obj: Context, as_json: bool) -> None:
+    """List aliases with the collection each names (and the one before)."""
+    with _failures():
+        found = [alias.to_dict() for alias in obj.store.list_aliases()]
+    if as_json:
+        _print_json(found)
+        return
+    for alias in found:
+        click.echo(_alias_line(alias))
+
+
+@alias_group.command(name="delete")
+@click.argument("alias")
+@pass_context
+def alias_delete(obj: Context, alias: str) -> None:
+    """Delete ALIAS (the collection it names stays)."""
+    with _failures():
+        obj.store.delete_alias(alias)
+    click.echo(f"deleted alias {alias}")
+
+
+@alias_group.command(name="rollback")
+@click.argument("alias")
+@pass_context
+def alias_rollback(obj: Context, alias: str) -> None:
+    """Point ALIAS back at the collection it named before its last switch."""
+    with _failures():
+        found = obj.store.rollback_alias(alias)
+    click.echo(_alias_line(found.to_dict()))
+
+
+def _alias_line(alias: dict[str, str | None]) -> str:
+    previous = f" (previously {alias['previous']})" if alias["previous"] else ""
+    return f"{alias['name']} -> {alias['collection']}{previous}"
+
+
 @cli.group(name="cache")
 @click.option(
     "--redis",
@@ -418,6 +477,130 @@ def cache_clear(obj: Context) -> None:
     click.echo(f"cleared {dropped} cached answer(s)")
 
 
+@cli.group(name="snapshot")
+def snapshot_group() -> None:
+    """Take, verify and restore online snapshots of an embedded store."""
+
+
+@snapshot_group.command(name="create")
+@click.argument("folder", type=click.Path(path_type=Path, file_okay=False))
+@click.option(
+    "--collection", "collections", multiple=True, help="Only this collection (repeatable)."
+)
+@click.option("--keep", type=click.IntRange(min=1), help="Then keep only the newest N there.")
+@click.option("--json", "as_json", is_flag=True, help="Print the snapshot's summary as JSON.")
+@pass_context
+def snapshot_create(
+    obj: Context, folder: Path, collections: tuple[str, ...], keep: int | None, as_json: bool
+) -> None:
+    """Snapshot the store into a new directory in FOLDER while it keeps serving."""
+    with _failures():
+        taken = obj.store.snapshot(folder, collections=list(collections) or None, keep=keep)
+    if as_json:
+        _print_json(taken.to_dict())
+        return
+    click.echo(f"{taken.path}  {len(taken.files)} files, {taken.bytes} bytes, {taken.seconds} s")
+
+
+@snapshot_group.command(name="verify")
+@click.argument("path", type=click.Path(path_type=Path, file_okay=False))
+def snapshot_verify(path: Path) -> None:
+    """Re-hash every file of snapshot PATH and check its database; exit 1 naming the
+    first bad file."""
+    with _failures():
+        checked = snapshots.verify(path)
+    counts = ", ".join(f"{c['name']} ({c['documents']} documents)" for c in checked.collections)
+    click.echo(
+        f"ok: {len(checked.files)} files, {checked.bytes} bytes; {counts or 'no collections'}"
+    )
+
+
+@snapshot_group.command(name="restore")
+@click.argument("path", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--to", "to", type=click.Path(path_type=Path), help="Restore the whole store here.")
+@click.option("--force", is_flag=True, help="Replace a non-empty --to directory.")
+@click.option("--collection", "only", help="Copy just this collection into --store …")
+@click.option("--as", "new_name", help="… as a new collection with this name.")
+@pass_context
+def snapshot_restore(
+    obj: Context,
+    path: Path,
+    to: Path | None,
+    force: bool,
+    only: str | None,
+    new_name: str | None,
+) -> None:
+    """Restore snapshot PATH: the whole store into a new directory (--to), or one
+    collection into the store under a new name (--collection C --as NAME)."""
+    with _failures():
+        if (to is None) == (only is None) or (only is None) != (new_name is None):
+            raise InvalidInput("give --to DIR, or --collection C with --as NAME", field="to")
+        if to is not None:
+            snapshots.restore(path, to, force=force)
+            click.echo(f"restored {path} to {to}")
+            return
+        assert only is not None and new_name is not None
+        restored = obj.store.restore_collection(path, only, name=new_name)
+        click.echo(f"restored collection {only!r} as {new_name!r}: {restored.count()} documents")
+
+
+@cli.command()
+@click.argument("source")
+@click.option("--to", "target", required=True, help="The new collection to build.")
+@click.option("--embedder", help="Embed with this model instead (text collections).")
+@click.option("--chunk-size", type=click.IntRange(min=1), help="New chunk size in tokens.")
+@click.option("--chunk-overlap", type=click.IntRange(min=0), help="New chunk overlap.")
+@click.option("--index", "index_json", help='New index settings as JSON, e.g. \'{"kind": "ivf"}\'.')
+@click.option("--switch", "alias", help="Then point this alias at the new collection.")
+@click.option("--drop-old", is_flag=True, help="After --switch, delete SOURCE.")
+@click.option(
+    "--min-ndcg",
+    "min_ndcg",
+    metavar="DATASET_DIR:SCORE",
+    help="Switch only if the new collection scores at least SCORE (hybrid nDCG@10) on "
+    "this BEIR-format dataset, whose documents it holds.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@pass_context
+def reindex(
+    obj: Context,
+    source: str,
+    target: str,
+    embedder: str | None,
+    chunk_size: int | None,
+    chunk_overlap: int | None,
+    index_json: str | None,
+    alias: str | None,
+    drop_old: bool,
+    min_ndcg: str | None,
+    as_json: bool,
+) -> None:
+    """Build collection --to from SOURCE (a collection or an alias) while SOURCE keeps
+    serving and taking writes; with --switch, then move an alias to it in one step
+    (`ragstore alias rollback` moves it back)."""
+    with _failures():
+        if drop_old and alias is None:
+            raise InvalidInput("--drop-old needs --switch", field="drop-old")
+        index = _parse_json_option(index_json, "--index")
+        gate = None if min_ndcg is None else _ndcg_gate(min_ndcg)
+        with _progress(enabled=not as_json and sys.stderr.isatty(), label="re-indexing") as bar:
+            report = obj.store.reindex(
+                source, target, embedder=embedder, chunk_size=chunk_size,
+                chunk_overlap=chunk_overlap, index=index, switch=alias, drop_old=drop_old,
+                progress=bar, gate=gate,
+            )  # fmt: skip
+    if as_json:
+        _print_json(report.to_dict())
+        return
+    click.echo(
+        f"{report.target}: {report.documents} documents from {report.source} in "
+        f"{report.seconds} s ({report.replayed} replayed over {report.rounds} rounds, "
+        f"{report.chunks_embedded} chunks embedded, {report.chunks_reused} reused)"
+    )
+    if report.switched:
+        click.echo(f"alias {report.switched!r} now names {report.target!r}")
+
+
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option(
@@ -443,6 +626,12 @@ def cache_clear(obj: Context) -> None:
     envvar="RAGSTORE_WORKERS",
     help="Worker processes (env RAGSTORE_WORKERS); each holds its own copy of the indexes.",
 )
+@click.option(
+    "--snapshot-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    envvar="RAGSTORE_SNAPSHOT_DIR",
+    help="Folder for snapshots taken over HTTP (env RAGSTORE_SNAPSHOT_DIR); off without it.",
+)
 @pass_context
 def serve(
     obj: Context,
@@ -451,6 +640,7 @@ def serve(
     keys_file: Path | None,
     limits_json: str | None,
     workers: int,
+    snapshot_dir: Path | None,
 ) -> None:
     """Serve the store over HTTP (routes under /v1, /healthz, /readyz, /metrics).
 
@@ -475,8 +665,32 @@ def serve(
             keys_json=os.environ.get("RAGSTORE_KEYS"),
             limits=limits,
             workers=workers,
+            snapshot_dir=snapshot_dir,
         )
         run_server(settings)
+
+
+def _ndcg_gate(spec: str) -> Callable[[Collection], None]:
+    """``DATASET_DIR:SCORE`` -> a check that a collection scores at least SCORE."""
+    folder, _, bar = spec.rpartition(":")
+    try:
+        least = float(bar)
+    except ValueError:
+        least = -1.0
+    if not folder or not 0.0 <= least <= 1.0:
+        raise InvalidInput("--min-ndcg takes DATASET_DIR:SCORE, SCORE in [0, 1]", field="min-ndcg")
+
+    def gate(collection: Collection) -> None:
+        from ragstore.eval import score
+
+        scored = score(collection, folder)
+        if scored.ndcg_at_10 < least:
+            raise QualityGate(
+                f"{collection.name} scores nDCG@10 {scored.ndcg_at_10:.4f} on {folder}, "
+                f"below {least}: not switched (it is kept; delete it or switch by hand)"
+            )
+
+    return gate
 
 
 def _query_cache(obj: Context) -> QueryCache:
@@ -525,14 +739,14 @@ def _parse_json_option(
 
 
 @contextmanager
-def _progress(*, enabled: bool) -> Iterator[ProgressFn | None]:
+def _progress(*, enabled: bool, label: str = "ingesting") -> Iterator[ProgressFn | None]:
     if not enabled:
         yield None
         return
     from rich.progress import Progress
 
     with Progress(transient=True, console=_stderr_console()) as bar:
-        task = bar.add_task("ingesting", total=None)
+        task = bar.add_task(label, total=None)
 
         def update(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total)

@@ -9,7 +9,8 @@ Every error ragstore raises on purpose derives from :class:`RagstoreError`::
     │   └── DimensionMismatch   a vector whose length is not the collection's dim
     ├── NotFound                an unknown collection or document (HTTP 404)
     ├── Conflict                the request contradicts stored state (HTTP 409)
-    │   └── ModelMismatch       a collection opened with a different embedder
+    │   ├── ModelMismatch       a collection opened with a different embedder
+    │   └── AliasMoved          an alias was switched while a write through it ran
     └── StoreError              the store cannot be used as asked
         └── SchemaTooNew        the store was written by a newer ragstore
 
@@ -69,8 +70,17 @@ class Conflict(RagstoreError):
     """The request contradicts what the store already holds."""
 
 
+class QualityGate(Conflict):
+    """A re-indexed collection scored below the bar set for switching to it."""
+
+
 class ModelMismatch(Conflict):
     """A collection was opened with an embedder other than the one it was built with."""
+
+
+class AliasMoved(Conflict):
+    """An alias was switched to another collection while a write through it was under
+    way; the write was rolled back (the aliased collection retries it on the new one)."""
 
 
 class StoreError(RagstoreError):
@@ -79,3 +89,12 @@ class StoreError(RagstoreError):
 
 class SchemaTooNew(StoreError):
     """The store was written by a newer version of ragstore."""
+
+
+class SnapshotInvalid(StoreError):
+    """A snapshot that is unfinished, damaged or not a snapshot; ``file`` names the first
+    bad file (relative to the snapshot) when there is one."""
+
+    def __init__(self, message: str, *, file: str | None = None) -> None:
+        super().__init__(message)
+        self.file = file

@@ -13,6 +13,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,13 +29,24 @@ from ragstore.ingest.loaders import (
     list_files,
     load_file,
 )
-from ragstore.store.base import REMOVALS_KEPT, ChunkRow, DocumentRow, StorageBackend
+from ragstore.store.base import (
+    REMOVALS_KEPT,
+    ChunkRow,
+    DocumentRow,
+    Reader,
+    StorageBackend,
+    Writer,
+)
 from ragstore.types import Document, IngestReport, Span
 
 logger = logging.getLogger(__name__)
 
 ProgressFn = Callable[[int, int], None]
 """Called as ``progress(done, total)`` while files are ingested."""
+Guard = Callable[[Writer], None]
+"""Called inside each write transaction before anything is written; what it raises
+rolls the transaction back (an aliased collection checks that its alias still names
+the collection written to)."""
 
 BATCH_DOCUMENTS = 64
 BATCH_CHUNKS = 512
@@ -51,6 +63,7 @@ class Target:
     collection_id: int
     embedder: Embedder
     chunking: ChunkingConfig
+    guard: Guard | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,10 +116,17 @@ def write_batches(
         _write(target, pending, vectors)
 
 
-def write_rows(store: StorageBackend, collection_id: int, documents: Sequence[DocumentRow]) -> None:
-    """Write prepared rows in one transaction."""
+def write_rows(
+    store: StorageBackend,
+    collection_id: int,
+    documents: Sequence[DocumentRow],
+    guard: Guard | None = None,
+) -> None:
+    """Write prepared rows in one transaction, after ``guard`` (if given) passed in it."""
     now = time.time()
     with store.write() as writer:
+        if guard is not None:
+            guard(writer)
         writer.write_documents(collection_id, documents, now)
         writer.trim_removals(collection_id, REMOVALS_KEPT)
 
@@ -192,6 +212,8 @@ def _sync_deletions(
     # a root whose name is not valid UTF-8 never held a stored document
     searched = [str(root) for root in roots if printable(str(root)) == str(root)]
     with target.store.write() as writer:
+        if target.guard is not None:
+            target.guard(writer)
         stale = [
             doc_id
             for doc_id, origin in writer.docs_from_origins(target.collection_id, searched)
@@ -217,11 +239,28 @@ def _batches(
         yield list(batch.values())
 
 
+def prepare_rows(
+    target: Target,
+    batch: list[tuple[Document, str | None]],
+    report: IngestReport,
+    reader: Reader,
+) -> list[DocumentRow]:
+    """The rows to write for the new or changed ``(document, origin)`` pairs of a batch
+    (no document twice), chunked and embedded; ``reader`` (a writer's own transaction,
+    when the rows are written in it) says what is stored already."""
+    pending = _pending(target, batch, report, reader)
+    vectors = _vectors(target, pending, report, reader)
+    return [_row(p, vectors) for p in pending]
+
+
 def _pending(
-    target: Target, batch: list[tuple[Document, str | None]], report: IngestReport
+    target: Target,
+    batch: list[tuple[Document, str | None]],
+    report: IngestReport,
+    reader: Reader | None = None,
 ) -> list[Pending]:
-    with target.store.read() as reader:
-        stored = reader.content_hashes(target.collection_id, [doc.id for doc, _ in batch])
+    with _reading(target, reader) as found:
+        stored = found.content_hashes(target.collection_id, [doc.id for doc, _ in batch])
     pending = []
     for doc, origin in batch:
         digest = document_hash(doc)
@@ -257,11 +296,23 @@ def embed_text(title: str, chunk: str) -> str:
     return f"{title}\n{chunk}" if title else chunk
 
 
-def _vectors(target: Target, pending: list[Pending], report: IngestReport) -> dict[str, np.ndarray]:
+@contextmanager
+def _reading(target: Target, reader: Reader | None) -> Iterator[Reader]:
+    """``reader`` when given; else a read snapshot of the target's store."""
+    if reader is not None:
+        yield reader
+        return
+    with target.store.read() as opened:
+        yield opened
+
+
+def _vectors(
+    target: Target, pending: list[Pending], report: IngestReport, reader: Reader | None = None
+) -> dict[str, np.ndarray]:
     wanted = sorted({h for p in pending for h in p.chunk_hashes})
-    with target.store.read() as reader:
+    with _reading(target, reader) as found:
         model = (target.embedder.name, target.embedder.version)
-        stored = reader.vectors_by_hash(model, wanted)
+        stored = found.vectors_by_hash(model, wanted)
     vectors = {h: np.frombuffer(blob, dtype=np.float32) for h, blob in stored.items()}
     missing: dict[str, str] = {}
     for p in pending:
@@ -307,7 +358,8 @@ def _release_freed_memory() -> None:
 
 def _write(target: Target, pending: list[Pending], vectors: dict[str, np.ndarray]) -> None:
     if pending:
-        write_rows(target.store, target.collection_id, [_row(p, vectors) for p in pending])
+        rows = [_row(p, vectors) for p in pending]
+        write_rows(target.store, target.collection_id, rows, target.guard)
 
 
 def _row(p: Pending, vectors: dict[str, np.ndarray]) -> DocumentRow:

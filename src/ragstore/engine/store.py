@@ -3,6 +3,7 @@ SQLite file, or a PostgreSQL database)."""
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import json
@@ -16,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Unpack, cast
+from typing import Any, Concatenate, ParamSpec, TypeVar, Unpack, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -35,8 +36,19 @@ from ragstore.cache.keys import check_tenant
 from ragstore.config import DEFAULT_EMBEDDER, CollectionConfig, IndexConfig
 from ragstore.embed import Embedder, get_embedder
 from ragstore.engine import pipeline
+from ragstore.engine import reindex as reindexing
+from ragstore.engine import snapshot as snapshots
 from ragstore.engine.pipeline import ProgressFn
-from ragstore.errors import Conflict, InvalidConfig, InvalidInput, ModelMismatch, NotFound
+from ragstore.engine.snapshot import Snapshot
+from ragstore.errors import (
+    AliasMoved,
+    Conflict,
+    InvalidConfig,
+    InvalidInput,
+    ModelMismatch,
+    NotFound,
+    QualityGate,
+)
 from ragstore.filters import Filter, parse_filter
 from ragstore.index.ann import Knobs
 from ragstore.index.base import Ids, Matrix
@@ -56,7 +68,9 @@ from ragstore.search import hybrid
 from ragstore.search.hybrid import Fusion, Mode, Reranker, SearchOptions, SearchResults
 from ragstore.store import is_url, open_backend
 from ragstore.store.base import (
+    AliasRow,
     ChunkRow,
+    CollectionRow,
     DatabaseIndexes,
     DocumentRow,
     Reader,
@@ -64,6 +78,9 @@ from ragstore.store.base import (
     Writer,
 )
 from ragstore.types import Document, IngestReport, StoredDocument
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 VECTOR_BATCH = 4096
 """Vector documents written per transaction (one chunk each)."""
@@ -129,33 +146,48 @@ class Store:
 
         ``index`` chooses the vector index kind and its settings (see :class:`IndexConfig`).
         """
-        _check_name(name)
         model = get_embedder(embedder) if isinstance(embedder, str) else embedder
         config = _new_config(model, dim, chunk_size, chunk_overlap, index)
+        self._create(name, config)
+        return self.get_collection(name, embedder=model)
+
+    def _create(self, name: str, config: CollectionConfig) -> int:
+        """Add an empty collection; its id."""
+        _check_name(name)
         _check_index_kind(self._db, config.index)
         with self._db.write() as writer:
             if writer.find_collection(name) is not None:
                 raise Conflict(f"collection {name!r} already exists")
+            if writer.find_alias(name) is not None:
+                raise Conflict(f"{name!r} is an alias: a collection cannot take its name")
             writer.create_collection(name, config.to_json(), time.time())
             created = writer.find_collection(name)
             assert created is not None
             _update_database_indexes(self._db, writer, created.id, config)
-        return self.get_collection(name, embedder=model)
+        return created.id
 
     def get_collection(self, name: str, *, embedder: Embedder | None = None) -> Collection:
         """An existing collection; refuses an embedder other than the one it was built with.
 
         The same object is returned while the collection is unchanged, so its vector
         index is loaded once; a new one once another process deleted and re-created it
-        or changed its config.
+        or changed its config. ``name`` may be an alias: then the object returned
+        follows the alias at every call (see :class:`AliasedCollection`).
         """
         _check_name(name)
         marker = self._db.commit_marker()
         with self._db.read() as reader:
             found = reader.find_collection(name)
-        if found is None:
+            alias = None if found is not None else reader.find_alias(name)
+            target = None if alias is None else reader.find_collection(alias.collection)
+        collection: Collection
+        if found is not None:
+            collection = self._opened(name, found.id, found.config, embedder)
+        elif target is not None:
+            opened = self._alias_target(target, embedder)
+            collection = AliasedCollection(self, name, embedder, (marker, opened))
+        else:
             raise NotFound(f"no collection named {name!r}")
-        collection = self._opened(name, found.id, found.config, embedder)
         self._verified[name] = marker, collection
         return collection
 
@@ -168,6 +200,21 @@ class Store:
         if verified is None or marker is None or verified[0] != marker:
             return None
         return verified[1]
+
+    def _alias_target(self, row: CollectionRow, embedder: Embedder | None) -> Collection:
+        """The collection an alias names, with ``embedder`` if it embeds text (an alias
+        may move between text and vector collections)."""
+        text = json.loads(row.config).get("embedder") is not None
+        return self._opened(row.name, row.id, row.config, embedder if text else None)
+
+    def _resolve_alias(self, alias: str, embedder: Embedder | None) -> Collection:
+        """The collection ``alias`` names now."""
+        with self._db.read() as reader:
+            found = reader.find_alias(alias)
+            row = None if found is None else reader.find_collection(found.collection)
+        if row is None:
+            raise NotFound(f"no alias named {alias!r}")
+        return self._alias_target(row, embedder)
 
     def _opened(
         self, name: str, collection_id: int, stored_config: str, embedder: Embedder | None
@@ -196,15 +243,145 @@ class Store:
         ]
 
     def delete_collection(self, name: str) -> None:
-        """Delete a collection with all its documents."""
+        """Delete a collection with all its documents. Refused while an alias names it
+        (delete or move the alias first), and for an alias (see :meth:`delete_alias`)."""
         with self._db.write() as writer:
             row = writer.find_collection(name)
             if row is None:
+                if writer.find_alias(name) is not None:
+                    raise Conflict(f"{name!r} is an alias: delete it with delete_alias")
                 raise NotFound(f"no collection named {name!r}")
+            naming = [a.name for a in writer.list_aliases() if a.collection == name]
+            if naming:
+                raise Conflict(
+                    f"collection {name!r} is named by alias {naming[0]!r}: "
+                    "delete or move the alias first"
+                )
             writer.delete_collection(row.id)
         self._open.pop(name, None)
         self._verified.pop(name, None)
         shutil.rmtree(self._db.index_root / str(row.id), ignore_errors=True)
+
+    def set_alias(self, alias: str, collection: str) -> AliasRow:
+        """Point ``alias`` at ``collection`` in one transaction: create the alias, or
+        switch it, remembering the collection it named for :meth:`rollback_alias`.
+        Aliases share the collections' names: an alias cannot take a collection's name.
+        Every object opened by the alias, in any process, follows at its next call."""
+        _check_name(alias, "alias")
+        _check_name(collection)
+        with self._db.write() as writer:
+            if writer.find_collection(alias) is not None:
+                raise Conflict(f"{alias!r} is a collection: an alias cannot take its name")
+            target = writer.find_collection(collection)
+            if target is None:
+                raise NotFound(f"no collection named {collection!r}")
+            writer.set_alias(alias, target.id, time.time())
+            return _found_alias(writer, alias)
+
+    def rollback_alias(self, alias: str) -> AliasRow:
+        """Point ``alias`` back at the collection it named before its last switch; the
+        two swap, so a second rollback undoes the first."""
+        _check_name(alias, "alias")
+        with self._db.write() as writer:
+            _found_alias(writer, alias)
+            if not writer.rollback_alias(alias, time.time()):
+                raise Conflict(f"alias {alias!r} has no previous collection to roll back to")
+            return _found_alias(writer, alias)
+
+    def delete_alias(self, alias: str) -> None:
+        """Remove an alias (its collection stays)."""
+        _check_name(alias, "alias")
+        with self._db.write() as writer:
+            if not writer.delete_alias(alias):
+                raise NotFound(f"no alias named {alias!r}")
+        self._verified.pop(alias, None)
+
+    def list_aliases(self) -> list[AliasRow]:
+        """Every alias, by name, with the collection it names and the one before."""
+        with self._db.read() as reader:
+            return reader.list_aliases()
+
+    def alias_target(self, alias: str) -> str | None:
+        """The name of the collection ``alias`` names (``None`` when there is no such
+        alias)."""
+        with self._db.read() as reader:
+            found = reader.find_alias(alias)
+        return None if found is None else found.collection
+
+    def reindex(
+        self,
+        source: str,
+        target: str,
+        *,
+        embedder: str | None = None,
+        chunk_size: int | None = None,
+        chunk_overlap: int | None = None,
+        index: Mapping[str, Any] | IndexConfig | None = None,
+        switch: str | None = None,
+        drop_old: bool = False,
+        progress: reindexing.ProgressFn | None = None,
+        gate: Callable[[Collection], None] | None = None,
+    ) -> reindexing.ReindexReport:
+        """Build the new collection ``target`` from ``source``'s documents (``source``
+        may be an alias) while ``source`` keeps serving and taking writes, with another
+        ``embedder``, chunking or ``index``; what is not given is kept. Writes that land
+        in ``source`` meanwhile are replayed. With ``switch``, the alias then names
+        ``target`` (:meth:`rollback_alias` points it back); ``drop_old`` then deletes
+        ``source``. ``gate(target)`` runs before the switch: a :class:`QualityGate` it
+        raises refuses the switch and keeps ``target`` for a look; a target that fails
+        otherwise to fill or switch is deleted again.
+        See :mod:`ragstore.engine.reindex`."""
+        _check_name(target)
+        if switch is not None:
+            _check_name(switch, "switch")
+        with self._db.read() as reader:
+            row = reader.find_collection(source)
+            alias = None if row is not None else reader.find_alias(source)
+            if alias is not None:
+                row = reader.find_collection(alias.collection)
+        if row is None:
+            raise NotFound(f"no collection or alias named {source!r}")
+        old = CollectionConfig.parse(json.loads(row.config))
+        new = self._reindex_target(old, target, embedder, chunk_size, chunk_overlap, index)
+        try:
+            report = reindexing.run(
+                self._db, (row.id, row.name, old), (new.id, new.name, new.config),
+                new.embedder, switch=switch, progress=progress, build_index=new.optimize,
+                gate=None if gate is None else functools.partial(gate, new),
+            )  # fmt: skip
+        except QualityGate:
+            raise
+        except BaseException:
+            self.delete_collection(target)
+            raise
+        if drop_old and switch is not None:
+            self.delete_collection(row.name)
+        return report
+
+    def _reindex_target(
+        self,
+        old: CollectionConfig,
+        name: str,
+        embedder: str | None,
+        chunk_size: int | None,
+        chunk_overlap: int | None,
+        index: Mapping[str, Any] | IndexConfig | None,
+    ) -> Collection:
+        """The empty collection a re-index fills: ``old``'s config with what changes."""
+        if old.embedder is None and embedder is not None:
+            raise InvalidInput("a vector collection has no embedder to change", field="embedder")
+        size = old.chunking.chunk_size if chunk_size is None else chunk_size
+        if chunk_overlap is None:  # the old overlap, unless the new size is too small for it
+            kept = old.chunking.chunk_overlap
+            chunk_overlap = kept if 2 * kept < size else size // 8
+        return self.create_collection(
+            name,
+            embedder=embedder or old.embedder,
+            dim=old.dim if old.embedder is None else None,
+            chunk_size=size,
+            chunk_overlap=chunk_overlap,
+            index=old.index if index is None else index,
+        )
 
     @property
     def cache(self) -> QueryCache:
@@ -224,6 +401,36 @@ class Store:
         ``"redis"`` with ``url``; ``clock`` replaces ``time.time`` for TTLs."""
         query_cache = open_cache(self._db, backend, url=url, settings=settings, clock=clock)
         return use_cache(self._db, query_cache)
+
+    def snapshot(
+        self,
+        folder: str | Path,
+        *,
+        collections: Sequence[str] | None = None,
+        keep: int | None = None,
+    ) -> Snapshot:
+        """Take an online snapshot of the store (or of ``collections``) into a new
+        directory in ``folder``, while searches and writes go on; with ``keep``, then
+        remove all but the newest ``keep`` snapshots there. See :mod:`ragstore.engine.snapshot`."""
+        return snapshots.create(
+            self._db, Path(folder).expanduser(), collections=collections, keep=keep
+        )
+
+    def restore_collection(self, snapshot: str | Path, collection: str, *, name: str) -> Collection:
+        """Copy ``collection`` of a verified snapshot into this store as a new collection
+        ``name``, with its config and vectors (nothing is embedded again); on failure the
+        new collection is deleted again."""
+        _check_name(name)
+        taken = snapshots.verify(Path(snapshot).expanduser())
+        config = CollectionConfig.parse(snapshots.collection_config(taken, collection))
+        created = self._create(name, config)
+        try:
+            for rows in snapshots.collection_rows(taken.path, collection):
+                pipeline.write_rows(self._db, created, rows)
+        except BaseException:
+            self.delete_collection(name)  # never leave half a collection
+            raise
+        return self.get_collection(name)
 
     def close(self) -> None:
         """Wait for background index work; close the query cache and the database."""
@@ -258,6 +465,7 @@ class Collection:
         self._stored_config = stored_config  # the row's text, to tell when it changes
         self._embedder = embedder
         self._index = _index_for(db, collection_id, config)
+        self._guard: pipeline.Guard | None = None
 
     @property
     def embedder(self) -> Embedder | None:
@@ -585,6 +793,8 @@ class Collection:
         doomed = doc_ids(ids) if ids is not None else None
         flt = _narrowing_filter(where) if where is not None else None
         with self._db.write() as writer:
+            if self._guard is not None:
+                self._guard(writer)
             if doomed is None:
                 doomed = writer.matching_doc_ids(self.id, flt)
             return writer.delete_documents(self.id, doomed)
@@ -602,7 +812,14 @@ class Collection:
                 f"collection {self.name!r} has no embedder: upsert records with vectors",
                 field="text",
             )
-        return pipeline.Target(self._db, self.id, self.embedder, self.config.chunking)
+        return pipeline.Target(self._db, self.id, self.embedder, self.config.chunking, self._guard)
+
+    def _guarded(self, guard: pipeline.Guard) -> Collection:
+        """This collection for one write call, whose every transaction first runs
+        ``guard`` (:class:`AliasedCollection`'s check); it shares the index."""
+        guarded = copy.copy(self)
+        guarded._guard = guard
+        return guarded
 
     def _query_vector(self, query: str | None, vector: Any, mode: Mode) -> Matrix | None:
         """The search's query vector: the one given, or the text embedded (``None`` for
@@ -652,7 +869,153 @@ class Collection:
             )  # fmt: skip
         documents = list(changed.values())
         for start in range(0, len(documents), VECTOR_BATCH):
-            pipeline.write_rows(self._db, self.id, documents[start : start + VECTOR_BATCH])
+            batch = documents[start : start + VECTOR_BATCH]
+            pipeline.write_rows(self._db, self.id, batch, self._guard)
+
+
+def _follow(
+    method: Callable[Concatenate[Collection, P], R],
+) -> Callable[Concatenate[AliasedCollection, P], R]:
+    """``method`` run on the collection an alias names at the time of the call."""
+
+    def call(self: AliasedCollection, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        return method(self._current(), *args, **kwargs)
+
+    functools.update_wrapper(call, method)
+    return call
+
+
+def _follow_write(
+    method: Callable[Concatenate[Collection, P], R],
+) -> Callable[Concatenate[AliasedCollection, P], R]:
+    """``method``, a write, run through :meth:`AliasedCollection._write`."""
+
+    def call(self: AliasedCollection, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self._write(lambda target: method(target, *args, **kwargs))
+
+    functools.update_wrapper(call, method)
+    return call
+
+
+ALIAS_RETRIES = 5
+"""How many times a write through an alias runs again after the alias moved under it."""
+
+
+class AliasedCollection(Collection):
+    """A collection reached through an alias: each call looks the alias up again and runs
+    on the collection the alias names at that moment, so a switch made by another object,
+    process or server worker is seen at the next call. The look-up costs nothing while
+    nothing was committed to the store (the commit marker :meth:`Store.known_collection`
+    reads); after a commit it is one short read.
+
+    A write commits only while the alias still names the collection it resolved: each of
+    its transactions checks that first, and when the alias has moved, the whole call runs
+    again on the new collection (records are materialised first; documents it already
+    wrote unchanged are skipped by their content hash), up to :data:`ALIAS_RETRIES`
+    times. A call that spans several transactions (a large ingest) leaves what it
+    committed before the switch where it went. :meth:`rebuild_index` and
+    :meth:`optimize` act on the collection named when they are called.
+
+    It is a :class:`Collection`, so it goes wherever one does, but it holds no index of
+    its own: every public member is overridden to delegate, one line each (a test pins
+    that none is left out). That keeps each signature and docstring where mypy and
+    readers see them, as ``__getattr__`` would not. ``name`` is the alias;
+    ``info().name`` is the collection's own.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        alias: str,
+        embedder: Embedder | None,
+        resolved: tuple[bytes | None, Collection],
+    ) -> None:
+        # Collection.__init__ is not called: the collections it resolves hold the state.
+        self._store = store
+        self.name = alias
+        self._given = embedder
+        self._last = resolved
+        """The collection last resolved, with the commit marker read before the look-up."""
+
+    # Collection's id and config are plain attributes; an alias's follow the alias.
+    @property
+    def id(self) -> int:  # type: ignore[override]
+        """The id of the collection the alias names now."""
+        return self._current().id
+
+    @property
+    def config(self) -> CollectionConfig:  # type: ignore[override]
+        """The config of the collection the alias names now."""
+        return self._current().config
+
+    @property
+    def embedder(self) -> Embedder | None:
+        """The embedder of the collection the alias names now."""
+        return self._current().embedder
+
+    def upsert(self, records: Iterable[Mapping[str, Any]]) -> IngestReport:
+        """:meth:`Collection.upsert` on the collection the alias names."""
+        batch = list(records)  # a retry writes them again
+        return self._write(lambda target: target.upsert(batch))
+
+    def cached_answer(
+        self, query: str, *, tenant: str | None = None, **options: Unpack[SearchOptions]
+    ) -> SearchResults | None:
+        """:meth:`Collection.cached_answer` on the collection the alias names, when that
+        is known without a read (nothing was committed since the last look-up)."""
+        known = self._known()
+        return None if known is None else known.cached_answer(query, tenant=tenant, **options)
+
+    def _known(self) -> Collection | None:
+        marker, target = self._last
+        return target if marker is not None and marker == self._store._db.commit_marker() else None
+
+    def _current(self) -> Collection:
+        """The collection the alias names now."""
+        known = self._known()
+        if known is not None:
+            return known
+        marker = self._store._db.commit_marker()  # before the read it vouches for
+        target = self._store._resolve_alias(self.name, self._given)
+        self._last = marker, target
+        return target
+
+    def _write(self, call: Callable[[Collection], R]) -> R:
+        """``call`` on the collection the alias names, its writes guarded; run again on
+        the new one when the alias moved meanwhile."""
+        for _ in range(ALIAS_RETRIES):
+            target = self._current()
+            try:
+                return call(target._guarded(self._still_names(target)))
+            except AliasMoved:
+                self._last = None, target  # look the alias up again
+        raise AliasMoved(f"alias {self.name!r} moved {ALIAS_RETRIES} times during one write")
+
+    def _still_names(self, target: Collection) -> pipeline.Guard:
+        """A check, inside a write transaction, that the alias still names ``target``."""
+
+        def guard(writer: Writer) -> None:
+            alias = writer.find_alias(self.name)
+            found = None if alias is None else writer.find_collection(alias.collection)
+            if found is None or found.id != target.id:
+                raise AliasMoved(f"alias {self.name!r} no longer names {target.name!r}")
+
+        return guard
+
+    upsert_vectors = _follow_write(Collection.upsert_vectors)
+    ingest = _follow_write(Collection.ingest)
+    delete = _follow_write(Collection.delete)
+    search = _follow(Collection.search)
+    search_vectors = _follow(Collection.search_vectors)
+    get = _follow(Collection.get)
+    page_of_ids = _follow(Collection.page_of_ids)
+    count = _follow(Collection.count)
+    info = _follow(Collection.info)
+    index_stats = _follow(Collection.index_stats)
+    check_recall = _follow(Collection.check_recall)
+    wait_for_index = _follow(Collection.wait_for_index)
+    optimize = _follow(Collection.optimize)
+    rebuild_index = _follow(Collection.rebuild_index)
 
 
 class _InFlight:
@@ -706,12 +1069,19 @@ def _has_text(query: object) -> bool:
     return isinstance(query, str) and bool(query.strip())
 
 
-def _check_name(name: str) -> None:
+def _check_name(name: str, kind: str = "collection") -> None:
     if not isinstance(name, str) or not _NAME.match(name):
         raise InvalidInput(
-            f"invalid collection name {name!r}: use 1-64 letters, digits, '_', '-' or '.'",
+            f"invalid {kind} name {name!r}: use 1-64 letters, digits, '_', '-' or '.'",
             field="name",
         )
+
+
+def _found_alias(reader: Reader, alias: str) -> AliasRow:
+    found = reader.find_alias(alias)
+    if found is None:
+        raise NotFound(f"no alias named {alias!r}")
+    return found
 
 
 def _new_config(

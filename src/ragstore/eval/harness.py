@@ -14,9 +14,9 @@ from typing import Any, get_args
 
 import numpy as np
 
-from ragstore.engine.store import Store
+from ragstore.engine.store import Collection, Store
 from ragstore.errors import InvalidInput
-from ragstore.eval.beir import load_beir
+from ragstore.eval.beir import BeirDataset, load_beir
 from ragstore.eval.metrics import evaluate_run
 from ragstore.search.hybrid import DEFAULT_ALPHA, DEFAULT_FUSION, RRF_K, Fusion, Mode
 from ragstore.types import IngestReport
@@ -84,24 +84,31 @@ def evaluate(
         settings,
     )
     for mode in checked:
-        run: dict[str, dict[str, float]] = {}
-        latencies = []
-        for qid, text in dataset.queries.items():
-            started = time.perf_counter()
-            hits = collection.search(
-                text,
-                k=RUN_DEPTH,
-                mode=mode,
-                group_by_doc=True,
-                fusion=fusion,
-                rrf_k=rrf_k,
-                alpha=alpha,
-                candidates=candidates,
-            )
-            latencies.append((time.perf_counter() - started) * 1000)
-            run[qid] = {hit.doc_id: hit.score for hit in hits}
-        report.results.append(_result(mode, run, dataset.qrels, latencies))
+        report.results.append(_scored(collection, dataset, mode, settings))
     return report
+
+
+def score(
+    collection: Collection, dataset_dir: str | Path, *, mode: str = "hybrid", split: str = "test"
+) -> ModeResult:
+    """Score a collection that already holds a BEIR dataset's documents (by their ids)
+    on its queries, in one mode: a re-indexed copy of an evaluation collection, say."""
+    dataset = load_beir(Path(dataset_dir), split)
+    settings = {"fusion": DEFAULT_FUSION, "rrf_k": RRF_K, "alpha": DEFAULT_ALPHA}
+    return _scored(collection, dataset, _mode(mode), settings)
+
+
+def _scored(
+    collection: Collection, dataset: BeirDataset, mode: Mode, settings: dict[str, Any]
+) -> ModeResult:
+    run: dict[str, dict[str, float]] = {}
+    latencies = []
+    for qid, text in dataset.queries.items():
+        started = time.perf_counter()
+        hits = collection.search(text, k=RUN_DEPTH, mode=mode, group_by_doc=True, **settings)
+        latencies.append((time.perf_counter() - started) * 1000)
+        run[qid] = {hit.doc_id: hit.score for hit in hits}
+    return _result(mode, run, dataset.qrels, latencies)
 
 
 def _result(

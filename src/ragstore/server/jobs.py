@@ -1,5 +1,5 @@
-"""Ingest jobs: large batches written in the background, with progress and
-per-document errors.
+"""Jobs: large ingest batches written in the background, with progress and
+per-document errors, and long store tasks (a re-index) with progress and a result.
 
 Each worker process runs the jobs it accepted on one thread, in order, writing
 ``JOB_BATCH`` documents per transaction; an invalid document is reported by index and
@@ -42,16 +42,22 @@ Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 STATUSES: tuple[Status, ...] = ("queued", "running", "succeeded", "failed", "cancelled")
 _PENDING = "status IN ('queued', 'running')"
 Record = Mapping[str, Any]
+Task = Callable[[Callable[[int, int], None]], dict[str, Any]]
+"""A long store task: called with a ``progress(done, total)`` callback, returns its
+report."""
+TASK_PROGRESS_S = 0.5
+"""A running task's progress is published at most this often."""
 
 
 @dataclass
 class Job:
-    """One ingest job's state, as ``GET /v1/jobs/{id}`` shows it."""
+    """One job's state, as ``GET /v1/jobs/{id}`` shows it."""
 
     id: str
     tenant: str
     collection: str
     total: int
+    kind: str = "ingest"
     status: Status = "queued"
     done: int = 0
     report: IngestReport = field(default_factory=IngestReport)
@@ -59,6 +65,8 @@ class Job:
     created_at: float = field(default_factory=time.time)
     finished_at: float | None = None
     pid: int = field(default_factory=os.getpid)
+    result: dict[str, Any] | None = None
+    """A task's outcome (its report, or its error)."""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form."""
@@ -66,6 +74,7 @@ class Job:
         report.pop("errors", None)
         return {
             "id": self.id,
+            "kind": self.kind,
             "tenant": self.tenant,
             "collection": self.collection,
             "status": self.status,
@@ -76,6 +85,7 @@ class Job:
             "errors": list(self.errors),
             "created_at": self.created_at,
             "finished_at": self.finished_at,
+            "result": self.result,
         }
 
 
@@ -204,6 +214,8 @@ class JobRunner:
         on_reject: Callable[[str], None] = lambda _: None,
     ) -> None:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="ragstore-jobs")
+        # Tasks run apart, so that a long re-index never holds up ingest jobs.
+        self._tasks = ThreadPoolExecutor(1, thread_name_prefix="ragstore-tasks")
         self._board = board
         self._stopping = threading.Event()
         self._max_pending = max_pending
@@ -215,15 +227,53 @@ class JobRunner:
         """Queue a job; 429 when ``max_pending`` jobs are already queued or running
         (in all of the server's worker processes)."""
         name = collection.name.split(".", 1)[-1]
-        job = Job(uuid.uuid4().hex, tenant, name, len(records))
+        job = self._accepted(Job(uuid.uuid4().hex, tenant, name, len(records)))
+        self._executor.submit(self._run, job, collection, list(records))
+        return job
+
+    def submit_task(self, tenant: str, collection: str, kind: str, work: Task) -> Job:
+        """Queue a long store task; ``work(progress)`` returns its report."""
+        job = self._accepted(Job(uuid.uuid4().hex, tenant, collection, 0, kind))
+        self._tasks.submit(self._run_task, job, work)
+        return job
+
+    def _accepted(self, job: Job) -> Job:
         if not self._board.add(job, self._max_pending, self._kept):
             self._on_reject("jobs")
             raise ApiError(
-                429, "too many ingest jobs pending, retry later",
+                429, "too many jobs pending, retry later",
                 headers={"Retry-After": self._retry_after},
             )  # fmt: skip
-        self._executor.submit(self._run, job, collection, list(records))
         return job
+
+    def _run_task(self, job: Job, work: Task) -> None:
+        if self._stopping.is_set():
+            self._finish(job, "cancelled")
+            return
+        job.status = "running"
+        self._board.save(job)
+        saved = 0.0
+
+        def progress(done: int, total: int) -> None:
+            nonlocal saved
+            job.done, job.total = done, total
+            if time.monotonic() - saved > TASK_PROGRESS_S:
+                saved = time.monotonic()
+                self._board.save(job)
+
+        try:
+            job.result = work(progress)
+        except RagstoreError as error:
+            job.result = {"error": str(error), "field": getattr(error, "field", None)}
+            self._finish(job, "failed")
+            return
+        except Exception:
+            log.exception("task failed", extra={"job": job.id})
+            job.result = {"error": "internal error; see the server log"}
+            self._finish(job, "failed")
+            return
+        job.done = job.total
+        self._finish(job, "succeeded")
 
     def get(self, job_id: str) -> dict[str, Any] | None:
         """A job's state by id (from any worker process), if the board still holds it."""
@@ -237,6 +287,7 @@ class JobRunner:
         """Stop the running job after its current batch; cancel the queued ones."""
         self._stopping.set()
         self._executor.shutdown(wait=True, cancel_futures=False)
+        self._tasks.shutdown(wait=True, cancel_futures=False)
         self._board.close()
 
     def _run(self, job: Job, collection: Collection, records: list[Record]) -> None:

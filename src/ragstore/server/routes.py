@@ -8,6 +8,7 @@ on ``write``), so the event loop only ever waits.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
@@ -16,7 +17,7 @@ from pydantic import ValidationError
 
 from ragstore.config import IndexConfig
 from ragstore.engine.store import Collection, CollectionInfo
-from ragstore.errors import InvalidConfig, InvalidInput, NotFound
+from ragstore.errors import Conflict, InvalidConfig, InvalidInput, NotFound
 from ragstore.search.hybrid import SearchOptions, SearchResults
 from ragstore.server.auth import TENANT_PATTERN, Principal, Role
 from ragstore.server.errors import ApiError
@@ -24,11 +25,14 @@ from ragstore.server.jobs import Job
 from ragstore.server.responses import JSON, hit_dict
 from ragstore.server.runtime import Runtime, check_json_field, check_text
 from ragstore.server.schemas import (
+    AliasSet,
     CollectionCreate,
     CountRequest,
     DeleteRequest,
     DocumentIn,
+    ReindexRequest,
     SearchRequest,
+    SnapshotRequest,
     UpsertRequest,
 )
 from ragstore.server.tenancy import (
@@ -37,6 +41,7 @@ from ragstore.server.tenancy import (
     decode_cursor,
     encode_cursor,
 )
+from ragstore.store.base import AliasRow
 from ragstore.types import IngestReport
 
 router = APIRouter(prefix="/v1")
@@ -45,7 +50,9 @@ _bearer = HTTPBearer(auto_error=False, description="An API key: 'Authorization: 
 Tenant = Annotated[str, Path(pattern=TENANT_PATTERN, description="The tenant that owns it.")]
 Name = Annotated[str, Path(pattern=NAME_PATTERN, description="The collection's name.")]
 DocId = Annotated[str, Path(min_length=1, max_length=1024, description="A document id.")]
+AliasName = Annotated[str, Path(pattern=NAME_PATTERN, description="The alias's name.")]
 COLLECTION = "/tenants/{tenant}/collections/{collection}"
+ALIAS = "/tenants/{tenant}/aliases/{alias}"
 _INDEX_DEPTH = 2
 """Index settings are flat: one object of numbers and names."""
 
@@ -121,6 +128,84 @@ async def delete_collection(tenant: Tenant, collection: Name, rt: Rt, who: Who) 
     who.require("admin", tenant, collection)
     await rt.write_pool.run(lambda: rt.collections.delete(tenant, collection))
     return JSON({"deleted": collection})
+
+
+# --------------------------------------------------------------------- aliases
+
+
+@router.get("/tenants/{tenant}/aliases", summary="List a tenant's aliases")
+async def list_aliases(tenant: Tenant, rt: Rt, who: Who) -> JSON:
+    """The tenant's aliases (those this key may see): the collection each names and
+    the one it named before (``previous``, for a rollback)."""
+    who.require("read", tenant)
+    found = await rt.search_pool.run(lambda: rt.collections.aliases(tenant))
+    return JSON({"aliases": [_alias(tenant, a) for a in found if who.may_see(tenant, a.name)]})
+
+
+@router.put(ALIAS, summary="Create or switch an alias")
+async def set_alias(tenant: Tenant, alias: AliasName, body: AliasSet, rt: Rt, who: Who) -> JSON:
+    """Point the alias at one of the tenant's collections, in one step: every route
+    that names the alias serves that collection from its next request (admin on both
+    names)."""
+    who.require("admin", tenant, alias)
+    who.require("admin", tenant, body.collection)
+    found = await rt.write_pool.run(
+        lambda: rt.collections.set_alias(tenant, alias, body.collection)
+    )
+    return JSON(_alias(tenant, found))
+
+
+@router.post(COLLECTION + "/reindex", status_code=202, summary="Re-index into a new collection")
+async def reindex(tenant: Tenant, collection: Name, body: ReindexRequest, rt: Rt, who: Who) -> JSON:
+    """A job that builds ``target`` from this collection (or alias) while it keeps
+    serving and taking writes, then optionally switches an alias to it (admin on every
+    name involved). Follow it at ``GET /v1/jobs/{id}``; its ``result`` is the report."""
+    for name in (collection, body.target, body.switch):
+        if name is not None:
+            who.require("admin", tenant, name)
+    index = None if body.index is None else _index_config(body.index)
+    changes = {"chunk_size": body.chunk_size, "chunk_overlap": body.chunk_overlap,
+               "index": index, "switch": body.switch, "drop_old": body.drop_old}  # fmt: skip
+    collections = rt.collections
+
+    def check() -> None:  # the plain mistakes answer now rather than in the job
+        collections.get(tenant, collection)
+        try:
+            collections.get(tenant, body.target)
+        except NotFound:
+            return
+        raise Conflict(f"{body.target!r} already exists")
+
+    await rt.search_pool.run(check)
+
+    def work(progress: Callable[[int, int], None]) -> dict[str, Any]:
+        return collections.reindex(tenant, collection, body.target, progress, **changes)
+
+    job = rt.jobs.submit_task(tenant, collection, "reindex", work)
+    return JSON(job.to_dict(), status_code=202)
+
+
+@router.post(ALIAS + "/rollback", summary="Roll an alias back")
+async def rollback_alias(tenant: Tenant, alias: AliasName, rt: Rt, who: Who) -> JSON:
+    """Point the alias back at the collection it named before its last switch (admin
+    on the alias and on that collection); 409 when there is none."""
+    who.require("admin", tenant, alias)
+
+    def work() -> AliasRow:
+        previous = rt.collections.alias(tenant, alias).previous
+        if previous is not None:
+            who.require("admin", tenant, previous)
+        return rt.collections.rollback_alias(tenant, alias)
+
+    return JSON(_alias(tenant, await rt.write_pool.run(work)))
+
+
+@router.delete(ALIAS, summary="Delete an alias")
+async def delete_alias(tenant: Tenant, alias: AliasName, rt: Rt, who: Who) -> JSON:
+    """Remove the alias; the collection it names stays."""
+    who.require("admin", tenant, alias)
+    await rt.write_pool.run(lambda: rt.collections.delete_alias(tenant, alias))
+    return JSON({"deleted": alias})
 
 
 # ------------------------------------------------------------------- documents
@@ -333,6 +418,19 @@ async def cache_clear(rt: Rt, who: Who) -> JSON:
     return JSON({"cleared": await _cache_call(rt, who, "admin", lambda: rt.cache_clear())})
 
 
+@router.post("/snapshots", status_code=201, summary="Take a snapshot of the store")
+async def take_snapshot(body: SnapshotRequest, rt: Rt, who: Who) -> JSON:
+    """An online snapshot into the server's snapshot folder (admin, every tenant);
+    answers with its path, collections, files and size."""
+    who.require("admin", None)
+    folder = rt.settings.snapshot_dir
+    if folder is None:
+        raise ApiError(409, "snapshots are off: start the server with --snapshot-dir",
+                       field="snapshot_dir", kind="conflict")  # fmt: skip
+    taken = await rt.write_pool.run(lambda: rt.snapshot(folder, body.collections, body.keep))
+    return JSON(taken, status_code=201)
+
+
 async def _cache_call(rt: Runtime, who: Principal, role: Role, fn: Any) -> Any:
     who.require(role, None)
     return await rt.search_pool.run(fn)
@@ -404,6 +502,10 @@ def _upsert(col: Collection, records: list[dict[str, Any]]) -> IngestReport:
 
 def _short(stored: str) -> str:
     return stored.split(".", 1)[-1]
+
+
+def _alias(tenant: str, alias: AliasRow) -> dict[str, Any]:
+    return alias.to_dict() | {"tenant": tenant}
 
 
 def _info(info: CollectionInfo) -> dict[str, Any]:

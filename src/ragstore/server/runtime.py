@@ -83,6 +83,13 @@ class Runtime:
         """Empty the store's query cache; how many entries there were."""
         return self._store().cache.clear()
 
+    def snapshot(
+        self, folder: Path, collections: list[str] | None, keep: int | None
+    ) -> dict[str, Any]:
+        """Take a snapshot of the store into ``folder``; its summary."""
+        taken = self._store().snapshot(folder, collections=collections, keep=keep)
+        return taken.to_dict()
+
     def _store(self) -> Store:
         if self.store is None:
             raise ApiError(503, "store is not open", kind="not_ready")

@@ -52,6 +52,29 @@ class CollectionCreate(BaseModel):
     index: dict[str, Any] = Field(default_factory=dict)
 
 
+class AliasSet(BaseModel):
+    """``PUT /v1/tenants/{tenant}/aliases/{alias}``: the tenant's collection it names."""
+
+    model_config = _STRICT
+
+    collection: str = Field(pattern=NAME_PATTERN)
+
+
+class ReindexRequest(BaseModel):
+    """``POST .../collections/{collection}/reindex``: build the tenant's new collection
+    ``target`` from this one with other chunking or index settings; with ``switch``,
+    then point that alias at it (``drop_old`` then deletes the source)."""
+
+    model_config = _STRICT
+
+    target: str = Field(pattern=NAME_PATTERN)
+    chunk_size: int | None = Field(default=None, ge=1, le=100_000, strict=True)
+    chunk_overlap: int | None = Field(default=None, ge=0, le=100_000, strict=True)
+    index: dict[str, Any] | None = None
+    switch: str | None = Field(default=None, pattern=NAME_PATTERN)
+    drop_old: bool = Field(default=False, strict=True)
+
+
 class DocumentIn(BaseModel):
     """One document: text for a text collection, ``vector`` for a vector collection."""
 
@@ -89,6 +112,16 @@ class DeleteRequest(BaseModel):
     ids: list[Text] | None = None
     filter: dict[str, Any] | None = None
     all: bool = Field(default=False, strict=True)
+
+
+class SnapshotRequest(BaseModel):
+    """``POST /v1/snapshots``: the whole store, or some collections (store names,
+    ``tenant.name``), keeping the newest ``keep`` snapshots."""
+
+    model_config = _STRICT
+
+    collections: list[Text] | None = Field(default=None, min_length=1, max_length=1000)
+    keep: int | None = Field(default=None, ge=1, le=10_000, strict=True)
 
 
 class CountRequest(BaseModel):

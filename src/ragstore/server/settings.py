@@ -53,6 +53,8 @@ class ServerSettings(BaseModel):
     limits: Limits = Limits()
     graceful_timeout_s: float = Field(default=30.0, gt=0)
     workers: int = Field(default=1, ge=1, le=64)
+    snapshot_dir: Path | None = None
+    """Where ``POST /v1/snapshots`` writes snapshots (``None``: the route is off)."""
 
 
 def is_loopback(host: str) -> bool:

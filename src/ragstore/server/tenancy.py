@@ -4,7 +4,9 @@ Collection ``docs`` of tenant ``acme`` is the store collection ``acme.docs``. Te
 and collection names over HTTP cannot contain a dot, so the mapping is one-to-one and
 a tenant can only ever name its own collections: there is no query-time filter to
 forget. Collections whose store name has no dot (made with the CLI or Python API) are
-not reachable over HTTP.
+not reachable over HTTP. Aliases share the namespace: alias ``docs`` of tenant ``acme``
+is the store alias ``acme.docs``, and over HTTP it can only name a collection of
+``acme``; every collection route takes an alias in place of a collection's name.
 
 The store keeps one :class:`Collection` per collection it has opened, so its vector
 index is loaded once; the server gives text collections the server's embedder.
@@ -18,12 +20,15 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from ragstore.config import IndexConfig
 from ragstore.embed.base import Embedder, Vectors
+from ragstore.engine.reindex import ProgressFn
 from ragstore.engine.store import Collection, CollectionInfo, Store
 from ragstore.errors import InvalidInput, NotFound
 from ragstore.search.hybrid import SearchOptions, SearchResults
+from ragstore.store.base import AliasRow
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$"
 """A collection name over HTTP: no dot, so ``tenant.name`` is unambiguous."""
@@ -160,11 +165,53 @@ class Collections:
             )
             return created
 
+    def reindex(
+        self, tenant: str, source: str, target: str, progress: ProgressFn, **changes: Any
+    ) -> dict[str, Any]:
+        """Re-index the tenant's ``source`` (a collection or alias) into ``target``; the
+        report, with names within the tenant. ``changes``: chunk size and overlap, index,
+        ``switch`` alias, ``drop_old``."""
+        switch = changes.pop("switch", None)
+        report = self.store.reindex(
+            store_name(tenant, source), store_name(tenant, target), progress=progress,
+            switch=None if switch is None else store_name(tenant, switch), **changes,
+        ).to_dict()  # fmt: skip
+        for name in ("source", "target", "switched"):
+            if report[name] is not None:
+                report[name] = _short(report[name])
+        return report
+
     def delete(self, tenant: str, name: str) -> None:
         """Delete a collection and forget it."""
         stored = store_name(tenant, name)
         with self._lock:
             self.store.delete_collection(stored)
+
+    def aliases(self, tenant: str) -> list[AliasRow]:
+        """The tenant's aliases, by their names within the tenant."""
+        prefix = f"{tenant}."
+        found = [a for a in self.store.list_aliases() if a.name.startswith(prefix)]
+        return [_short_alias(a) for a in found]
+
+    def alias(self, tenant: str, alias: str) -> AliasRow:
+        """The tenant's ``alias``; 404 when there is none."""
+        found = [a for a in self.aliases(tenant) if a.name == alias]
+        if not found:
+            raise NotFound(f"no alias named {alias!r}")
+        return found[0]
+
+    def set_alias(self, tenant: str, alias: str, collection: str) -> AliasRow:
+        """Point the tenant's ``alias`` at its ``collection``."""
+        stored = self.store.set_alias(store_name(tenant, alias), store_name(tenant, collection))
+        return _short_alias(stored)
+
+    def rollback_alias(self, tenant: str, alias: str) -> AliasRow:
+        """Point the tenant's ``alias`` back at the collection it named before."""
+        return _short_alias(self.store.rollback_alias(store_name(tenant, alias)))
+
+    def delete_alias(self, tenant: str, alias: str) -> None:
+        """Remove the tenant's ``alias``."""
+        self.store.delete_alias(store_name(tenant, alias))
 
     def list(self, tenant: str) -> list[CollectionInfo]:
         """The tenant's collections, with their configs and counts."""
@@ -177,6 +224,16 @@ class Collections:
             return plain
         # refuses (409) a collection built with another model or version
         return self.store.get_collection(stored, embedder=self.embedder)
+
+
+def _short_alias(row: AliasRow) -> AliasRow:
+    """An alias with its own and its collections' names within the tenant."""
+    previous = None if row.previous is None else _short(row.previous)
+    return AliasRow(_short(row.name), _short(row.collection), previous)
+
+
+def _short(stored: str) -> str:
+    return stored.split(".", 1)[-1]
 
 
 def encode_cursor(doc_id: str) -> str:

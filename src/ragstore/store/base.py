@@ -95,6 +95,20 @@ class CollectionRow:
     config: str
 
 
+@dataclass(frozen=True, slots=True)
+class AliasRow:
+    """An alias: its name, the collection it names and the one it named before (by
+    collection name; ``previous`` is ``None`` when there is none to roll back to)."""
+
+    name: str
+    collection: str
+    previous: str | None
+
+    def to_dict(self) -> dict[str, str | None]:
+        """Plain-JSON form."""
+        return {"name": self.name, "collection": self.collection, "previous": self.previous}
+
+
 class Reader(Protocol):
     """Reads inside one snapshot of the store."""
 
@@ -114,6 +128,16 @@ class Reader(Protocol):
 
     def chunk_count(self, collection_id: int) -> int:
         """Number of chunks in the collection."""
+        ...
+
+    def find_alias(self, name: str) -> AliasRow | None:
+        """The alias called ``name``. In a write transaction, the aliases and collections
+        a writer looked up by name stay as it saw them until it ends (a backend whose
+        writers do not run one at a time locks them)."""
+        ...
+
+    def list_aliases(self) -> list[AliasRow]:
+        """Every alias, by name."""
         ...
 
     # -- documents
@@ -240,11 +264,28 @@ class Writer(Reader, Protocol):
         ...
 
     def delete_collection(self, collection_id: int) -> None:
-        """Remove a collection with all its documents, chunks and segments."""
+        """Remove a collection with all its documents, chunks and segments, and forget
+        it as any alias's previous collection (the caller checked that no alias names
+        it now)."""
         ...
 
     def set_config(self, collection_id: int, config: str) -> None:
         """Replace a collection's config."""
+        ...
+
+    def set_alias(self, name: str, collection_id: int, now: float) -> None:
+        """Point alias ``name`` at a collection, creating it, or keeping the collection it
+        named as the one to roll back to (nothing changes when it names that one
+        already). The caller checked that no collection is called ``name``."""
+        ...
+
+    def delete_alias(self, name: str) -> bool:
+        """Remove an alias; ``False`` when there is none."""
+        ...
+
+    def rollback_alias(self, name: str, now: float) -> bool:
+        """Swap an alias's collection with the one it named before; ``False`` when it
+        has no previous one (or does not exist)."""
         ...
 
     def write_documents(self, collection_id: int, docs: Sequence[DocumentRow], now: float) -> None:

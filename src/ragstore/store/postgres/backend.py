@@ -11,6 +11,11 @@ take a lock per collection.
 Index segments are files on one host, so each backend instance reads and writes only the
 manifest rows of its own node (a random id kept in ``index_root/node_id``).
 
+A writer that looks a collection or an alias up by name takes a store-wide lock on the
+names first and holds it until it ends, so the names it checked (a name is free, an
+alias still names the collection a write resolved) stay as it saw them: under ``READ
+COMMITTED`` another writer could otherwise change them in between.
+
 A server that cannot be reached (stopped, restarting, refusing) is a
 :class:`~ragstore.errors.StoreError` within about ``timeout`` seconds; a dead pooled
 connection is replaced, and the same backend works again once the server is back.
@@ -43,6 +48,7 @@ from ragstore.errors import Conflict, InvalidInput, StoreError
 from ragstore.filters import Filter
 from ragstore.store.base import (
     REMOVALS_KEPT,
+    AliasRow,
     ChunkRow,
     Clock,
     CollectionRow,
@@ -65,6 +71,8 @@ CHUNKS_LOCK: Final = 0x72616753_00000002
 """Advisory lock held by every transaction that adds or removes chunks."""
 SEGMENTS_LOCK: Final = 0x72616753_00000003
 """Advisory locks on one collection's manifest: this key plus the collection id."""
+NAMES_LOCK: Final = 0x72616753_00000004
+"""Advisory lock held by every writer that looked a collection or alias up by name."""
 CACHE_DIRNAME: Final = "query-cache"
 """The local query cache's directory under ``index_root``, beside the collections'
 segment directories (named by collection id)."""
@@ -165,7 +173,7 @@ class PostgresBackend:
     def _session(self, begin: str | None) -> Iterator[PostgresSession]:
         conn = self._acquire(begin)
         try:
-            yield PostgresSession(conn, self.node)
+            yield PostgresSession(conn, self.node, writing=begin == _BEGIN_WRITE)
             if begin is not None:
                 conn.execute("COMMIT")
         except psycopg.OperationalError as exc:
@@ -229,10 +237,12 @@ class PostgresSession:
     """Reads and writes on one connection: inside a snapshot for ``read()``, a
     transaction for ``write()``, each statement alone for ``peek()``."""
 
-    def __init__(self, conn: Connection, node: str) -> None:
+    def __init__(self, conn: Connection, node: str, *, writing: bool = False) -> None:
         self.conn = conn
         self._node = node
+        self._writing = writing
         self._holds_chunks_lock = False
+        self._holds_names_lock = False
 
     def _one(self, query: str, params: Sequence[object] = ()) -> tuple[Any, ...]:
         row = self.conn.execute(query, params).fetchone()
@@ -300,6 +310,7 @@ class PostgresSession:
 
     def find_collection(self, name: str) -> CollectionRow | None:
         """The collection called ``name``."""
+        self._lock_names()
         row = self.conn.execute(
             "SELECT id, name, config FROM collections WHERE name = %s", (name,)
         ).fetchone()
@@ -323,6 +334,26 @@ class PostgresSession:
         return int(
             self._one("SELECT count(*) FROM chunks WHERE collection_id = %s", (collection_id,))[0]
         )
+
+    def find_alias(self, name: str) -> AliasRow | None:
+        """The alias called ``name``."""
+        self._lock_names()
+        found = self._aliases("WHERE a.name = %s", (name,))
+        return found[0] if found else None
+
+    def list_aliases(self) -> list[AliasRow]:
+        """Every alias, by name."""
+        self._lock_names()
+        return self._aliases("ORDER BY a.name", ())
+
+    def _aliases(self, clause: str, params: Sequence[object]) -> list[AliasRow]:
+        rows = self.conn.execute(
+            "SELECT a.name, c.name, p.name FROM aliases a "
+            "JOIN collections c ON c.id = a.collection_id "
+            f"LEFT JOIN collections p ON p.id = a.previous_id {clause}",
+            params,
+        ).fetchall()
+        return [AliasRow(*row) for row in rows]
 
     # -- documents
 
@@ -585,11 +616,37 @@ class PostgresSession:
 
     def delete_collection(self, collection_id: int) -> None:
         """Remove a collection with all its documents, chunks and segments."""
+        self.conn.execute(
+            "UPDATE aliases SET previous_id = NULL WHERE previous_id = %s", (collection_id,)
+        )
         self._lock_chunks()
         search.drop_indexes(self.conn, collection_id)
         for table in ("chunks", "documents", "removals", "segments"):
             self.conn.execute(f"DELETE FROM {table} WHERE collection_id = %s", (collection_id,))
         self.conn.execute("DELETE FROM collections WHERE id = %s", (collection_id,))
+
+    def set_alias(self, name: str, collection_id: int, now: float) -> None:
+        """Point an alias at a collection, keeping the one it named to roll back to."""
+        self.conn.execute(
+            "INSERT INTO aliases AS a (name, collection_id, updated_at) VALUES (%s, %s, %s) "
+            "ON CONFLICT (name) DO UPDATE SET previous_id = a.collection_id, "
+            "collection_id = excluded.collection_id, updated_at = excluded.updated_at "
+            "WHERE a.collection_id <> excluded.collection_id",
+            (name, collection_id, now),
+        )
+
+    def delete_alias(self, name: str) -> bool:
+        """Remove an alias; ``False`` when there is none."""
+        return self.conn.execute("DELETE FROM aliases WHERE name = %s", (name,)).rowcount > 0
+
+    def rollback_alias(self, name: str, now: float) -> bool:
+        """Swap an alias's collection with its previous one; ``False`` without one."""
+        swapped = self.conn.execute(
+            "UPDATE aliases SET collection_id = previous_id, previous_id = collection_id, "
+            "updated_at = %s WHERE name = %s AND previous_id IS NOT NULL",
+            (now, name),
+        )
+        return swapped.rowcount > 0
 
     def set_config(self, collection_id: int, config: str) -> None:
         """Replace a collection's config."""
@@ -792,6 +849,11 @@ class PostgresSession:
         if not self._holds_chunks_lock:
             self.conn.execute("SELECT pg_advisory_xact_lock(%s)", (CHUNKS_LOCK,))
             self._holds_chunks_lock = True
+
+    def _lock_names(self) -> None:
+        if self._writing and not self._holds_names_lock:
+            self.conn.execute("SELECT pg_advisory_xact_lock(%s)", (NAMES_LOCK,))
+            self._holds_names_lock = True
 
     def _lock_segments(self, collection_id: int) -> None:
         self.conn.execute(

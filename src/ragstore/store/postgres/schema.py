@@ -192,10 +192,21 @@ BEGIN
 END $$;
 """
 
+# Schema 3: aliases, names that stand for a collection (see engine/store.py). previous_id
+# is the collection an alias named before its last switch, for a rollback.
+_ALIASES = """
+CREATE TABLE aliases (
+    name text COLLATE "C" PRIMARY KEY,
+    collection_id bigint NOT NULL REFERENCES collections (id),
+    previous_id bigint,
+    updated_at double precision NOT NULL
+);
+"""
+
 Connection = psycopg.Connection[Any]
 Step = str | Callable[[Connection], None]
 
-MIGRATIONS: Final[tuple[Step, ...]] = (_TABLES + _TRIGGERS, _TEXT_SEARCH)
+MIGRATIONS: Final[tuple[Step, ...]] = (_TABLES + _TRIGGERS, _TEXT_SEARCH, _ALIASES)
 """The schema is built by applying these steps in order."""
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 

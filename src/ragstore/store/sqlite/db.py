@@ -223,6 +223,17 @@ DROP INDEX IF EXISTS chunks_by_hash;
 CREATE INDEX chunks_by_hash ON chunks(hash) WHERE hash != '';
 """
 
+# Schema 6: aliases, names that stand for a collection (see engine/store.py). previous_id
+# is the collection an alias named before its last switch, for a rollback.
+_ALIASES = """
+CREATE TABLE IF NOT EXISTS aliases (
+    name TEXT PRIMARY KEY,
+    collection_id INTEGER NOT NULL REFERENCES collections(id),
+    previous_id INTEGER,
+    updated_at REAL NOT NULL
+);
+"""
+
 # The schema is built by applying these steps in order; ``user_version`` counts how many
 # have been applied, so an older store is upgraded in place by running the rest.
 _MIGRATIONS: tuple[str | Callable[[sqlite3.Connection], None], ...] = (
@@ -231,6 +242,7 @@ _MIGRATIONS: tuple[str | Callable[[sqlite3.Connection], None], ...] = (
     _CACHE,
     _keyword_terms,
     _LEANER_INSERTS,
+    _ALIASES,
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 

@@ -15,6 +15,7 @@ from ragstore import terms
 from ragstore.filters import Filter, compile_sql
 from ragstore.store.base import (
     REMOVALS_KEPT,
+    AliasRow,
     ChunkRow,
     Clock,
     CollectionRow,
@@ -509,6 +510,22 @@ class SqliteSession:
         ).fetchone()
         return int(row[0])
 
+    def find_alias(self, name: str) -> AliasRow | None:
+        found = self._aliases("WHERE a.name = ?", (name,))
+        return found[0] if found else None
+
+    def list_aliases(self) -> list[AliasRow]:
+        return self._aliases("ORDER BY a.name", ())
+
+    def _aliases(self, clause: str, params: tuple[object, ...]) -> list[AliasRow]:
+        rows = self.conn.execute(
+            "SELECT a.name, c.name, p.name FROM aliases a "
+            "JOIN collections c ON c.id = a.collection_id "
+            f"LEFT JOIN collections p ON p.id = a.previous_id {clause}",
+            params,
+        ).fetchall()
+        return [AliasRow(*row) for row in rows]
+
     def page_of_doc_ids(self, collection_id: int, after: str, limit: int) -> list[str]:
         rows = self.conn.execute(
             "SELECT doc_id FROM documents WHERE collection_id = ? AND doc_id > ? "
@@ -607,7 +624,30 @@ class SqliteSession:
     def delete_collection(self, collection_id: int) -> None:
         for table in ("chunks", "documents", "tombstones", "segments"):
             self.conn.execute(f"DELETE FROM {table} WHERE collection_id = ?", (collection_id,))
+        self.conn.execute(
+            "UPDATE aliases SET previous_id = NULL WHERE previous_id = ?", (collection_id,)
+        )
         self.conn.execute("DELETE FROM collections WHERE id = ?", (collection_id,))
+
+    def set_alias(self, name: str, collection_id: int, now: float) -> None:
+        self.conn.execute(
+            "INSERT INTO aliases (name, collection_id, updated_at) VALUES (?, ?, ?) "
+            "ON CONFLICT (name) DO UPDATE SET previous_id = collection_id, "
+            "collection_id = excluded.collection_id, updated_at = excluded.updated_at "
+            "WHERE collection_id != excluded.collection_id",
+            (name, collection_id, now),
+        )
+
+    def delete_alias(self, name: str) -> bool:
+        return self.conn.execute("DELETE FROM aliases WHERE name = ?", (name,)).rowcount > 0
+
+    def rollback_alias(self, name: str, now: float) -> bool:
+        swapped = self.conn.execute(
+            "UPDATE aliases SET collection_id = previous_id, previous_id = collection_id, "
+            "updated_at = ? WHERE name = ? AND previous_id IS NOT NULL",
+            (now, name),
+        )
+        return swapped.rowcount > 0
 
     def set_config(self, collection_id: int, config: str) -> None:
         self.conn.execute("UPDATE collections SET config = ? WHERE id = ?", (config, collection_id))
