@@ -28,6 +28,8 @@ from ragstore.store.sqlite.copies import open_read_only
 
 WORKERS = str(Path(__file__).with_name("workers.py"))
 BATCH = 5
+PRE = 400
+"""Vectors written before the appender starts."""
 TOPICS = (
     "tidal energy barrages on estuaries",
     "sourdough starters and wild yeast",
@@ -106,10 +108,12 @@ def test_snapshot_during_continuous_writes_holds_whole_transactions_only(
 ) -> None:
     store_path = tmp_path / "store"
     with ragstore.open(store_path) as store:
-        store.create_collection(
+        col = store.create_collection(
             "vecs", embedder=None, dim=16,
             index={"kind": "hnsw", "seal_threshold": 300, "max_segments": 2},
         )  # fmt: skip
+        col.upsert_vectors([f"pre-{i}" for i in range(PRE)], unit_vectors(PRE, 16))
+        col.optimize()  # a sealed segment from the start; more are sealed and merged below
     appender = subprocess.Popen([sys.executable, WORKERS, "appender", str(store_path)])
     try:
         with ragstore.open(store_path) as store:
@@ -121,14 +125,13 @@ def test_snapshot_during_continuous_writes_holds_whole_transactions_only(
             try:
                 taken = []
                 for _ in range(3):
-                    _wait_for_count(col, 300 + len(taken) * 400, appender)
+                    _wait_for_count(col, PRE + 300 + len(taken) * 400, appender)
                     before = col.count()
                     snapshot = store.snapshot(tmp_path / "snaps")
                     taken.append((before, snapshot, col.count()))
             finally:
                 stop.set()
                 searcher.join()
-            assert any(s["segment"] != "growing" for s in col.index_stats()["segments"])
     finally:
         appender.kill()
         appender.wait()
@@ -139,12 +142,15 @@ def test_snapshot_during_continuous_writes_holds_whole_transactions_only(
         snapshots.restore(snapshot.path, target)
         with ragstore.open(target) as restored:
             col = restored.get_collection("vecs")
-            ids = _ids_of(col)
-            assert before <= len(ids) <= after, (before, len(ids), after)
+            everything = _ids_of(col)
+            assert before <= len(everything) <= after, (before, len(everything), after)
+            assert any(f.path.startswith("indexes/") for f in snapshot.files)
+            ids = [i for i in everything if not i.startswith("pre-")]
+            assert len(ids) == len(everything) - PRE
             batches = len(ids) // BATCH
             # every batch committed before the copy began, each whole, nothing after
             assert sorted(ids) == sorted(f"{b}-{i}" for b in range(batches) for i in range(BATCH))
-            assert col.index_stats()["vectors"] == len(ids)
+            assert col.index_stats()["vectors"] == len(everything)
             last = col.get(f"{batches - 1}-0")[0]
             hits = col.search(vector=_stored_vector(restored, last.id), k=1)
             assert hits[0].doc_id == last.id

@@ -29,6 +29,7 @@ import shutil
 import time
 import zlib
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -143,8 +144,9 @@ def restore(path: Path, to: Path, *, force: bool = False) -> Snapshot:
     staging = to.parent / f".restoring-{to.name}-{secrets.token_hex(4)}"
     try:
         for listed in snapshot.files:
-            copied, _ = _copy(path / listed.path, staging / listed.path, listed.path)
-            if copied != listed:
+            (staging / listed.path).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path / listed.path, staging / listed.path)
+            if _digest(staging, listed.path)[0] != listed:
                 raise SnapshotInvalid(f"{listed.path} changed while restored", file=listed.path)
         copies.give_new_identity(staging / DB_FILENAME)
         _fsync_tree(staging)
@@ -215,38 +217,75 @@ def _attempt(store: SqliteBackend, folder: Path, wanted: list[int] | None) -> Sn
     name = f"{PREFIX}{now}-{secrets.token_hex(3)}"
     staging = folder / f"{UNFINISHED}{name}"
     staging.mkdir()
+    copier = _Copier(staging)
     try:
-        early = _copy_segments(store.index_root, staging, wanted, None)
+        early = _copy_segments(store.index_root, copier, wanted, None)
         copies.backup(store.db, staging / DB_FILENAME)
         if wanted is not None:
             copies.keep_only(staging / DB_FILENAME, wanted)
+        database = copier.digest(DB_FILENAME)
         with closing(copies.open_read_only(staging / DB_FILENAME)) as conn:
             described = copies.collections(conn)
             version = copies.schema_version(conn)
             needed = copies.segments(conn)
-        files = _settle_segments(store.index_root, staging, early, needed)
+        files = _settle_segments(store.index_root, copier, early, needed)
         if files is None:
+            copier.close()
             shutil.rmtree(staging)
             return None
-        files.append(_hashed(staging, DB_FILENAME))
+        files.append(database.result()[0])
+        copier.close()
         snapshot = _manifest(staging, described, version, files)
         _fsync_tree(staging)
         final = folder / name
         os.replace(staging, final)
         _fsync(folder)
     except BaseException:
+        copier.close()
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return replace(snapshot, path=final)
 
 
+Digest = tuple[SnapshotFile, int]
+"""A copied file as the manifest lists it, and its CRC-32."""
+Copied = dict[tuple[str, str], dict[str, Future[Digest]]]
+"""Per segment ``(collection id, directory)``: per file name, its digest to come."""
+
+
+class _Copier:
+    """Copies files into a snapshot in the kernel (``shutil.copyfile`` uses
+    ``copy_file_range``/``sendfile``), hashing each copy on a second thread while the
+    next is copied. The copy is hashed, not its source: the manifest vouches for what
+    the snapshot holds."""
+
+    def __init__(self, staging: Path) -> None:
+        self.staging = staging
+        self._hasher = ThreadPoolExecutor(1, thread_name_prefix="ragstore-snapshot")
+
+    def copy(self, source: Path, relative: str) -> Future[Digest]:
+        """Copy ``source`` to ``relative`` in the snapshot; its digest, to come."""
+        target = self.staging / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
+        return self.digest(relative)
+
+    def digest(self, relative: str) -> Future[Digest]:
+        """The digest of a file already in the snapshot, to come."""
+        return self._hasher.submit(_digest, self.staging, relative)
+
+    def close(self) -> None:
+        """Wait for the hashing under way; drop the rest."""
+        self._hasher.shutdown(wait=True, cancel_futures=True)
+
+
 def _copy_segments(
-    index_root: Path, staging: Path, wanted: list[int] | None, only: set[tuple[str, str]] | None
-) -> dict[tuple[str, str], dict[str, tuple[SnapshotFile, int]]]:
+    index_root: Path, copier: _Copier, wanted: list[int] | None, only: set[tuple[str, str]] | None
+) -> Copied:
     """Copy the finished segment directories under ``index_root`` (of the ``wanted``
     collections; of the ``only`` ones when given); a directory that vanishes while being
     copied (merged away) is left out."""
-    copied: dict[tuple[str, str], dict[str, tuple[SnapshotFile, int]]] = {}
+    copied: Copied = {}
     for collection_dir in _children(index_root):
         if wanted is not None and collection_dir.name not in {str(i) for i in wanted}:
             continue
@@ -255,30 +294,35 @@ def _copy_segments(
             if segment_dir.name.endswith(".tmp") or (only is not None and key not in only):
                 continue
             try:
-                copied[key] = _copy_directory(segment_dir, staging)
+                copied[key] = {
+                    item.name: copier.copy(item, _relative(item, index_root.parent))
+                    for item in sorted(segment_dir.iterdir())
+                }
             except FileNotFoundError:
-                shutil.rmtree(staging / _relative(segment_dir, index_root.parent), True)
+                shutil.rmtree(copier.staging / _relative(segment_dir, index_root.parent), True)
     return copied
 
 
 def _settle_segments(
-    index_root: Path,
-    staging: Path,
-    early: dict[tuple[str, str], dict[str, tuple[SnapshotFile, int]]],
-    needed: list[copies.CopiedSegment],
+    index_root: Path, copier: _Copier, early: Copied, needed: list[copies.CopiedSegment]
 ) -> list[SnapshotFile] | None:
     """Copy the segments sealed since the first pass, drop those no longer named, and
     check every needed file against the manifest's CRC-32; ``None`` when a needed
     segment is gone (try again)."""
     keys = {(str(s.collection_id), s.directory) for s in needed}
-    late = _copy_segments(index_root, staging, None, keys - set(early))
+    late = _copy_segments(index_root, copier, None, keys - set(early))
     have = early | late
     if not keys <= set(have):
         return None
     for key in set(have) - keys:
-        shutil.rmtree(staging / INDEX_DIRNAME / key[0] / key[1])
+        for pending in have[key].values():
+            pending.result()  # hashed before its files go
+        shutil.rmtree(copier.staging / INDEX_DIRNAME / key[0] / key[1])
+    files = []
     for segment in needed:
-        copied = have[(str(segment.collection_id), segment.directory)]
+        copied = {
+            n: f.result() for n, f in have[(str(segment.collection_id), segment.directory)].items()
+        }
         for filename, crc in segment.crc32.items():
             if filename not in copied or copied[filename][1] != crc:
                 raise StoreError(
@@ -286,42 +330,21 @@ def _settle_segments(
                     f"{segment.collection_id} is missing or fails its checksum in the store: "
                     "rebuild the collection's index before taking a snapshot"
                 )
-    return [copied[0] for key in sorted(keys) for copied in have[key].values()]
+        files += [digest for digest, _ in copied.values()]
+    return sorted(files, key=lambda f: f.path)
 
 
-def _copy_directory(source: Path, staging: Path) -> dict[str, tuple[SnapshotFile, int]]:
-    """Copy a segment directory: per file name, the copy and its CRC-32."""
-    store_root = source.parent.parent.parent
-    files = {}
-    for item in sorted(source.iterdir()):
-        relative = _relative(item, store_root)
-        files[item.name] = _copy(item, staging / relative, relative)
-    return files
-
-
-def _copy(source: Path, target: Path, relative: str) -> tuple[SnapshotFile, int]:
-    """Copy one file, computing its SHA-256 and CRC-32 on the way."""
-    target.parent.mkdir(parents=True, exist_ok=True)
+def _digest(root: Path, relative: str) -> Digest:
+    """Size, SHA-256 and CRC-32 of ``root / relative``."""
     digest = hashlib.sha256()
     checksum = 0
-    size = 0
-    with source.open("rb") as reading, target.open("wb") as writing:
-        while block := reading.read(_BLOCK):
-            digest.update(block)
-            checksum = zlib.crc32(block, checksum)
-            writing.write(block)
-            size += len(block)
-    return SnapshotFile(relative, size, digest.hexdigest()), checksum
-
-
-def _hashed(root: Path, relative: str) -> SnapshotFile:
-    digest = hashlib.sha256()
     size = 0
     with (root / relative).open("rb") as reading:
         while block := reading.read(_BLOCK):
             digest.update(block)
+            checksum = zlib.crc32(block, checksum)
             size += len(block)
-    return SnapshotFile(relative, size, digest.hexdigest())
+    return SnapshotFile(relative, size, digest.hexdigest()), checksum
 
 
 def _manifest(
@@ -362,7 +385,7 @@ def _check_file(root: Path, listed: SnapshotFile) -> None:
     path = root / listed.path
     if not path.is_file():
         raise SnapshotInvalid(f"{listed.path} is missing", file=listed.path)
-    found = _hashed(root, listed.path)
+    found = _digest(root, listed.path)[0]
     if found.bytes != listed.bytes:
         raise SnapshotInvalid(
             f"{listed.path} has {found.bytes} bytes, the manifest says {listed.bytes}",
