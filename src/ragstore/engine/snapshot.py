@@ -271,8 +271,9 @@ class _Copier:
         return self.digest(relative)
 
     def digest(self, relative: str) -> Future[Digest]:
-        """The digest of a file already in the snapshot, to come."""
-        return self._hasher.submit(_digest, self.staging, relative)
+        """The digest of a file already in the snapshot, to come; the file is synced to
+        disk after it is hashed, so little is left to sync at the end."""
+        return self._hasher.submit(_synced_digest, self.staging, relative)
 
     def close(self) -> None:
         """Wait for the hashing under way; drop the rest."""
@@ -332,6 +333,12 @@ def _settle_segments(
                 )
         files += [digest for digest, _ in copied.values()]
     return sorted(files, key=lambda f: f.path)
+
+
+def _synced_digest(root: Path, relative: str) -> Digest:
+    digest = _digest(root, relative)
+    _fsync(root / relative)
+    return digest
 
 
 def _digest(root: Path, relative: str) -> Digest:

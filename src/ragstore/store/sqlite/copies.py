@@ -47,6 +47,10 @@ def backup(database: Database, destination: Path) -> None:
     target = sqlite3.connect(destination)
     try:
         source.execute(f"PRAGMA mmap_size = {MMAP_BYTES}")
+        # A copy is synced whole by its caller, and one cut short is thrown away: no
+        # journal, no sync per page (about twice as fast).
+        target.execute("PRAGMA journal_mode = OFF")
+        target.execute("PRAGMA synchronous = OFF")
         source.backup(target)
         # The copy is read as a whole file by itself: no write-ahead log beside it.
         target.execute("PRAGMA journal_mode = DELETE")
