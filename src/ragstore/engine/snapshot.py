@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from ragstore.errors import Conflict, InvalidInput, NotFound, SnapshotInvalid, StoreError
+from ragstore.index.segments import fsync
 from ragstore.store.base import StorageBackend
 from ragstore.store.sqlite import copies
 from ragstore.store.sqlite.backend import INDEX_DIRNAME, SqliteBackend
@@ -239,7 +240,7 @@ def _attempt(store: SqliteBackend, folder: Path, wanted: list[int] | None) -> Sn
         _fsync_tree(staging)
         final = folder / name
         os.replace(staging, final)
-        _fsync(folder)
+        fsync(folder)
     except BaseException:
         copier.close()
         shutil.rmtree(staging, ignore_errors=True)
@@ -337,7 +338,7 @@ def _settle_segments(
 
 def _synced_digest(root: Path, relative: str) -> Digest:
     digest = _digest(root, relative)
-    _fsync(root / relative)
+    fsync(root / relative)
     return digest
 
 
@@ -477,7 +478,7 @@ def _swap_in(staging: Path, to: Path) -> None:
         shutil.rmtree(aside, ignore_errors=True)
     else:
         os.replace(staging, to)
-    _fsync(to.parent)
+    fsync(to.parent)
 
 
 def _non_empty(path: Path) -> bool:
@@ -501,13 +502,5 @@ def _children(directory: Path) -> list[Path]:
 
 def _fsync_tree(root: Path) -> None:
     for path in sorted(root.rglob("*"), reverse=True):
-        _fsync(path)
-    _fsync(root)
-
-
-def _fsync(path: Path) -> None:
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
+        fsync(path)
+    fsync(root)

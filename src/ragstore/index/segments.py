@@ -273,9 +273,9 @@ def build_files(
     checksums = {}
     for filename in _FILES:
         checksums[filename] = _crc32(staging / filename)
-        _fsync(staging / filename)
+        fsync(staging / filename)
     os.replace(staging, root / name)
-    _fsync(root)
+    fsync(root)
     return built_kind, {"dir": name, "crc32": checksums}
 
 
@@ -339,7 +339,8 @@ def _crc32(path: Path) -> int:
     return checksum
 
 
-def _fsync(path: Path) -> None:
+def fsync(path: Path) -> None:
+    """Flush a file or directory to disk."""
     descriptor = os.open(path, os.O_RDONLY)
     try:
         os.fsync(descriptor)

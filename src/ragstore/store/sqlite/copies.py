@@ -48,7 +48,7 @@ def backup(database: Database, destination: Path) -> None:
     try:
         source.execute(f"PRAGMA mmap_size = {MMAP_BYTES}")
         # A copy is synced whole by its caller, and one cut short is thrown away: no
-        # journal, no sync per page (about twice as fast).
+        # journal, no sync per page.
         target.execute("PRAGMA journal_mode = OFF")
         target.execute("PRAGMA synchronous = OFF")
         source.backup(target)
