@@ -28,11 +28,14 @@ drawn like the data from their own random stream, taken in turn. Latency is wall
    ``copy_file_range``, nothing synced), ``cp -r`` followed by an ``fsync`` of every file
    it wrote (what a snapshot also does before it counts as taken), and ``ragstore
    --store STORE snapshot create FOLDER --json`` as its own process (its wall time, from
-   start-up to exit, and the ``seconds`` it reports). Each copy is deleted and the page
-   cache's dirty data flushed (``os.sync``) before the next run, untimed; the store's
-   files stay in the page cache throughout (all runs read them warm). Sizes by ``du
-   -sb``. Then ``ragstore snapshot verify`` and ``ragstore snapshot restore --to`` of one
-   snapshot, once each, as processes.
+   start-up to exit, and the ``seconds`` it reports). The target compares the snapshot's
+   own time (the ``seconds`` it reports: what ``store.snapshot()`` takes, as the Python
+   API and ``POST /v1/snapshots`` see it) with ``cp -r``; the process's wall time, which
+   adds the interpreter's start-up and imports (about 0.5 s), is reported beside it.
+   Each copy is deleted and the page cache's dirty data flushed (``os.sync``) before the
+   next run, untimed; the store's files stay in the page cache throughout (all runs read
+   them warm). Sizes by ``du -sb``. Then ``ragstore snapshot verify`` and ``ragstore
+   snapshot restore --to`` of one snapshot, once each, as processes.
 4. Search during a snapshot, ``--repeats`` times: ``--queries`` idle searches, then
    searches in a loop while a ``ragstore snapshot create`` process runs, and (the
    baseline, before or after it, alternately) while a ``cp -r`` of the store runs.
@@ -108,7 +111,7 @@ TARGET = "vectors-reindexed"
 ALIAS = "live"
 HNSW = {"kind": "hnsw"}
 TARGET_SNAPSHOT_RATIO = 1.5
-"""Snapshot process wall time at most this times ``cp -r``'s."""
+"""Snapshot time (what it reports) at most this times ``cp -r``'s."""
 TARGET_P99_RATIO = 2.0
 """Search p99 during a snapshot or a re-index at most this times the idle p99."""
 PHASE_POLL_S = 2.0
@@ -883,7 +886,7 @@ def run(args: argparse.Namespace, report: dict[str, Any]) -> None:
 
 def targets(report: dict[str, Any]) -> dict[str, Any]:
     """Each target with its figure and whether it was met."""
-    copy = report["snapshot_vs_copy"]["ratios"]["snapshot_over_cp"]
+    copy = report["snapshot_vs_copy"]["ratios"]["snapshot_reported_over_cp"]
     snap = report["search_during_snapshot"]
     reindex = report["search_during_reindex"]
     reindex_ratio = reindex["during"]["p99_ratio"]
@@ -905,6 +908,10 @@ def targets(report: dict[str, Any]) -> dict[str, Any]:
         "reindex_switched": isinstance(reindex["reindex"]["report"], dict)
         and reindex["reindex"]["report"].get("switched") == ALIAS,
         "context": {
+            "snapshot_process_over_cp": report["snapshot_vs_copy"]["ratios"]["snapshot_over_cp"],
+            "snapshot_process_over_cp_fsync": report["snapshot_vs_copy"]["ratios"][
+                "snapshot_over_cp_fsync"
+            ],
             "p99_ratio_during_cp": snap["cp_p99_ratio"],
             "p99_ratio_beside_faiss_build": reindex["beside_faiss_build"]["p99_ratio"],
             "p99_during_snapshot_over_during_cp": snap["p99_over_cp_p99"],

@@ -3,6 +3,7 @@ left half-written by a crash."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -280,6 +281,31 @@ def test_verify_refuses_missing_extra_and_truncated_files(snapshot_of_big: Path)
     (snapshot_of_big / "manifest.json").unlink()
     with pytest.raises(SnapshotInvalid, match="not a snapshot"):
         snapshots.verify(snapshot_of_big)
+
+
+def test_a_manifest_of_format_1_with_sha256_hashes_still_verifies(tmp_path: Path) -> None:
+    with ragstore.open(tmp_path / "store") as store:
+        col = store.create_collection("v", embedder=None, dim=4, index={"kind": "hnsw"})
+        col.upsert_vectors(["a", "b", "c"], np.eye(4, dtype=np.float32)[:3])
+        col.optimize()
+        taken = store.snapshot(tmp_path / "snaps").path
+    manifest = json.loads((taken / "manifest.json").read_text())
+    assert manifest["format"] == 2 and all("blake3" in f for f in manifest["files"])
+    manifest["format"] = 1
+    for listed in manifest["files"]:
+        del listed["blake3"]
+        listed["sha256"] = hashlib.sha256((taken / listed["path"]).read_bytes()).hexdigest()
+    (taken / "manifest.json").write_text(json.dumps(manifest))
+    assert {f.algorithm for f in snapshots.verify(taken).files} == {"sha256"}
+    snapshots.restore(taken, tmp_path / "restored")
+    with ragstore.open(tmp_path / "restored") as restored:
+        assert restored.get_collection("v").count() == 3
+    segment_file = next((taken / "indexes").rglob("vectors.npy"))
+    content = segment_file.read_bytes()
+    segment_file.write_bytes(content[:-1] + bytes([content[-1] ^ 0x01]))
+    with pytest.raises(SnapshotInvalid, match="sha256") as failed:
+        snapshots.verify(taken)
+    assert failed.value.file == segment_file.relative_to(taken).as_posix()
 
 
 def test_restore_refuses_a_non_empty_target_unless_forced(tmp_path: Path) -> None:

@@ -24,6 +24,7 @@ from typing import Any
 from ragstore.config import CollectionConfig
 from ragstore.embed import Embedder
 from ragstore.engine import pipeline
+from ragstore.engine.background import at_low_priority
 from ragstore.errors import Conflict, StoreError
 from ragstore.store.base import (
     REMOVALS_KEPT,
@@ -117,11 +118,7 @@ def run(
         plan = pipeline.Target(backend, target_id, embedder, config.chunking)
     report = ReindexReport(source[1], target_name)
     copy = _Copy(backend, source[0], source[2].dim, target_id, plan, report)
-    _copy_all(copy, progress)
-    _catch_up(copy)
-    if build_index is not None:
-        build_index()
-        _catch_up(copy)
+    at_low_priority(lambda: _build(copy, progress, build_index))
     if gate is not None:
         gate()
     if switch is not None:
@@ -132,6 +129,18 @@ def run(
     copy.report.chunks_reused = copy.ingest.chunks_reused
     copy.report.seconds = round(time.perf_counter() - started, 3)
     return copy.report
+
+
+def _build(
+    copy: _Copy, progress: ProgressFn | None, build_index: Callable[[], None] | None
+) -> None:
+    """Copy, build the index, catch up: the long part, which yields to searches. The
+    switch runs at normal priority: its write transaction makes other writers wait."""
+    _copy_all(copy, progress)
+    _catch_up(copy)
+    if build_index is not None:
+        build_index()
+        _catch_up(copy)
 
 
 def _catch_up(copy: _Copy) -> None:

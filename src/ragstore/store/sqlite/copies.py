@@ -1,13 +1,23 @@
 """Consistent copies of a live SQLite store file, and what a copy holds.
 
-A copy is taken with SQLite's online backup API in one step: the source is read inside
-one read transaction, so the copy holds exactly the transactions committed before the
-step began, while other connections and processes keep reading and writing (WAL mode).
+A copy is the database file and its write-ahead log copied by the kernel while one read
+transaction is held on the source, then recovered on its own: it holds exactly the
+transactions committed before one instant of the copy, while other connections and
+processes keep reading and writing (WAL mode). Why that read transaction is enough:
+
+- While it reads the log up to some frame, no checkpoint copies later frames into the
+  database file and no writer starts the log over; while it reads the database file
+  alone, no checkpoint writes into that file at all (sqlite.org/wal.html).
+- So every page of the file that changes during the copy is one whose newer version is
+  in the log below that frame, and the log, copied after the file, holds it: recovery
+  puts it back whole. Frames past the last whole commit of the copied log (a write in
+  progress) fail their checksums and are ignored by recovery.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import sqlite3
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -17,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from ragstore.store.base import ChunkRow, DocumentRow
-from ragstore.store.sqlite.db import MMAP_BYTES, SCHEMA_VERSION, Database
+from ragstore.store.sqlite.db import SCHEMA_VERSION, Database
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,20 +53,27 @@ class CopiedSegment:
 
 def backup(database: Database, destination: Path) -> None:
     """Copy the database, as of one instant, into a new file ``destination``."""
-    source = sqlite3.connect(database.path, timeout=60.0)
-    target = sqlite3.connect(destination)
+    log = Path(f"{database.path}-wal")
+    copied_log = Path(f"{destination}-wal")
+    source = sqlite3.connect(database.path, timeout=60.0, isolation_level=None)
     try:
-        source.execute(f"PRAGMA mmap_size = {MMAP_BYTES}")
-        # A copy is synced whole by its caller, and one cut short is thrown away: no
-        # journal, no sync per page.
-        target.execute("PRAGMA journal_mode = OFF")
+        source.execute("BEGIN")
+        source.execute("SELECT count(*) FROM sqlite_master").fetchone()  # the read begins
+        shutil.copyfile(database.path, destination)
+        if log.exists():
+            shutil.copyfile(log, copied_log)
+        source.execute("COMMIT")
+    finally:
+        source.close()
+    target = sqlite3.connect(destination, isolation_level=None)
+    try:
+        # A copy is synced whole by its caller, and one cut short is thrown away.
         target.execute("PRAGMA synchronous = OFF")
-        source.backup(target)
-        # The copy is read as a whole file by itself: no write-ahead log beside it.
+        # Recovers the copied log, folds it into the file and removes it: the copy is
+        # read as a whole file by itself.
         target.execute("PRAGMA journal_mode = DELETE")
     finally:
         target.close()
-        source.close()
 
 
 def open_read_only(path: Path) -> sqlite3.Connection:
