@@ -17,18 +17,23 @@ top-10 neighbour cosine, random-pair cosine, local intrinsic dimensionality (MLE
 20 nearest), FAISS HNSW recall@10 at a few ef_search and IVF recall@10 at a few nprobe.
 ``--real-only`` runs the whole benchmark on the real set instead.
 
-Indexes. Per kind (``flat``, ``hnsw``, ``ivf``, ``ivfpq``, ``sq8``): FAISS built directly
-(``IndexFlatIP``, ``IndexHNSWFlat``, ``IndexIVFFlat``, ``IndexIVFPQ`` and
+Indexes. Per kind (``flat``, ``hnsw``, ``ivf``, ``ivfpq``, ``sq8``, ``binary``): FAISS
+built directly (``IndexFlatIP``, ``IndexHNSWFlat``, ``IndexIVFFlat``, ``IndexIVFPQ`` and
 ``IndexScalarQuantizer(QT_8bit)``; the compressed two wrapped in ``IndexRefineFlat`` so
-``rerank x k`` candidates are re-ranked with the float vectors, as ragstore does), hnswlib's
+``rerank x k`` candidates are re-ranked with the float vectors, as ragstore does;
+``binary``: ``IndexBinaryFlat`` over the sign bits, its ``rerank x k`` nearest by Hamming
+distance re-ranked in numpy, since FAISS has no refine index over a binary one), hnswlib's
 HNSW (for ``hnsw``; same M and ef_construction), and ragstore: one vector collection
 loaded once with ``upsert_vectors`` (metadata ``{"bucket": i % 1000}``), sealed as ``flat``
 by ``optimize()``, then switched to each kind with ``rebuild_index`` (``hnsw`` last).
+``binary`` re-ranks ``--binary-rerank`` x k candidates (default: ragstore's default for
+the kind) and also gets a re-rank frontier: FAISS's binary baseline at several depths,
+recall@10 over every query and single-query p50.
 
 Per index: build time (FAISS: train + add; hnswlib: add; ragstore: optimize or
 rebuild_index), bytes per vector (serialized index size / N: FAISS ``write_index``, for
-``ivfpq``/``sq8`` the compressed index alone, the float vectors used to re-rank not
-counted; hnswlib ``save_index``; ragstore ``index_stats()``), and per search setting
+``ivfpq``/``sq8``/``binary`` the compressed index alone, the float vectors used to re-rank
+not counted; hnswlib ``save_index``; ragstore ``index_stats()``), and per search setting
 (ef_search for ``hnsw``, nprobe for ``ivf``/``ivfpq``): recall@10, single-query latency
 p50/p99 and single-query QPS (one query per call, like an application; all engines timed
 on the same query back to back, in an order rotated per query, so machine noise hits them
@@ -52,17 +57,25 @@ batches while another searches (upserts/s, search p50/p99, new vectors found at 
     python benchmarks/ann.py                               # 1M synthetic, all kinds
     python benchmarks/ann.py --n 100000 --kinds hnsw,sq8   # quick run
     python benchmarks/ann.py --real-only --no-write        # the real chunks only
+    python benchmarks/ann.py --kinds binary --merge        # one kind into the saved results
+
+``--merge`` replaces only the measured kinds' sections of the existing results file and
+keeps the rest; each replaced section records its own run (date, machine, load, command,
+data), the filtered queries and upserts measured on it, and whether its data set is the
+one the file's other kinds ran on.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import hashlib
 import itertools
 import json
 import os
 import shutil
 import sqlite3
+import sys
 import tempfile
 import threading
 import time
@@ -81,6 +94,7 @@ import numpy.typing as npt
 from environment import describe
 
 import ragstore
+from ragstore.config import IndexConfig
 from ragstore.index import ann as ragstore_ann
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,7 +103,9 @@ CACHE = ROOT / ".bench-cache" / "ann"
 DIM = 384
 K = 10
 GT_K = 20  # ground truth depth: recall uses the first K, intrinsic dimension all of them
-KINDS = ("flat", "hnsw", "ivf", "ivfpq", "sq8")
+KINDS = ("flat", "hnsw", "ivf", "ivfpq", "sq8", "binary")
+COMPRESSION_TARGETS = {"ivfpq": 4.0, "sq8": 4.0, "binary": 30.0}  # times smaller than flat
+FRONTIER_RERANKS = (2, 4, 8, 16, 32, 48, 64, 100, 200)  # binary baseline: depths x k
 BUCKETS = 1000
 FILTERS: dict[str, dict[str, Any]] = {  # selectivity -> filter on {"bucket": i % 1000}
     "50%": {"bucket": {"$lt": 500}},
@@ -413,6 +429,7 @@ class Params:
     pq_m: int
     nbits: int
     rerank: int
+    binary_rerank: int
     ef_sweep: tuple[int, ...]
     nprobe_sweep: tuple[int, ...]
 
@@ -432,6 +449,7 @@ class Params:
             "ivf": {"nlist": self.nlist},
             "ivfpq": {"nlist": self.nlist, "pq_m": self.pq_m, "nbits": self.nbits},
             "sq8": {"rerank": self.rerank},
+            "binary": {"rerank": self.binary_rerank},
         }
         if kind == "ivfpq":
             configs[kind]["rerank"] = self.rerank
@@ -473,7 +491,7 @@ def faiss_engine(kind: str, data: DataSet, params: Params) -> Engine:
         index.train(data.base)
     index.add(data.base)
     build_s = time.perf_counter() - started
-    size = serialized_bytes(lambda path: faiss.write_index(sized, path))
+    size = serialized_bytes(lambda path: _write_index(sized, path))
 
     def single(setting: Setting) -> Search:
         p = _faiss_params(kind, setting, params)
@@ -505,8 +523,59 @@ def _faiss_index(kind: str, params: Params) -> tuple[Any, Any]:
         quantizer = faiss.IndexFlatIP(DIM)
         pq = faiss.IndexIVFPQ(quantizer, DIM, params.nlist, params.pq_m, params.nbits, ip)
         return faiss.IndexRefineFlat(pq), pq
+    if kind == "binary":
+        binary = BinaryRerank(params.binary_rerank)
+        return binary, binary.codes
     sq = faiss.IndexScalarQuantizer(DIM, faiss.ScalarQuantizer.QT_8bit, ip)
     return faiss.IndexRefineFlat(sq), sq
+
+
+def _write_index(index: Any, path: str) -> None:
+    if isinstance(index, faiss.IndexBinary):
+        faiss.write_index_binary(index, path)
+    else:
+        faiss.write_index(index, path)
+
+
+class BinaryRerank:
+    """The ``binary`` baseline: FAISS's ``IndexBinaryFlat`` over each vector's sign bits,
+    then its ``rerank x k`` nearest by Hamming distance re-ranked with the float vectors,
+    which it keeps in RAM as ``IndexRefineFlat`` does. Searched like a FAISS index."""
+
+    is_trained = True
+
+    def __init__(self, rerank: int) -> None:
+        self.codes = faiss.IndexBinaryFlat(DIM)
+        self.rerank = rerank
+        self.base: Matrix = np.empty((0, DIM), dtype=np.float32)
+
+    def add(self, base: Matrix) -> None:
+        """Keep the float vectors and add their sign bits."""
+        self.base = base
+        self.codes.add(sign_bits(base))
+
+    def search(
+        self, queries: Matrix, k: int, params: Any = None, rerank: int | None = None
+    ) -> tuple[Matrix, Ids]:
+        """(scores, ids) of each query's best ``k``, ``-1`` padded; ``params`` (an id
+        selector) applies to the Hamming search."""
+        depth = k * (rerank or self.rerank)
+        _, candidates = self.codes.search(sign_bits(queries), depth, params=params)
+        scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+        ids = np.full((len(queries), k), -1, dtype=np.int64)
+        for row, (query, found) in enumerate(zip(queries, candidates, strict=True)):
+            found = found[found >= 0]
+            exact = self.base[found] @ query
+            best = np.argsort(-exact, kind="stable")[:k]
+            ids[row, : len(best)] = found[best]
+            scores[row, : len(best)] = exact[best]
+        return scores, ids
+
+
+def sign_bits(vectors: Matrix) -> npt.NDArray[np.uint8]:
+    """One bit per dimension, set where the value is positive, eight to a byte."""
+    bits: npt.NDArray[np.uint8] = np.packbits(vectors > 0, axis=1)
+    return bits
 
 
 def _faiss_params(kind: str, setting: Setting, params: Params, sel: Any = None) -> Any:
@@ -518,7 +587,7 @@ def _faiss_params(kind: str, setting: Setting, params: Params, sel: Any = None) 
     else:
         inner = faiss.SearchParameters(sel=sel) if sel is not None else None
     if kind not in ("ivfpq", "sq8"):
-        return inner
+        return inner  # binary: BinaryRerank applies its own re-rank depth
     outer = faiss.IndexRefineSearchParameters(k_factor=params.rerank, base_index_params=inner)
     outer.inner = inner  # the outer object does not own it: keep it alive
     return outer
@@ -1030,12 +1099,35 @@ def run_kind(
     print(f"   {builds}", flush=True)
     rows = sweep(kind, engines, data, params, args.budget, rs.faiss_clock if rs else None)
     section: dict[str, Any] = {"builds": builds, "sweep": rows, "equal_recall": equal_recall(rows)}
+    if kind == "binary":
+        section["rerank"] = params.binary_rerank
+        section["rerank_frontier"] = rerank_frontier(engines["faiss"].extra["index"], data)
     if rs is not None:
         section["ragstore_config"] = engines["ragstore"].extra["config"]
         section["ragstore_index_stats"] = engines["ragstore"].extra["index_stats"]
         setting = chosen_setting(kind, rows, params)
         section["ragstore_full_api"] = full_api_p50(rs, kind, setting, data, args.budget)
     return section, engines
+
+
+def rerank_frontier(index: BinaryRerank, data: DataSet) -> list[dict[str, Any]]:
+    """FAISS's binary baseline at each of ``FRONTIER_RERANKS``: recall@10 over every query
+    (one batch call) and single-query p50 over ``MIN_QUERIES`` queries."""
+    rows = []
+    for rerank in FRONTIER_RERANKS:
+        _, found = index.search(data.queries, K, rerank=rerank)
+        timed = time_interleaved(
+            {"faiss": lambda q, r=rerank: index.search(q[None], K, rerank=r)[1][0]},
+            data.queries[:MIN_QUERIES],
+            0.0,
+        )
+        ms, _ = timed["faiss"]
+        row = {"rerank": rerank, "candidates": rerank * K, "queries": len(data.queries)}
+        row |= {"recall": round(recall_at_k(found, data.gt_ids), 4)}
+        row |= {"timed_queries": len(ms), "p50_ms": percentile(ms, 50)}
+        print(f"  rerank {rerank:>4}  recall {row['recall']:.4f}  p50 {row['p50_ms']:.3f}")
+        rows.append(row)
+    return rows
 
 
 def chosen_setting(kind: str, rows: list[dict[str, Any]], params: Params) -> Setting:
@@ -1057,7 +1149,7 @@ def _round(value: float | None) -> float | None:
 
 def kinds_in_order(kinds: Sequence[str]) -> list[str]:
     """flat first (the collection is loaded as flat), hnsw last (filters and upserts)."""
-    order = {"flat": 0, "ivf": 1, "ivfpq": 2, "sq8": 3, "hnsw": 4}
+    order = {"flat": 0, "ivf": 1, "ivfpq": 2, "sq8": 3, "binary": 4, "hnsw": 5}
     return sorted(kinds, key=order.__getitem__)
 
 
@@ -1116,6 +1208,10 @@ def open_ragstore(
         return None
     rs = RagstoreAdapter(CACHE.parent / "ann-store")
     report["ragstore_load"] = ragstore_load(rs, data, args.load_batch)
+    if "flat" not in args.kinds:  # seal as flat first, so every kind is a rebuild as usual
+        started = time.perf_counter()
+        rs.optimize()
+        report["ragstore_load"]["optimize_as_flat_s"] = round(time.perf_counter() - started, 1)
     print(f"ragstore load: {report['ragstore_load']}", flush=True)
     return rs
 
@@ -1146,6 +1242,7 @@ def make_params(args: argparse.Namespace, n: int) -> Params:
         pq_m=args.pq_m,
         nbits=args.nbits,
         rerank=args.rerank,
+        binary_rerank=args.binary_rerank or IndexConfig().rerank_for("binary"),
         ef_sweep=tuple(args.ef),
         nprobe_sweep=tuple(args.nprobe),
     )
@@ -1200,7 +1297,7 @@ def goals(report: dict[str, Any]) -> dict[str, Any]:
 def _compression_goals(kinds: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     flat = kinds.get("flat", {}).get("builds", {})
-    for kind in ("ivfpq", "sq8"):
+    for kind, times in COMPRESSION_TARGETS.items():
         section = kinds.get(kind)
         if section is None:
             continue
@@ -1210,7 +1307,7 @@ def _compression_goals(kinds: dict[str, Any]) -> dict[str, Any]:
             if build["bytes_per_vector"]:
                 ratio = round(flat_bpv / build["bytes_per_vector"], 2)
                 out[f"{kind}_{engine}_flat_over_kind_bytes"] = ratio
-                out[f"{kind}_{engine}_4x_smaller_than_flat"] = ratio >= 4.0
+                out[f"{kind}_{engine}_{times:g}x_smaller_than_flat"] = ratio >= times
             out[f"{kind}_{engine}_recall_ge_0.90"] = best >= 0.90
     return out
 
@@ -1309,6 +1406,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--nbits", type=int, default=8)
     parser.add_argument("--rerank", type=int, default=32, help="candidates per k re-ranked")
     parser.add_argument(
+        "--binary-rerank", type=int, default=0, help="the same for binary; 0: ragstore's default"
+    )
+    parser.add_argument(
         "--budget",
         type=float,
         default=60.0,
@@ -1323,7 +1423,15 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--keep-store", action="store_true", help="keep .bench-cache/ann-store")
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument("--no-write", action="store_true", help="print, write no JSON")
-    return parser.parse_args()
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="replace only the measured kinds in the existing --output, keep the rest",
+    )
+    args = parser.parse_args()
+    if args.merge and not args.output.exists():
+        parser.error(f"--merge needs an existing {args.output}")
+    return args
 
 
 def main() -> None:
@@ -1343,11 +1451,46 @@ def main() -> None:
     report |= run(args)
     report["loadavg_1m_after"] = round(os.getloadavg()[0], 2)
     report["total_seconds"] = round(time.perf_counter() - started, 1)
+    if args.merge:
+        report = merged(json.loads(args.output.read_text()), report)
     if not args.no_write:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(json.dumps(report, indent=2) + "\n")
         print(f"wrote {args.output}")
     print_summary(report)
+
+
+def merged(saved: dict[str, Any], report: dict[str, Any]) -> dict[str, Any]:
+    """``saved`` with the kinds this run measured replaced, each carrying this run's
+    details, and the goals checked again over every kind."""
+    run_info = {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "command": " ".join(["python", *sys.argv]),
+        "same_data_as_saved": report["data"].get("cache_key") == saved["data"].get("cache_key"),
+        **{key: report.get(key) for key in _RUN_KEYS},
+    }
+    last = kinds_in_order(list(report["kinds"]))[-1]
+    for kind, section in report["kinds"].items():
+        extra = {key: report[key] for key in _LAST_KIND_KEYS if kind == last and key in report}
+        saved["kinds"][kind] = section | extra | {"run": run_info}
+    saved["kinds"] = {kind: saved["kinds"][kind] for kind in kinds_in_order(saved["kinds"])}
+    saved["goals"] = goals(saved)
+    return saved
+
+
+_RUN_KEYS = (
+    "machine",
+    "loadavg_1m_before",
+    "loadavg_1m_after",
+    "total_seconds",
+    "data",
+    "shape_validation",
+    "params",
+    "ragstore_load",
+)
+"""What a merged kind records of the run that measured it."""
+_LAST_KIND_KEYS = ("filtered", "upserts_while_searching")
+"""Sections measured on a run's last kind, kept with that kind when merged."""
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from ragstore.store.sqlite.backend import INDEX_DIRNAME
 from ragstore.store.sqlite.db import DB_FILENAME
 
 DIM = 32
-KINDS = ["flat", "hnsw", "ivf", "ivfpq", "sq8"]
+KINDS = ["flat", "hnsw", "ivf", "ivfpq", "sq8", "binary"]
 SMALL_INDEX = {"seal_threshold": 1500, "pq_m": 8, "nbits": 6, "nlist": 32, "nprobe": 8}
 
 
@@ -73,13 +73,18 @@ def test_each_kind_matches_exact_search(vector_store: Store, kind: str) -> None:
         recall(col.search_vectors(q, 10)[0], exact_top(vectors, list(range(4000)), q, 10))
         for q in queries
     ]
-    assert np.mean(scores) >= (1.0 if kind == "flat" else 0.9)
+    assert np.mean(scores) >= MIN_RECALL.get(kind, 0.9)
+
+
+MIN_RECALL = {"flat": 1.0, "binary": 0.75}
+"""Recall@10 floors of the test above. Its queries lie around other centres than the data,
+where 32 sign bits rank coarsely; ``test_binary_index.py`` has binary on real text."""
 
 
 def test_compressed_kinds_use_a_quarter_of_flat_memory(vector_store: Store) -> None:
     vectors = clustered(3000, seed=3)
     per_vector = {}
-    for kind in ("flat", "ivfpq", "sq8"):
+    for kind in ("flat", "ivfpq", "sq8", "binary"):
         col = vector_store.create_collection(
             f"m-{kind}", embedder=None, dim=DIM, index={"kind": kind, **SMALL_INDEX}
         )
@@ -88,12 +93,14 @@ def test_compressed_kinds_use_a_quarter_of_flat_memory(vector_store: Store) -> N
         per_vector[kind] = col.index_stats()["segments"][0]["bytes_per_vector"]
     assert per_vector["flat"] >= 4 * per_vector["sq8"] * 0.99
     assert per_vector["flat"] >= 4 * per_vector["ivfpq"]
+    assert per_vector["flat"] >= 30 * per_vector["binary"]  # 32 bits, 4 bytes a vector
 
 
-def test_deleted_and_replaced_vectors_never_come_back(vector_store: Store) -> None:
+@pytest.mark.parametrize("kind", ["hnsw", "binary"])
+def test_deleted_and_replaced_vectors_never_come_back(vector_store: Store, kind: str) -> None:
     vectors = clustered(3000, seed=4)
     col = vector_store.create_collection(
-        "d", embedder=None, dim=DIM, index={"kind": "hnsw", **SMALL_INDEX}
+        "d", embedder=None, dim=DIM, index={"kind": kind, **SMALL_INDEX}
     )
     load(col, vectors)
     col.optimize()
@@ -112,10 +119,11 @@ def test_deleted_and_replaced_vectors_never_come_back(vector_store: Store) -> No
     assert ids == ["11"] and scores[0] == pytest.approx(1.0, abs=1e-5)
 
 
-def test_both_filter_plans_return_k_matching_hits(vector_store: Store) -> None:
+@pytest.mark.parametrize("kind", ["hnsw", "binary"])
+def test_both_filter_plans_return_k_matching_hits(vector_store: Store, kind: str) -> None:
     vectors = clustered(4000, seed=6)
     col = vector_store.create_collection(
-        "f", embedder=None, dim=DIM, index={"kind": "hnsw", **SMALL_INDEX}
+        "f", embedder=None, dim=DIM, index={"kind": kind, **SMALL_INDEX}
     )
     load(col, vectors)
     col.optimize()
@@ -123,14 +131,16 @@ def test_both_filter_plans_return_k_matching_hits(vector_store: Store) -> None:
     for plan, where in cases.items():
         limit = where["bucket"]["$lt"]
         allowed = [i for i in range(4000) if i % 100 < limit]
+        recalls = []
         for query in clustered(20, seed=7):
             hits = col.search(vector=query, k=10, where=where, explain=True)
             assert hits.plan is not None
             assert hits.plan["dense"][0]["plan"] == plan
             assert len(hits) == 10
             assert all(h.metadata["bucket"] < limit for h in hits)
-            truth = exact_top(vectors, allowed, query, 10)
-            assert recall([h.doc_id for h in hits], truth) >= (1.0 if plan == "exact" else 0.8)
+            recalls.append(recall([h.doc_id for h in hits], exact_top(vectors, allowed, query, 10)))
+        assert min(recalls) >= (1.0 if plan == "exact" else 0.5)
+        assert np.mean(recalls) >= (1.0 if plan == "exact" else MIN_RECALL.get(kind, 0.9))
 
 
 def test_a_filter_matching_fewer_than_k_returns_them_all(vector_store: Store) -> None:
@@ -172,12 +182,15 @@ def test_growing_segment_seals_in_the_background(vector_store: Store) -> None:
     assert [(s["kind"], s["vectors"]) for s in segments] == [("hnsw", 2000), ("flat", 0)]
 
 
-def test_seal_and_merge_while_threads_read_and_write_lose_nothing(vector_store: Store) -> None:
+@pytest.mark.parametrize("kind", ["hnsw", "binary"])
+def test_seal_and_merge_while_threads_read_and_write_lose_nothing(
+    vector_store: Store, kind: str
+) -> None:
     col = vector_store.create_collection(
         "busy",
         embedder=None,
         dim=DIM,
-        index={"kind": "hnsw", **SMALL_INDEX, "seal_threshold": 400, "max_segments": 2},
+        index={"kind": kind, **SMALL_INDEX, "seal_threshold": 400, "max_segments": 2},
     )
     vectors = clustered(4000, seed=12)
     errors: list[BaseException] = []
@@ -214,11 +227,12 @@ def test_seal_and_merge_while_threads_read_and_write_lose_nothing(vector_store: 
         assert col.search_vectors(vectors[i], 1, ef_search=200)[0] == [str(i)]
 
 
-def test_reopening_loads_segments_without_rebuilding(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["hnsw", "binary"])
+def test_reopening_loads_segments_without_rebuilding(tmp_path: Path, kind: str) -> None:
     path = tmp_path / "store"
     with ragstore.open(path) as store:
         col = store.create_collection(
-            "r", embedder=None, dim=DIM, index={"kind": "hnsw", **SMALL_INDEX}
+            "r", embedder=None, dim=DIM, index={"kind": kind, **SMALL_INDEX}
         )
         load(col, clustered(2000, seed=13))
         col.optimize()
@@ -232,14 +246,15 @@ def test_reopening_loads_segments_without_rebuilding(tmp_path: Path) -> None:
     assert [f.stat().st_mtime_ns for f in files] == mtimes
 
 
+@pytest.mark.parametrize("kind", ["hnsw", "binary"])
 def test_a_corrupt_index_file_is_rebuilt_from_the_store(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, kind: str
 ) -> None:
     path = tmp_path / "store"
     vectors = clustered(2000, seed=14)
     with ragstore.open(path) as store:
         col = store.create_collection(
-            "c", embedder=None, dim=DIM, index={"kind": "hnsw", **SMALL_INDEX}
+            "c", embedder=None, dim=DIM, index={"kind": kind, **SMALL_INDEX}
         )
         load(col, vectors)
         col.optimize()
@@ -255,16 +270,19 @@ def test_a_corrupt_index_file_is_rebuilt_from_the_store(
         assert col.index_stats()["vectors"] == 1999
     assert "rebuilding damaged index segment" in caplog.text
     assert not index_file.exists()  # replaced by a fresh directory
+    with ragstore.open(path) as store:
+        assert store.get_collection("c").index_stats()["segments"][0]["kind"] == kind
 
 
-def test_rebuild_index_switches_kind(vector_store: Store) -> None:
+@pytest.mark.parametrize("kind", ["sq8", "binary"])
+def test_rebuild_index_switches_kind(vector_store: Store, kind: str) -> None:
     col = vector_store.create_collection("k", embedder=None, dim=DIM, index=SMALL_INDEX)
     vectors = clustered(3000, seed=15)
     load(col, vectors)
     col.optimize()
-    col.rebuild_index({"kind": "sq8"})
-    assert [s["kind"] for s in col.index_stats()["segments"]] == ["sq8", "flat"]
-    assert vector_store.get_collection("k").config.index.kind == "sq8"
+    col.rebuild_index({"kind": kind})
+    assert [s["kind"] for s in col.index_stats()["segments"]] == [kind, "flat"]
+    assert vector_store.get_collection("k").config.index.kind == kind
     assert col.search_vectors(vectors[3], 1)[0] == ["3"]
 
 

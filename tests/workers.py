@@ -55,7 +55,7 @@ def rebuilder(store_path: str) -> None:
     """Rebuild the index of collection ``ann`` over and over, switching kinds, until killed."""
     col = ragstore.open(store_path).get_collection("ann")
     while True:
-        for kind in ("hnsw", "ivf", "sq8"):
+        for kind in ("hnsw", "ivf", "sq8", "binary"):
             col.rebuild_index({"kind": kind})
 
 

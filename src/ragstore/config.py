@@ -26,7 +26,13 @@ class ChunkingConfig(BaseModel):
         return self
 
 
-IndexKind = Literal["flat", "hnsw", "ivf", "ivfpq", "sq8", "pgvector"]
+IndexKind = Literal["flat", "hnsw", "ivf", "ivfpq", "sq8", "binary", "pgvector"]
+
+DEFAULT_RERANK = 32
+"""Candidates re-ranked per hit by the compressed kinds, unless configured."""
+BINARY_RERANK = 64
+"""The same for ``binary``, whose Hamming ranking is coarser: see ``benchmarks/README.md``
+(the ``binary`` re-rank frontier) for the recall each depth reached."""
 
 
 class IndexConfig(BaseModel):
@@ -35,8 +41,10 @@ class IndexConfig(BaseModel):
     New vectors land in an exact growing segment; past ``seal_threshold`` vectors it is
     sealed into a segment of ``kind``. ``hnsw`` uses ``m``, ``ef_construction`` and
     ``ef_search``; ``ivf`` and ``ivfpq`` use ``nlist`` (``None``: about 2·sqrt(n)) and
-    ``nprobe``; ``ivfpq`` also ``pq_m`` sub-quantizers of ``nbits`` bits. The compressed
-    kinds (``ivfpq``, ``sq8``) re-rank ``rerank * k`` candidates with the exact vectors.
+    ``nprobe``; ``ivfpq`` also ``pq_m`` sub-quantizers of ``nbits`` bits. ``binary`` keeps
+    one bit per dimension and searches by Hamming distance. The compressed kinds
+    (``ivfpq``, ``sq8``, ``binary``) re-rank ``rerank * k`` candidates with the exact
+    vectors; ``rerank`` left unset means each kind's default (:meth:`rerank_for`).
 
     ``pgvector`` (PostgreSQL stores only) holds nothing in memory: both sides of a search
     run in the database, dense on a pgvector HNSW index (``m``, ``ef_construction``,
@@ -54,11 +62,18 @@ class IndexConfig(BaseModel):
     nprobe: int = Field(default=32, ge=1, le=1 << 20)
     pq_m: int = Field(default=48, ge=1, le=1024)
     nbits: int = Field(default=8, ge=4, le=12)
-    rerank: int = Field(default=32, ge=1, le=100)
+    rerank: int | None = Field(default=None, ge=1, le=100)
     seal_threshold: int = Field(default=20_000, ge=1)
     max_segments: int = Field(default=8, ge=1)
     max_segment_vectors: int = Field(default=4_000_000, ge=1)
     deleted_threshold: float = Field(default=0.2, gt=0, le=1)
+
+    def rerank_for(self, kind: IndexKind) -> int:
+        """Candidates per hit that a segment of ``kind`` re-ranks: ``rerank`` when set,
+        else :data:`BINARY_RERANK` for ``binary`` and :data:`DEFAULT_RERANK` for the rest."""
+        if self.rerank is not None:
+            return self.rerank
+        return BINARY_RERANK if kind == "binary" else DEFAULT_RERANK
 
 
 class CollectionConfig(BaseModel):

@@ -4,6 +4,12 @@ Vectors are unit length, so cosine similarity is the inner product. A FAISS inde
 numbers its vectors by position (0..n-1); the segment maps positions to chunk ids. A
 search may be restricted to some positions with a bitmap, which FAISS honours inside the
 graph or list traversal rather than after it.
+
+Kind ``binary`` keeps one bit per dimension (set where the value is positive) in a
+``faiss.IndexBinaryFlat`` and ranks by Hamming distance, which tracks the angle between
+vectors (for random hyperplanes the expected share of differing bits is the angle over
+pi: Charikar, "Similarity estimation techniques from rounding algorithms", STOC 2002).
+Its candidates are re-ranked with the exact vectors.
 """
 
 from __future__ import annotations
@@ -23,11 +29,12 @@ from ragstore.index.base import Matrix, Scores
 # faiss's bundled stubs miss most of its SWIG API, so it is used untyped.
 faiss: Any = _faiss
 FaissIndex = Any
-"""A ``faiss.Index``."""
+"""A ``faiss.Index``, or a ``faiss.IndexBinary`` for kind ``binary``."""
 
 Positions = npt.NDArray[np.int64]
+Codes = npt.NDArray[np.uint8]
 
-COMPRESSED: frozenset[str] = frozenset({"ivfpq", "sq8"})
+COMPRESSED: frozenset[str] = frozenset({"ivfpq", "sq8", "binary"})
 """Kinds whose stored codes are lossy: their candidates are re-ranked exactly."""
 
 _TRAINING_PER_LIST = 256
@@ -55,10 +62,20 @@ def build(kind: IndexKind, vectors: Matrix, config: IndexConfig) -> FaissIndex:
     """A FAISS index of ``kind`` over ``vectors`` (rows are positions)."""
     n, dim = vectors.shape
     index = _empty(kind, n, dim, config)
+    if kind == "binary":
+        index.add(binary_codes(vectors))
+        return index
     if not index.is_trained:
         index.train(_training_sample(vectors, kind, n, config))
     index.add(vectors)
     return index
+
+
+def binary_codes(vectors: Matrix) -> Codes:
+    """Each row's sign bits, packed eight to a byte (the last byte padded with zeros):
+    the codes a ``binary`` index stores and is queried with."""
+    codes: Codes = np.packbits(vectors > 0, axis=-1)
+    return codes
 
 
 def _empty(kind: IndexKind, n: int, dim: int, config: IndexConfig) -> FaissIndex:
@@ -72,6 +89,8 @@ def _empty(kind: IndexKind, n: int, dim: int, config: IndexConfig) -> FaissIndex
         return index
     if kind == "sq8":
         return faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_8bit, metric)
+    if kind == "binary":
+        return faiss.IndexBinaryFlat(8 * math.ceil(dim / 8))
     quantizer = faiss.IndexFlatIP(dim)
     nlist = nlist_for(n, config)
     ivf: FaissIndex
@@ -111,7 +130,8 @@ def search(
     knobs: Knobs,
     allowed: npt.NDArray[np.uint8] | None = None,
 ) -> tuple[Positions, Scores]:
-    """Top-``k`` positions (``-1`` pads a short result) and scores for one query.
+    """Top-``k`` positions (``-1`` pads a short result) and scores for one query; a
+    ``binary`` index scores by negated Hamming distance.
 
     ``allowed`` is a little-endian bitmap over positions; only set positions may be
     returned. It must stay alive for the duration of the call, which it does here.
@@ -120,6 +140,9 @@ def search(
     if allowed is not None:
         selector = faiss.IDSelectorBitmap(index.ntotal, faiss.swig_ptr(allowed))
     params = _params(kind, index, knobs, selector)
+    if kind == "binary":
+        distances, positions = index.search(binary_codes(query.reshape(1, -1)), k, params=params)
+        return positions[0], -distances[0].astype(np.float32)
     scores, positions = index.search(query.reshape(1, -1), k, params=params)
     return positions[0], scores[0]  # FAISS positions are int64 already
 
@@ -150,9 +173,15 @@ def _plain_params(kind: IndexKind, breadth: int) -> Any:
 
 def write(index: FaissIndex, path: str) -> None:
     """Write an index file."""
-    faiss.write_index(index, path)
+    if isinstance(index, faiss.IndexBinary):
+        faiss.write_index_binary(index, path)
+    else:
+        faiss.write_index(index, path)
 
 
-def read(path: str) -> FaissIndex:
-    """Read an index file; raises ``RuntimeError`` for a missing or corrupt one."""
+def read(path: str, kind: IndexKind) -> FaissIndex:
+    """Read an index file of ``kind``; raises ``RuntimeError`` for a missing or corrupt
+    one."""
+    if kind == "binary":
+        return faiss.read_index_binary(path)
     return faiss.read_index(path)

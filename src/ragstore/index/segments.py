@@ -172,12 +172,13 @@ class SealedSegment:
             matching = self.size - self.deleted
         if matching == 0:
             return SegmentSearch(_NO_IDS, _NO_SCORES, [], plan | {"plan": "none match"})
-        exact_limit = max(k * config.rerank, EXACT_FRACTION * self.size)
+        depth = config.rerank_for(kind)
+        exact_limit = max(k * depth, EXACT_FRACTION * self.size)
         if positions is not None and matching <= exact_limit:
             return self._exact(query, k, positions, plan | {"plan": "exact"})
         share = matching / self.size
         bits = self._bitmap(here)
-        fetch = k * config.rerank if kind in ann.COMPRESSED else k
+        fetch = k * depth if kind in ann.COMPRESSED else k
         widened = _widen(kind, knobs, config, share)
         found, scores = ann.search(self.index, kind, query, fetch, widened, bits)
         if len(found) and found[-1] < 0:  # FAISS pads a short result with -1
@@ -286,7 +287,7 @@ def load(root: Path, row: SegmentRow, dim: int) -> SealedSegment:
         for filename in _FILES:
             if _crc32(directory / filename) != row.files["crc32"][filename]:
                 raise SegmentDamaged(f"{directory / filename}: checksum mismatch")
-        index = ann.read(str(directory / INDEX_FILE))
+        index = ann.read(str(directory / INDEX_FILE), row.kind)
         # Plain ndarray views of the maps: indexing a np.memmap costs more per call.
         ids = np.asarray(np.load(directory / IDS_FILE, mmap_mode="r"))
         vectors = np.asarray(np.load(directory / VECTORS_FILE, mmap_mode="r"))
