@@ -120,7 +120,7 @@ def test_collections_count_get_delete(ingested: str | Path) -> None:
     code, got = invoke(ingested, "get", "faq-3")
     assert code == 0
     assert json.loads(got)["title"] == "Gift cards"
-    assert invoke(ingested, "delete", "--filter", '{"topic": "payments"}') == (
+    assert invoke(ingested, "delete", "--filter", '{"topic": "payments"}', "--yes") == (
         0,
         "deleted 2 document(s)\n",
     )

@@ -16,7 +16,7 @@ SHARED = {"errors", "types", "inputs", "config", "filters", "records", "terms"}
 LAYERS = ["ingest", "embed", "store", "index", "search", "cache", "engine", "eval", "server"]
 """Packages in data-flow order; each may import the ones before it."""
 
-TOP = {"__init__", "cli"}
+TOP = {"__init__", "__main__", "cli"}
 """The public face: may import anything, imported by no layer."""
 
 

@@ -36,9 +36,11 @@ __version__ = "0.1.0"
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 
-def open(path: str | Path = "./ragstore-data") -> Store:
-    """Open (creating if needed) the store in directory ``path``."""
-    return Store(path)
+def open(path: str | Path = "./ragstore-data", *, create: bool = True) -> Store:
+    """Open the store in directory ``path`` (or a ``postgresql://`` URL), creating it if
+    needed; with ``create=False`` a location that holds no store raises :class:`NotFound`
+    instead."""
+    return Store(path, create=create)
 
 
 __all__ = [

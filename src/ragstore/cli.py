@@ -1,7 +1,9 @@
 """The ``ragstore`` command: a thin shell over the Python API, with the same verbs.
 
-Exit codes: 0 success, 1 a ragstore error (unknown collection, model mismatch…),
-2 bad usage or bad input (an invalid filter, option or record).
+Exit codes: 0 success, 1 a ragstore error (unknown collection or store, model
+mismatch…), 2 bad usage or bad input (an invalid filter, option or record), 3 an ingest
+that skipped files or records for a problem (the rest is written; ``--allow-skips``
+exits 0 then).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, NoReturn, cast
+from typing import Any, NoReturn, TypeVar, cast
 
 import click
 from pydantic import ValidationError
@@ -24,14 +26,26 @@ from ragstore.config import config_error
 from ragstore.engine import snapshot as snapshots
 from ragstore.engine.pipeline import ProgressFn
 from ragstore.engine.store import Collection, Store
-from ragstore.errors import InvalidConfig, InvalidFilter, InvalidInput, QualityGate, RagstoreError
+from ragstore.errors import (
+    InvalidConfig,
+    InvalidFilter,
+    InvalidInput,
+    NotFound,
+    QualityGate,
+    RagstoreError,
+)
+from ragstore.filters import parse_filter
 from ragstore.ingest.loaders import DEFAULT_MAX_FILE_BYTES
 from ragstore.inputs import parse_json
 from ragstore.search.hybrid import DEFAULT_ALPHA, DEFAULT_FUSION, RRF_K, Fusion, Mode
 from ragstore.store import is_url
-from ragstore.types import Hit
+from ragstore.types import Hit, IngestReport
 
 SNIPPET_CHARS = 240
+EXIT_SKIPPED = 3
+"""``ingest`` wrote what it could but skipped files or records for a problem."""
+UNSUPPORTED_SHOWN = 10
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
 def exit_code_for(error: RagstoreError) -> int:
@@ -49,9 +63,13 @@ class Context:
 
     @property
     def store(self) -> Store:
-        """The store, opened on first use."""
+        """The store, opened on first use; one that does not exist yet is not made."""
+        return self.open_store(create=False)
+
+    def open_store(self, *, create: bool = False) -> Store:
+        """The store, opened on first use (and made there first when ``create``)."""
         if self._store is None:
-            self._store = ragstore.open(self.store_path)
+            self._store = _open_store(self.store_path, create=create)
             # closing saves the query cache's counters and releases the connections
             click.get_current_context().call_on_close(self._store.close)
         return self._store
@@ -59,8 +77,31 @@ class Context:
     def collection(self, *, create: bool = False) -> Collection:
         """The selected collection (created with defaults when ``create``)."""
         if create:
-            return self.store.collection(self.collection_name)
-        return self.store.get_collection(self.collection_name)
+            return self.open_store(create=True).collection(self.collection_name)
+        store = self.store
+        try:
+            return store.get_collection(self.collection_name)
+        except NotFound as missing:
+            raise NotFound(
+                f"{missing} in the store at {_shown(store.location)}: `ragstore collections` "
+                "lists the collections there; `ragstore ingest PATH...` makes this one"
+            ) from None
+
+
+def _open_store(location: str | Path, *, create: bool) -> Store:
+    """The store at ``location``; a missing one is an error naming where it looked."""
+    try:
+        return ragstore.open(location, create=create)
+    except NotFound as missing:
+        raise NotFound(
+            f"{missing}: `ragstore ingest PATH...` makes one there; --store (env "
+            "RAGSTORE_PATH) names another"
+        ) from None
+
+
+def _shown(location: str) -> str:
+    """A store's location as messages show it: a directory made absolute."""
+    return location if is_url(location) else str(Path(location).absolute())
 
 
 pass_context = click.make_pass_decorator(Context)
@@ -81,6 +122,50 @@ class StoreLocation(click.ParamType):  # type: ignore[type-arg]
         return converted
 
 
+Command = TypeVar("Command", bound=Callable[..., Any])
+
+
+def _set_store(ctx: click.Context, _param: click.Parameter, value: str | Path | None) -> None:
+    if value is not None:
+        _context_of(ctx).store_path = value
+
+
+def _set_collection(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        _context_of(ctx).collection_name = value
+
+
+def _context_of(ctx: click.Context) -> Context:
+    found = ctx.find_object(Context)
+    assert found is not None, "a command's options are parsed after the group's"
+    return found
+
+
+def store_option(command: Command) -> Command:
+    """``--store`` after the verb too; there it overrides one given before it."""
+    option = click.option(
+        "--store",
+        "store_after",
+        type=StoreLocation(),
+        expose_value=False,
+        callback=_set_store,
+        help="Store directory, or a postgresql:// URL (also accepted before the command).",
+    )
+    return option(command)
+
+
+def collection_option(command: Command) -> Command:
+    """``--collection`` after the verb too; there it overrides one given before it."""
+    option = click.option(
+        "--collection",
+        "collection_after",
+        expose_value=False,
+        callback=_set_collection,
+        help="Collection (or alias) name (also accepted before the command).",
+    )
+    return option(command)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--store",
@@ -94,12 +179,51 @@ class StoreLocation(click.ParamType):  # type: ignore[type-arg]
 @click.option(
     "--collection", default="default", show_default=True, help="Collection (or alias) name."
 )
+@click.option(
+    "--log-level",
+    type=click.Choice(LOG_LEVELS, case_sensitive=False),
+    envvar="RAGSTORE_LOG_LEVEL",
+    default="warning",
+    show_default=True,
+    help="Least severe log messages shown on stderr (env RAGSTORE_LOG_LEVEL).",
+)
+@click.option(
+    "-v", "--verbose", "verbosity", count=True, help="More log messages: -v info, -vv debug."
+)
 @click.version_option(ragstore.__version__, prog_name="ragstore")
 @click.pass_context
-def cli(ctx: click.Context, store_path: str | Path, collection: str) -> None:
+def cli(
+    ctx: click.Context, store_path: str | Path, collection: str, log_level: str, verbosity: int
+) -> None:
     """ragstore: ingest documents and search them by meaning, offline."""
-    logging.basicConfig(level=logging.WARNING, format="warning: %(message)s", stream=sys.stderr)
+    level = logging.getLevelName(log_level.upper())
+    if verbosity:
+        level = min(level, _verbose_level(verbosity))
+    _configure_logging(level)
     ctx.obj = Context(store_path, collection)
+
+
+def _verbose_level(verbosity: int) -> int:
+    """The level ``-v`` flags ask for: info (``-v``), debug (``-vv`` or more)."""
+    return logging.INFO if verbosity == 1 else logging.DEBUG
+
+
+class _LevelPrefix(logging.Formatter):
+    """``warning: message``: the level in lower case, like the CLI's own messages."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{record.levelname.lower()}: {super().format(record)}"
+
+
+def _configure_logging(level: int) -> None:
+    """Show ragstore's log messages from ``level`` up on stderr, and other libraries'
+    from warning (or ``level``, if higher) up."""
+    if not logging.getLogger().handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(_LevelPrefix("%(message)s"))
+        logging.getLogger().addHandler(handler)
+    logging.getLogger().setLevel(max(level, logging.WARNING))
+    logging.getLogger("ragstore").setLevel(level)
 
 
 @cli.command()
@@ -116,7 +240,14 @@ def cli(ctx: click.Context, store_path: str | Path, collection: str) -> None:
     show_default=True,
     help="Skip (and report) files larger than this many MiB.",
 )
+@click.option(
+    "--allow-skips",
+    is_flag=True,
+    help=f"Exit 0 even when files or records were skipped for a problem (else {EXIT_SKIPPED}).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
+@store_option
+@collection_option
 @pass_context
 def ingest(
     obj: Context,
@@ -124,12 +255,15 @@ def ingest(
     sync: bool,
     follow_symlinks: bool,
     max_file_mb: float,
+    allow_skips: bool,
     as_json: bool,
 ) -> None:
     """Ingest files and folders (.txt .md .rst .html .pdf .json .jsonl .csv).
 
     Unchanged documents are skipped; changed ones re-embed only the chunks whose text
-    changed. Hidden files, special files and links leading outside PATHS are skipped.
+    changed. Hidden files, special files and links leading outside PATHS are skipped;
+    files of other types are listed as skipped. A file or record skipped for a problem
+    makes the exit code 3 (the rest is still written), unless --allow-skips.
     """
     with _failures():
         col = obj.collection(create=True)
@@ -143,12 +277,34 @@ def ingest(
             )
     if as_json:
         _print_json(report.to_dict())
-        return
+    else:
+        _print_ingest_summary(report)
+    if report.errors and not allow_skips:
+        sys.exit(EXIT_SKIPPED)
+
+
+def _print_ingest_summary(report: IngestReport) -> None:
+    """The counts on stdout; what was skipped or warned about on stderr."""
     summary = report.to_dict()
-    problems = summary.pop("errors")
+    problems, warned, unsupported = (
+        summary.pop(key) for key in ("errors", "warnings", "files_unsupported")
+    )
     click.echo(", ".join(f"{key.replace('_', ' ')}: {value}" for key, value in summary.items()))
+    if unsupported:
+        shown = ", ".join(unsupported[:UNSUPPORTED_SHOWN])
+        more = len(unsupported) - UNSUPPORTED_SHOWN
+        rest = f" and {more} more (--json lists them)" if more > 0 else ""
+        click.echo(
+            f"skipped {len(unsupported)} file(s) of unsupported type: {shown}{rest}", err=True
+        )
+    if warned:
+        click.echo(
+            f"{len(warned)} warning(s) from reading files (-v or --json shows them)", err=True
+        )
     if problems:
-        click.echo(f"{len(problems)} problem(s); see warnings above", err=True)
+        click.echo(
+            f"{len(problems)} problem(s): files or records skipped (--json lists them)", err=True
+        )
 
 
 @cli.command()
@@ -168,6 +324,8 @@ def ingest(
 @click.option("--nprobe", type=int, help="IVF lists probed for this query.")
 @click.option("--explain", is_flag=True, help="Also print how the search ran.")
 @click.option("--json", "as_json", is_flag=True, help="Print hits as JSON.")
+@store_option
+@collection_option
 @pass_context
 def query(
     obj: Context,
@@ -186,7 +344,8 @@ def query(
     with _failures():
         where = _parse_filter_option(filter_json)
         col = obj.collection()
-        _ = col.embedder  # load the model before the clock starts: took_ms is the search
+        if mode != "keyword":  # a keyword search never needs the model
+            _ = col.embedder  # load it before the clock starts: took_ms is the search
         started = time.perf_counter()
         hits = col.search(
             text,
@@ -217,6 +376,7 @@ def query(
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@store_option
 @pass_context
 def collections(obj: Context, as_json: bool) -> None:
     """List collections with their config and counts."""
@@ -237,6 +397,8 @@ def collections(obj: Context, as_json: bool) -> None:
 
 @cli.command()
 @click.argument("ids", nargs=-1, required=True)
+@store_option
+@collection_option
 @pass_context
 def get(obj: Context, ids: tuple[str, ...]) -> None:
     """Print stored documents by id, as JSON lines."""
@@ -252,6 +414,8 @@ def get(obj: Context, ids: tuple[str, ...]) -> None:
 
 @cli.command()
 @click.option("--filter", "filter_json", help="Count only documents matching this filter.")
+@store_option
+@collection_option
 @pass_context
 def count(obj: Context, filter_json: str | None) -> None:
     """Print the number of documents."""
@@ -263,16 +427,56 @@ def count(obj: Context, filter_json: str | None) -> None:
 @click.argument("ids", nargs=-1)
 @click.option("--filter", "filter_json", help="Delete every document matching this filter.")
 @click.option("--all", "delete_all", is_flag=True, help="Delete every document.")
+@click.option("--yes", is_flag=True, help="Delete by --filter or --all without asking.")
+@store_option
+@collection_option
 @pass_context
-def delete(obj: Context, ids: tuple[str, ...], filter_json: str | None, delete_all: bool) -> None:
-    """Delete documents by id, by --filter, or every one with --all."""
-    if sum((bool(ids), filter_json is not None, delete_all)) != 1:
-        raise click.UsageError("give document ids, --filter or --all (exactly one)")
+def delete(
+    obj: Context, ids: tuple[str, ...], filter_json: str | None, delete_all: bool, yes: bool
+) -> None:
+    """Delete documents by id, by --filter, or every one with --all.
+
+    Deleting by --filter or --all says how many documents it would delete and asks
+    first; --yes skips the question, and is required when stdin is not a terminal.
+    """
+    _check_delete_selection(ids, filter_json, delete_all)
     with _failures():
         where = _parse_filter_option(filter_json)
+        if where is not None and parse_filter(where) is None:
+            raise InvalidFilter(
+                "--filter matches every document: delete them all with --all", field="filter"
+            )
         col = obj.collection()
+        if not ids and not yes:
+            _confirm_bulk_delete(obj, col.count(where=where), filter_json)
         deleted = col.delete(list(ids)) if ids else col.delete(where=where, all=delete_all)
     click.echo(f"deleted {deleted} document(s)")
+
+
+def _check_delete_selection(ids: tuple[str, ...], filter_json: str | None, every: bool) -> None:
+    """A usage error unless exactly one of ids, ``--filter`` and ``--all`` is given."""
+    given = sum((bool(ids), filter_json is not None, every))
+    if given == 0:
+        raise click.UsageError("nothing to delete: give document IDS, --filter JSON or --all")
+    if given > 1:
+        raise click.UsageError("give only one of document IDS, --filter JSON and --all")
+
+
+def _confirm_bulk_delete(obj: Context, doomed: int, filter_json: str | None) -> None:
+    """Ask before deleting ``doomed`` documents by filter or all; refuse without a
+    terminal to ask on (``--yes`` is the way to delete from a script)."""
+    if doomed == 0:
+        return
+    what = f"matching {filter_json}" if filter_json is not None else "(all of them)"
+    plan = (
+        f"{doomed} document(s) {what} from collection {obj.collection_name!r} in the store "
+        f"at {_shown(obj.store.location)}"
+    )
+    if not sys.stdin.isatty():
+        raise click.UsageError(f"would delete {plan}: add --yes to do so without a terminal")
+    if not click.confirm(f"Delete {plan}?", default=False, err=True):
+        click.echo("nothing deleted", err=True)
+        sys.exit(1)
 
 
 @cli.command(name="index")
@@ -289,6 +493,8 @@ def delete(obj: Context, ids: tuple[str, ...], filter_json: str | None, delete_a
     help="Measure recall@10 against exact search on this many stored vectors.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@store_option
+@collection_option
 @pass_context
 def index_command(
     obj: Context, optimize: bool, rebuild_json: str | None, sample: int | None, as_json: bool
@@ -343,6 +549,7 @@ def index_command(
     "--alpha", default=DEFAULT_ALPHA, show_default=True, type=float, help="Dense-side weight."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@store_option
 @pass_context
 def eval_command(
     obj: Context,
@@ -363,7 +570,7 @@ def eval_command(
     modes = ["dense", "keyword", "hybrid"] if mode == "all" else [mode]
     with _failures():
         report = evaluate(
-            obj.store,
+            obj.open_store(create=True),
             dataset_dir,
             modes=modes,
             split=split,
@@ -394,6 +601,7 @@ def alias_group() -> None:
 @alias_group.command(name="set")
 @click.argument("alias")
 @click.argument("collection")
+@store_option
 @pass_context
 def alias_set(obj: Context, alias: str, collection: str) -> None:
     """Point ALIAS at COLLECTION (creating the alias, or switching it)."""
@@ -404,6 +612,7 @@ def alias_set(obj: Context, alias: str, collection: str) -> None:
 
 @alias_group.command(name="list")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@store_option
 @pass_context
 def alias_list(obj: Context, as_json: bool) -> None:
     """List aliases with the collection each names (and the one before)."""
@@ -418,6 +627,7 @@ def alias_list(obj: Context, as_json: bool) -> None:
 
 @alias_group.command(name="delete")
 @click.argument("alias")
+@store_option
 @pass_context
 def alias_delete(obj: Context, alias: str) -> None:
     """Delete ALIAS (the collection it names stays)."""
@@ -428,6 +638,7 @@ def alias_delete(obj: Context, alias: str) -> None:
 
 @alias_group.command(name="rollback")
 @click.argument("alias")
+@store_option
 @pass_context
 def alias_rollback(obj: Context, alias: str) -> None:
     """Point ALIAS back at the collection it named before its last switch."""
@@ -456,6 +667,7 @@ def cache_group(ctx: click.Context, redis_url: str | None) -> None:
 
 @cache_group.command(name="stats")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@store_option
 @pass_context
 def cache_stats(obj: Context, as_json: bool) -> None:
     """Hits, misses, evictions, invalidations, expirations, size and hit latency."""
@@ -469,6 +681,7 @@ def cache_stats(obj: Context, as_json: bool) -> None:
 
 
 @cache_group.command(name="clear")
+@store_option
 @pass_context
 def cache_clear(obj: Context) -> None:
     """Drop every cached answer."""
@@ -489,6 +702,7 @@ def snapshot_group() -> None:
 )
 @click.option("--keep", type=click.IntRange(min=1), help="Then keep only the newest N there.")
 @click.option("--json", "as_json", is_flag=True, help="Print the snapshot's summary as JSON.")
+@store_option
 @pass_context
 def snapshot_create(
     obj: Context, folder: Path, collections: tuple[str, ...], keep: int | None, as_json: bool
@@ -521,6 +735,7 @@ def snapshot_verify(path: Path) -> None:
 @click.option("--force", is_flag=True, help="Replace a non-empty --to directory.")
 @click.option("--collection", "only", help="Copy just this collection into --store …")
 @click.option("--as", "new_name", help="… as a new collection with this name.")
+@store_option
 @pass_context
 def snapshot_restore(
     obj: Context,
@@ -540,7 +755,7 @@ def snapshot_restore(
             click.echo(f"restored {path} to {to}")
             return
         assert only is not None and new_name is not None
-        restored = obj.store.restore_collection(path, only, name=new_name)
+        restored = obj.open_store(create=True).restore_collection(path, only, name=new_name)
         click.echo(f"restored collection {only!r} as {new_name!r}: {restored.count()} documents")
 
 
@@ -561,6 +776,7 @@ def snapshot_restore(
     "this BEIR-format dataset, whose documents it holds.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@store_option
 @pass_context
 def reindex(
     obj: Context,
@@ -632,6 +848,7 @@ def reindex(
     envvar="RAGSTORE_SNAPSHOT_DIR",
     help="Folder for snapshots taken over HTTP (env RAGSTORE_SNAPSHOT_DIR); off without it.",
 )
+@store_option
 @pass_context
 def serve(
     obj: Context,

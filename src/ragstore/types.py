@@ -95,7 +95,12 @@ class Hit:
 
 @dataclass(slots=True)
 class IngestReport:
-    """What one ingest or upsert did."""
+    """What one ingest or upsert did.
+
+    ``errors`` name each file or record skipped for a problem; ``warnings`` what the
+    libraries reading files said about them (nothing was left out for those);
+    ``files_unsupported`` the files in ingested folders passed over for their type.
+    """
 
     documents_added: int = 0
     documents_updated: int = 0
@@ -106,6 +111,8 @@ class IngestReport:
     chunks_reused: int = 0
     seconds: float = 0.0
     errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    files_unsupported: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form of the report."""

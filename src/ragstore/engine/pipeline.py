@@ -158,12 +158,14 @@ def ingest_paths(
         files += listing.files
         kept += listing.unlisted
         _note_problems(listing.problems, report)
+        _note_unsupported(listing.unsupported, report)
     seen: set[str] = set()
 
     def loaded_documents() -> Iterator[tuple[Document, str | None]]:
         for done, (path, relpath) in enumerate(files, start=1):
             loaded = load_file(path, relpath, max_file_bytes=max_file_bytes)
             _note_problems(loaded.problems, report)
+            _note_warnings(loaded.warnings, report)
             if loaded.problems:  # sync must not delete what a bad line may still hold
                 kept.append(path)
             # A skipped file is one problem; otherwise each problem is one record left out.
@@ -199,6 +201,18 @@ def _note_problems(problems: Sequence[LoadProblem], report: IngestReport) -> Non
     for problem in problems:
         logger.warning("skipped %s: %s", problem.location, problem.message)
         report.errors.append(f"{problem.location}: {problem.message}")
+
+
+def _note_warnings(warnings: Sequence[LoadProblem], report: IngestReport) -> None:
+    for warning in warnings:
+        logger.info("%s: %s", warning.location, warning.message)
+        report.warnings.append(f"{warning.location}: {warning.message}")
+
+
+def _note_unsupported(relpaths: Sequence[str], report: IngestReport) -> None:
+    for relpath in relpaths:
+        logger.info("skipped %s: unsupported file type", relpath)
+    report.files_unsupported += relpaths
 
 
 def _sync_deletions(

@@ -110,8 +110,8 @@ class Store:
     """Collections in a directory or a PostgreSQL database. Open it with
     :func:`ragstore.open`."""
 
-    def __init__(self, location: str | Path) -> None:
-        self._db: StorageBackend = open_backend(location)
+    def __init__(self, location: str | Path, *, create: bool = True) -> None:
+        self._db: StorageBackend = open_backend(location, create=create)
         self.location = self._db.location
         """The directory, or the database URL without its password."""
         self.path = None if is_url(location) else Path(location).expanduser()

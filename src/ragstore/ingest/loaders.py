@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import os
 import re
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
@@ -42,6 +45,8 @@ class LoadedFile:
     """The documents loaded from one file and the problems met on the way.
 
     ``skipped`` means the whole file was unusable (binary, unreadable, unparseable).
+    ``warnings`` are what the library that parsed it (pypdf) logged about the file, kept
+    here instead of reaching the terminal; they leave nothing out.
     """
 
     path: Path
@@ -49,6 +54,7 @@ class LoadedFile:
     documents: list[Document]
     problems: list[LoadProblem]
     skipped: bool
+    warnings: list[LoadProblem] = field(default_factory=list)
 
 
 class _SkipFile(Exception):
@@ -101,6 +107,8 @@ class Listing:
     files: list[tuple[Path, str]] = field(default_factory=list)
     problems: list[LoadProblem] = field(default_factory=list)
     unlisted: list[Path] = field(default_factory=list)
+    unsupported: list[str] = field(default_factory=list)
+    """Relpaths of the regular files passed over for their type."""
 
 
 def list_files(root: Path, *, roots: Sequence[Path] = (), follow_symlinks: bool = False) -> Listing:
@@ -110,7 +118,8 @@ def list_files(root: Path, *, roots: Sequence[Path] = (), follow_symlinks: bool 
     reported by :func:`load_file`). A directory is walked recursively and
     deterministically (each folder's files by name, then its subfolders by name),
     skipping hidden files and folders, special files (FIFOs, sockets, devices) and
-    unsupported types. Relpaths are POSIX-style and relative to ``root``.
+    unsupported types (listed in ``unsupported``). Relpaths are POSIX-style and relative
+    to ``root``.
 
     Symbolic links: a link whose target lies inside ``roots`` (the resolved roots of
     this run) is passed over quietly, since its target is listed under its own path;
@@ -167,8 +176,12 @@ class _Walk:
                 continue
             if _is_dir(entry):
                 subfolders.append(path)
-            elif path.suffix.lower() in SUPPORTED_SUFFIXES and _is_file(entry):
-                self.listing.files.append((path, path.relative_to(self.root).as_posix()))
+            elif _is_file(entry):
+                relpath = path.relative_to(self.root).as_posix()
+                if path.suffix.lower() in SUPPORTED_SUFFIXES:
+                    self.listing.files.append((path, relpath))
+                else:
+                    self.listing.unsupported.append(printable(relpath))
         return subfolders
 
     def _follow(self, link: Path) -> bool:
@@ -232,14 +245,62 @@ def load_file(
     opened for reading, which would block), a file over ``max_file_bytes``, an
     unreadable or unparseable one.
     """
+    logged: list[str] = []
     try:
         loader = _loader_for(path)
         _check_name(path)
-        documents, problems = loader(_read(path, relpath, max_file_bytes))
+        source = _read(path, relpath, max_file_bytes)
+        with _library_warnings(path, logged):
+            documents, problems = loader(source)
     except _SkipFile as skip:
         problem = LoadProblem(printable(relpath), str(skip))
-        return LoadedFile(path, relpath, [], [problem], skipped=True)
-    return LoadedFile(path, relpath, documents, problems, skipped=False)
+        return LoadedFile(path, relpath, [], [problem], True, _warnings(relpath, logged))
+    return LoadedFile(path, relpath, documents, problems, False, _warnings(relpath, logged))
+
+
+_LIBRARY_LOGGERS = {".pdf": "pypdf"}
+"""Per file type, the logger of the library that parses it."""
+_LIBRARY_LOCK = threading.Lock()
+"""Held while a library's logger is diverted, so each message goes to its own file."""
+
+
+class _Collect(logging.Handler):
+    """Keeps the text of each warning a library logs."""
+
+    def __init__(self, into: list[str]) -> None:
+        super().__init__(logging.WARNING)
+        self.into = into
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.into.append(record.getMessage())
+
+
+@contextmanager
+def _library_warnings(path: Path, into: list[str]) -> Iterator[None]:
+    """Collect in ``into`` the warnings that the library parsing ``path`` logs meanwhile
+    (pypdf reports malformed PDFs so), instead of letting them reach the terminal."""
+    name = _LIBRARY_LOGGERS.get(path.suffix.lower())
+    if name is None:
+        yield
+        return
+    library = logging.getLogger(name)
+    handler = _Collect(into)
+    with _LIBRARY_LOCK:
+        level, propagate = library.level, library.propagate
+        library.addHandler(handler)
+        library.setLevel(logging.WARNING)
+        library.propagate = False
+        try:
+            yield
+        finally:
+            library.removeHandler(handler)
+            library.setLevel(level)
+            library.propagate = propagate
+
+
+def _warnings(relpath: str, messages: list[str]) -> list[LoadProblem]:
+    location = printable(relpath)
+    return [LoadProblem(location, printable(" ".join(m.split()))) for m in messages]
 
 
 def _check_name(path: Path) -> None:

@@ -15,8 +15,11 @@ URL_SCHEMES = ("postgresql://", "postgres://")
 """Locations that name a PostgreSQL database rather than a directory."""
 
 
-def open_backend(location: str | Path) -> StorageBackend:
-    """The backend for ``location``: a ``postgresql://`` URL, or a directory path."""
+def open_backend(location: str | Path, *, create: bool = True) -> StorageBackend:
+    """The backend for ``location``: a ``postgresql://`` URL, or a directory path.
+
+    Without ``create``, a location that holds no store yet raises ``NotFound`` rather
+    than becoming one."""
     if is_url(location):
         try:
             from ragstore.store.postgres import PostgresBackend
@@ -25,10 +28,10 @@ def open_backend(location: str | Path) -> StorageBackend:
                 "a postgresql:// store needs the postgres extra: "
                 f"pip install 'ragstore[postgres]' ({exc})"
             ) from None
-        return PostgresBackend(str(location))
+        return PostgresBackend(str(location), create=create)
     from ragstore.store.sqlite.backend import SqliteBackend
 
-    return SqliteBackend(Path(location).expanduser())
+    return SqliteBackend(Path(location).expanduser(), create=create)
 
 
 def is_url(location: str | Path) -> bool:

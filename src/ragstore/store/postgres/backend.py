@@ -44,7 +44,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool
 
 from ragstore.config import IndexConfig
-from ragstore.errors import Conflict, InvalidInput, StoreError
+from ragstore.errors import Conflict, InvalidInput, NotFound, StoreError
 from ragstore.filters import Filter
 from ragstore.store.base import (
     REMOVALS_KEPT,
@@ -105,12 +105,14 @@ logging.getLogger("psycopg.pool").addFilter(_QuietReconnects())
 
 
 class PostgresBackend:
-    """The store in the PostgreSQL database at ``url`` (its schema made if missing)."""
+    """The store in the PostgreSQL database at ``url`` (its schema made if missing,
+    unless ``create`` is false: then a database without one raises :class:`NotFound`)."""
 
     def __init__(
         self,
         url: str,
         *,
+        create: bool = True,
         index_root: Path | None = None,
         pool_size: int = 8,
         timeout: float = DEFAULT_TIMEOUT_S,
@@ -123,6 +125,8 @@ class PostgresBackend:
         self._pool = _open_pool(url, pool_size, timeout)
         try:
             with self._session(None) as session:
+                if not create and schema.schema_version(session.conn) == 0:
+                    raise NotFound(f"no store in database {self.location}")
                 schema.ensure_schema(session.conn, self.location)
                 store_id = session.store_id()
         except BaseException:

@@ -8,8 +8,8 @@ from collections.abc import Hashable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ragstore.errors import StoreError
-from ragstore.store.sqlite.db import Database
+from ragstore.errors import NotFound, StoreError
+from ragstore.store.sqlite.db import DB_FILENAME, Database
 from ragstore.store.sqlite.rows import SqliteSession
 
 INDEX_DIRNAME = "indexes"
@@ -17,14 +17,19 @@ INDEX_DIRNAME = "indexes"
 
 
 class SqliteBackend:
-    """The store in directory ``path`` (made if missing)."""
+    """The store in directory ``path`` (made if missing, unless ``create`` is false:
+    then a directory without a store raises :class:`NotFound`)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, create: bool = True) -> None:
         self.path = path
         self.location = str(path)
         self.index_root = path / INDEX_DIRNAME
         self.cache_dir = path
         self.searches_in_database = False
+        if not create and not (path / DB_FILENAME).is_file():
+            if path.exists() and not path.is_dir():
+                raise StoreError(f"cannot open a store at {path}: it is not a directory")
+            raise NotFound(f"no store at {path.absolute()}")
         self.db = _open_database(path)
 
     @contextmanager
