@@ -479,6 +479,38 @@ def _confirm_bulk_delete(obj: Context, doomed: int, filter_json: str | None) -> 
         sys.exit(1)
 
 
+@cli.command(name="doctor")
+@click.option(
+    "--collection",
+    "only",
+    multiple=True,
+    help="Examine just this collection (repeatable); every one without it.",
+)
+@click.option("--repair", is_flag=True, help="First fix what is safe to fix, and say what.")
+@click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON.")
+@store_option
+@pass_context
+def doctor(obj: Context, only: tuple[str, ...], repair: bool, as_json: bool) -> None:
+    """Check vectors, consistency, index segments, recall, drift, the model and the cache.
+
+    Each check says ok, warn or fail, with its figures and what to do. Exit code 0 when
+    all is ok, 1 with warnings, 2 with failures.
+    """
+    with _failures():
+        diagnosis = obj.store.doctor(collections=list(only) or None, repair=repair)
+    if as_json:
+        _print_json(diagnosis.to_dict())
+    else:
+        for done in diagnosis.repairs:
+            click.echo(f"repaired  {done}")
+        for finding in diagnosis.findings:
+            where = f"{finding.collection}: " if finding.collection else ""
+            figures = " ".join(f"{key}={value}" for key, value in finding.figures.items())
+            advice = f"  -> {finding.advice}" if finding.advice else ""
+            click.echo(f"{finding.status:<4}  {where}{finding.check}  {figures}{advice}")
+    sys.exit(diagnosis.exit_code)
+
+
 @cli.command(name="index")
 @click.option("--optimize", is_flag=True, help="Seal the growing segment and merge now.")
 @click.option(

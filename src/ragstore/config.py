@@ -30,7 +30,7 @@ IndexKind = Literal["flat", "hnsw", "ivf", "ivfpq", "sq8", "binary", "pgvector"]
 
 DEFAULT_RERANK = 32
 """Candidates re-ranked per hit by the compressed kinds, unless configured."""
-BINARY_RERANK = 64
+BINARY_RERANK = 100
 """The same for ``binary``, whose Hamming ranking is coarser: see ``benchmarks/README.md``
 (the ``binary`` re-rank frontier) for the recall each depth reached."""
 

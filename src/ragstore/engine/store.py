@@ -35,7 +35,7 @@ from ragstore.cache import configure as use_cache
 from ragstore.cache.keys import check_tenant
 from ragstore.config import DEFAULT_EMBEDDER, CollectionConfig, IndexConfig
 from ragstore.embed import Embedder, get_embedder
-from ragstore.engine import pipeline
+from ragstore.engine import doctor, pipeline
 from ragstore.engine import reindex as reindexing
 from ragstore.engine import snapshot as snapshots
 from ragstore.engine.pipeline import ProgressFn
@@ -416,6 +416,17 @@ class Store:
             self._db, Path(folder).expanduser(), collections=collections, keep=keep
         )
 
+    def doctor(
+        self, *, collections: Sequence[str] | None = None, repair: bool = False
+    ) -> doctor.Diagnosis:
+        """Examine every collection (or ``collections``; an alias means the collection it
+        names) and the store: each check's status, figures and advice; with ``repair``,
+        first fix what is safe to fix. See :mod:`ragstore.engine.doctor`."""
+        if collections is None:
+            collections = [info.name for info in self.list_collections()]
+        opened = [self.get_collection(self.alias_target(name) or name) for name in collections]
+        return doctor.diagnose(self, opened, repair=repair)
+
     def restore_collection(self, snapshot: str | Path, collection: str, *, name: str) -> Collection:
         """Copy ``collection`` of a verified snapshot into this store as a new collection
         ``name``, with its config and vectors (nothing is embedded again); on failure the
@@ -466,6 +477,16 @@ class Collection:
         self._embedder = embedder
         self._index = _index_for(db, collection_id, config)
         self._guard: pipeline.Guard | None = None
+
+    @property
+    def backend(self) -> StorageBackend:
+        """The store's storage backend, for the engine's own modules."""
+        return self._db
+
+    @property
+    def vector_index(self) -> SegmentedIndex | DatabaseIndex:
+        """The collection's vector index in this process, for the engine's own modules."""
+        return self._index
 
     @property
     def embedder(self) -> Embedder | None:
@@ -952,6 +973,16 @@ class AliasedCollection(Collection):
     def embedder(self) -> Embedder | None:
         """The embedder of the collection the alias names now."""
         return self._current().embedder
+
+    @property
+    def backend(self) -> StorageBackend:
+        """The storage backend (the alias's and its collection's store's)."""
+        return self._current().backend
+
+    @property
+    def vector_index(self) -> SegmentedIndex | DatabaseIndex:
+        """The vector index of the collection the alias names now."""
+        return self._current().vector_index
 
     def upsert(self, records: Iterable[Mapping[str, Any]]) -> IngestReport:
         """:meth:`Collection.upsert` on the collection the alias names."""

@@ -280,13 +280,32 @@ def build_files(
     return built_kind, {"dir": name, "crc32": checksums}
 
 
+def verify(root: Path, row: SegmentRow, dim: int) -> tuple[Ids, Matrix]:
+    """Check a segment's files against their checksums, without loading its index; its
+    chunk ids and vectors (memory-mapped). Raises :class:`SegmentDamaged`."""
+    directory = root / row.directory_name
+    try:
+        _check_sums(directory, row)
+        ids = np.asarray(np.load(directory / IDS_FILE, mmap_mode="r"))
+        vectors = np.asarray(np.load(directory / VECTORS_FILE, mmap_mode="r"))
+    except (OSError, ValueError, KeyError) as exc:
+        raise SegmentDamaged(f"{directory}: {exc}") from exc
+    if ids.dtype != np.int64 or vectors.shape != (len(ids), dim):
+        raise SegmentDamaged(f"{directory}: ids and vectors disagree")
+    return ids, vectors
+
+
+def _check_sums(directory: Path, row: SegmentRow) -> None:
+    for filename in _FILES:
+        if _crc32(directory / filename) != row.files["crc32"][filename]:
+            raise SegmentDamaged(f"{directory / filename}: checksum mismatch")
+
+
 def load(root: Path, row: SegmentRow, dim: int) -> SealedSegment:
     """Open a segment's files, verifying their checksums; raises :class:`SegmentDamaged`."""
     directory = root / row.directory_name
     try:
-        for filename in _FILES:
-            if _crc32(directory / filename) != row.files["crc32"][filename]:
-                raise SegmentDamaged(f"{directory / filename}: checksum mismatch")
+        _check_sums(directory, row)
         index = ann.read(str(directory / INDEX_FILE), row.kind)
         # Plain ndarray views of the maps: indexing a np.memmap costs more per call.
         ids = np.asarray(np.load(directory / IDS_FILE, mmap_mode="r"))

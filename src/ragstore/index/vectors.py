@@ -21,7 +21,7 @@ import itertools
 import logging
 import os
 import threading
-from collections.abc import Hashable, Sequence
+from collections.abc import Collection, Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,20 @@ log = logging.getLogger(__name__)
 
 _EXACT_BLOCK = 16_384
 _LAST_ID = 2**63 - 1
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentHealth:
+    """What :meth:`SegmentedIndex.examine` found of one sealed segment: ``deleted``
+    vectors the store no longer holds, sampled vectors ``differing`` from the stored
+    ones, and why its files cannot be used (``damaged``; ``None`` when they can)."""
+
+    segment: int
+    kind: str
+    vectors: int
+    deleted: int
+    differing: int
+    damaged: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,7 +234,7 @@ class SegmentedIndex:
 
     # -- catching up -----------------------------------------------------------------
 
-    def _reload(self, reader: Reader) -> None:
+    def _reload(self, reader: Reader, rebuild: Collection[int] = ()) -> None:
         self._payload = PayloadIndex(self._collection_id)
         self._keywords = None
         self._growing = FlatIndex(self._dim)
@@ -228,27 +242,32 @@ class SegmentedIndex:
         self._sealed = {}
         self._last_chunk = 0
         self._last_removal = reader.last_removal()
-        self._apply_manifest(reader)
+        self._apply_manifest(reader, rebuild)
         self._add_new_chunks(reader)
         self._loaded = True
 
-    def _apply_manifest(self, reader: Reader) -> None:
+    def _apply_manifest(self, reader: Reader, rebuild: Collection[int] = ()) -> None:
         current = [segments.parse_row(r) for r in reader.segments(self._collection_id)]
         wanted = {row.id for row in current}
         for segment_id in [s for s in self._sealed if s not in wanted]:
             del self._sealed[segment_id]
         for row in current:
             if row.id not in self._sealed:
-                self._adopt(reader, row)
+                self._adopt(reader, row, rebuild=row.id in rebuild)
         self._sealed = dict(sorted(self._sealed.items(), key=lambda s: s[1].row.first_chunk))
 
-    def _adopt(self, reader: Reader, row: SegmentRow) -> None:
-        """Load a segment another process (or an earlier run) sealed."""
-        try:
-            segment = segments.load(self._segment_root, row, self._dim)
-        except SegmentDamaged as exc:
-            log.warning("rebuilding damaged index segment %s from the store: %s", row.id, exc)
+    def _adopt(self, reader: Reader, row: SegmentRow, *, rebuild: bool = False) -> None:
+        """Load a segment another process (or an earlier run) sealed; with ``rebuild``,
+        build it again from the store instead."""
+        if rebuild:
+            log.info("rebuilding index segment %s from the store, as asked", row.id)
             segment = self._rebuild_damaged(reader, row)
+        else:
+            try:
+                segment = segments.load(self._segment_root, row, self._dim)
+            except SegmentDamaged as exc:
+                log.warning("rebuilding damaged index segment %s from the store: %s", row.id, exc)
+                segment = self._rebuild_damaged(reader, row)
         live = reader.chunk_ids_between(self._collection_id, row.first_chunk, row.last_chunk)
         segment.mark_deleted(np.setdiff1d(segment.ids, live, assume_unique=True))
         self._sealed[row.id] = segment
@@ -331,6 +350,38 @@ class SegmentedIndex:
         """Seal the growing segment and merge segments now; returns when done."""
         with self._building:
             self._work(force=True)
+
+    def examine(self, reader: Reader, sample: int = 100) -> list[SegmentHealth]:
+        """Each sealed segment as its files on disk are now (loaded afresh, checksums
+        verified), against the chunks the store holds in its range; up to ``sample`` of
+        its live vectors are compared with the stored ones."""
+        found = []
+        for row in [segments.parse_row(r) for r in reader.segments(self._collection_id)]:
+            try:
+                ids, vectors = segments.verify(self._segment_root, row, self._dim)
+            except SegmentDamaged as exc:
+                found.append(SegmentHealth(row.id, row.kind, row.vectors, 0, 0, str(exc)))
+                continue
+            live = reader.chunk_ids_between(self._collection_id, row.first_chunk, row.last_chunk)
+            kept = np.intersect1d(ids, live, assume_unique=True)
+            picked = kept[np.linspace(0, len(kept) - 1, min(sample, len(kept)), dtype=np.int64)]
+            differing = 0
+            if len(picked):
+                held = vectors[np.searchsorted(ids, picked)]
+                stored = reader.vectors_for(picked.tolist()).reshape(len(picked), self._dim)
+                differing = int((~np.isclose(held, stored, atol=1e-6).all(axis=1)).sum())
+            deleted = len(ids) - len(kept)
+            found.append(SegmentHealth(row.id, row.kind, len(ids), deleted, differing, None))
+        return found
+
+    def reload(self, rebuild: Collection[int] = ()) -> None:
+        """Load every sealed segment from its files again, rebuilding from the store (and
+        recording in the manifest) those whose files are missing or damaged, and the
+        segments ``rebuild`` names."""
+        with self._building:
+            with self.lock, self._backend.read() as reader:
+                self._reload(reader, rebuild)
+            self._record_repairs()
 
     def wait(self) -> None:
         """Wait for background sealing or optimizing to finish."""

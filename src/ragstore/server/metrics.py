@@ -10,12 +10,15 @@ whichever process answers it, adds them all up.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
+
+from ragstore.engine.doctor import EXIT_CODES, Diagnosis
 
 LATENCY_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0
@@ -63,7 +66,23 @@ class Metrics:
             "ragstore_queue_depth", "Work running or waiting", ["pool"],
             multiprocess_mode="livesum", registry=r,
         )  # fmt: skip
+        self.doctor_status = Gauge(
+            "ragstore_doctor_status", "Last doctor run, per check: 0 ok, 1 warn, 2 fail",
+            ["collection", "check"], multiprocess_mode="mostrecent", registry=r,
+        )  # fmt: skip
+        self.doctor_figure = Gauge(
+            "ragstore_doctor_figure", "Last doctor run: each numeric figure of each check",
+            ["collection", "check", "figure"], multiprocess_mode="mostrecent", registry=r,
+        )  # fmt: skip
         self._scraped: _Scraped | None = None
+
+    def record_diagnosis(self, diagnosis: Diagnosis) -> None:
+        """Set the doctor gauges to a run's findings."""
+        for finding in diagnosis.findings:
+            where = finding.collection or ""
+            self.doctor_status.labels(where, finding.check).set(EXIT_CODES[finding.status])
+            for name, value in _numbers(finding.figures):
+                self.doctor_figure.labels(where, finding.check, name).set(value)
 
     def watch(self, sizes: Sizes, jobs: Gauges) -> None:
         """Read collection sizes and job counts at scrape time."""
@@ -119,3 +138,12 @@ def _gauge(
     for value_label, value in values:
         family.add_metric([value_label], value)
     return family
+
+
+def _numbers(figures: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, float]]:
+    """The numeric figures (nested ones named ``outer_inner``); not flags or lists."""
+    for name, value in figures.items():
+        if isinstance(value, Mapping):
+            yield from _numbers(value, f"{prefix}{name}_")
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            yield f"{prefix}{name}", float(value)

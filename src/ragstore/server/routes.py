@@ -29,6 +29,7 @@ from ragstore.server.schemas import (
     CollectionCreate,
     CountRequest,
     DeleteRequest,
+    DoctorRequest,
     DocumentIn,
     ReindexRequest,
     SearchRequest,
@@ -429,6 +430,15 @@ async def take_snapshot(body: SnapshotRequest, rt: Rt, who: Who) -> JSON:
                        field="snapshot_dir", kind="conflict")  # fmt: skip
     taken = await rt.write_pool.run(lambda: rt.snapshot(folder, body.collections, body.keep))
     return JSON(taken, status_code=201)
+
+
+@router.post("/doctor", summary="Examine the store, and repair it")
+async def doctor(body: DoctorRequest, rt: Rt, who: Who) -> JSON:
+    """Every check of ``ragstore doctor`` (admin, every tenant): each with its status,
+    figures and advice, and the repairs made first when ``repair`` is true. The figures
+    also become the ``ragstore_doctor_*`` gauges on ``/metrics``."""
+    who.require("admin", None)
+    return JSON(await rt.write_pool.run(lambda: rt.doctor(body.collections, body.repair)))
 
 
 async def _cache_call(rt: Runtime, who: Principal, role: Role, fn: Any) -> Any:

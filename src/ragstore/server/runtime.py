@@ -90,6 +90,13 @@ class Runtime:
         taken = self._store().snapshot(folder, collections=collections, keep=keep)
         return taken.to_dict()
 
+    def doctor(self, collections: list[str] | None, repair: bool) -> dict[str, Any]:
+        """Examine (and with ``repair``, first fix) the store; its findings, which the
+        doctor gauges on ``/metrics`` then show."""
+        diagnosis = self._store().doctor(collections=collections, repair=repair)
+        self.metrics.record_diagnosis(diagnosis)
+        return diagnosis.to_dict()
+
     def _store(self) -> Store:
         if self.store is None:
             raise ApiError(503, "store is not open", kind="not_ready")

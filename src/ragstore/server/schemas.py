@@ -124,6 +124,16 @@ class SnapshotRequest(BaseModel):
     keep: int | None = Field(default=None, ge=1, le=10_000, strict=True)
 
 
+class DoctorRequest(BaseModel):
+    """``POST /v1/doctor``: every collection, or some (store names, ``tenant.name``);
+    ``repair`` first fixes what is safe to fix."""
+
+    model_config = _STRICT
+
+    collections: list[Text] | None = Field(default=None, min_length=1, max_length=1000)
+    repair: bool = Field(default=False, strict=True)
+
+
 class CountRequest(BaseModel):
     """``POST .../count``: documents matching an optional filter."""
 

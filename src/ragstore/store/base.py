@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from ragstore import terms
 from ragstore.config import IndexConfig
 from ragstore.filters import Filter
 from ragstore.types import Hit, Ids, Matrix, Scores, StoredDocument
@@ -41,6 +42,32 @@ SegmentValues = tuple[str, int, int, int, dict[str, Any]]
 SegmentRecord = tuple[int, str, int, int, int, str]
 """A segment manifest row as stored: id, kind, vectors, first chunk, last chunk, files
 (JSON text)."""
+
+
+ANOMALY_EXAMPLES = 5
+"""Rows named per kind of anomaly."""
+
+
+@dataclass(frozen=True, slots=True)
+class Anomaly:
+    """Rows of one kind that the store's own writers never leave behind (raw SQL, a
+    restored file or a disk fault can): how many, and the first few of them."""
+
+    count: int
+    examples: list[str]
+    """Document ids, or chunk ids as text."""
+
+    @classmethod
+    def of(cls, found: Sequence[object]) -> Anomaly:
+        """The anomaly made of the rows ``found``."""
+        return cls(len(found), [str(row) for row in found[:ANOMALY_EXAMPLES]])
+
+
+def missing_terms(rows: Sequence[tuple[int, str, str]]) -> list[tuple[int, bytes]]:
+    """Of chunks stored without keyword terms, as ``(chunk id, title, text)``, those
+    whose title and text have terms, with the terms they should have."""
+    encoded = ((chunk_id, terms.encode_terms(title, text)) for chunk_id, title, text in rows)
+    return [(chunk_id, value) for chunk_id, value in encoded if value]
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,6 +282,13 @@ class Reader(Protocol):
         """A random id made when the store was created."""
         ...
 
+    def anomalies(self, collection_id: int, dim: int) -> dict[str, Anomaly]:
+        """What the collection holds that its writers never leave behind:
+        ``documents_without_chunks``, ``chunks_without_document``,
+        ``vectors_of_wrong_size`` (not ``dim`` floats) and ``chunks_without_terms``
+        (text with keyword terms, none stored)."""
+        ...
+
 
 class Writer(Reader, Protocol):
     """Reads and writes inside one transaction."""
@@ -318,6 +352,15 @@ class Writer(Reader, Protocol):
 
     def bump_epoch(self) -> None:
         """Tell every process that the query cache was cleared."""
+        ...
+
+    def delete_orphan_chunks(self, collection_id: int) -> int:
+        """Delete the collection's chunks whose document is gone; returns how many."""
+        ...
+
+    def restore_terms(self, collection_id: int) -> int:
+        """Store again the keyword terms of chunks stored without them; returns how
+        many chunks got theirs back."""
         ...
 
 

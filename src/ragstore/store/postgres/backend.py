@@ -49,6 +49,7 @@ from ragstore.filters import Filter
 from ragstore.store.base import (
     REMOVALS_KEPT,
     AliasRow,
+    Anomaly,
     ChunkRow,
     Clock,
     CollectionRow,
@@ -59,6 +60,7 @@ from ragstore.store.base import (
     SegmentValues,
     StorageBackend,
     Writer,
+    missing_terms,
 )
 from ragstore.store.postgres import schema, search
 from ragstore.store.postgres.where import compile_where, stored_json
@@ -835,6 +837,42 @@ class PostgresSession:
             "UPDATE ragstore_meta SET value = (value::bigint + 1)::text WHERE name = 'epoch'"
         )
 
+    def anomalies(self, collection_id: int, dim: int) -> dict[str, Anomaly]:
+        """What the collection holds that its writers never leave behind."""
+        found = {
+            name: [row[0] for row in self.conn.execute(f"{sql} ORDER BY 1", params)]
+            for name, (sql, params) in {
+                "documents_without_chunks": (_DOCUMENTS_WITHOUT_CHUNKS, (collection_id,)),
+                "chunks_without_document": (_CHUNKS_WITHOUT_DOCUMENT, (collection_id,)),
+                "vectors_of_wrong_size": (_VECTORS_OF_WRONG_SIZE, (collection_id, dim)),
+            }.items()
+        }
+        missing = missing_terms(
+            self.conn.execute(_CHUNKS_WITHOUT_TERMS, (collection_id,)).fetchall()
+        )
+        return {name: Anomaly.of(rows) for name, rows in found.items()} | {
+            "chunks_without_terms": Anomaly.of([chunk_id for chunk_id, _ in missing])
+        }
+
+    def delete_orphan_chunks(self, collection_id: int) -> int:
+        """Delete the collection's chunks whose document is gone; returns how many."""
+        self._lock_chunks()
+        deleted = self.conn.execute(
+            f"DELETE FROM chunks WHERE id IN ({_CHUNKS_WITHOUT_DOCUMENT})", (collection_id,)
+        )
+        return deleted.rowcount
+
+    def restore_terms(self, collection_id: int) -> int:
+        """Store again the keyword terms of chunks stored without them."""
+        missing = missing_terms(
+            self.conn.execute(_CHUNKS_WITHOUT_TERMS, (collection_id,)).fetchall()
+        )
+        with self.conn.cursor() as cursor:
+            cursor.executemany(
+                "UPDATE chunks SET terms = %s WHERE id = %s", [(value, i) for i, value in missing]
+            )
+        return len(missing)
+
     def _segment_ids(self, condition: str, params: Sequence[object]) -> set[int]:
         rows = self.conn.execute(
             f"SELECT id FROM segments WHERE node = %s AND {condition}", (self._node, *params)
@@ -1084,3 +1122,20 @@ def _conforms(
 ) -> tuple[StorageBackend, Writer, DatabaseSearch, DatabaseIndexes]:
     """Never called: mypy checks here that the classes implement the Protocols."""
     return backend, session, session, session
+
+
+_DOCUMENTS_WITHOUT_CHUNKS = (
+    "SELECT d.doc_id FROM documents d WHERE d.collection_id = %s "
+    "AND NOT EXISTS (SELECT 1 FROM chunks c WHERE c.document_id = d.id)"
+)
+_CHUNKS_WITHOUT_DOCUMENT = (
+    "SELECT c.id FROM chunks c WHERE c.collection_id = %s "
+    "AND NOT EXISTS (SELECT 1 FROM documents d WHERE d.id = c.document_id)"
+)
+_VECTORS_OF_WRONG_SIZE = (
+    "SELECT id FROM chunks WHERE collection_id = %s AND vector_dims(vector) <> %s"
+)
+_CHUNKS_WITHOUT_TERMS = (
+    "SELECT c.id, d.title, c.text FROM chunks c JOIN documents d ON d.id = c.document_id "
+    "WHERE c.collection_id = %s AND length(c.terms) = 0 ORDER BY c.id"
+)

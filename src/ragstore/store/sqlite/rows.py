@@ -16,12 +16,14 @@ from ragstore.filters import Filter, compile_sql
 from ragstore.store.base import (
     REMOVALS_KEPT,
     AliasRow,
+    Anomaly,
     ChunkRow,
     Clock,
     CollectionRow,
     DocumentRow,
     SegmentRecord,
     SegmentValues,
+    missing_terms,
 )
 from ragstore.store.sqlite import packed
 from ragstore.store.sqlite.db import Database
@@ -656,3 +658,51 @@ class SqliteSession:
         self.conn.execute(
             "UPDATE cache_meta SET value = CAST(value AS INTEGER) + 1 WHERE name = 'epoch'"
         )
+
+    def anomalies(self, collection_id: int, dim: int) -> dict[str, Anomaly]:
+        found = {
+            name: self._column(f"{sql} ORDER BY 1", (collection_id, *params))
+            for name, (sql, params) in {
+                "documents_without_chunks": (_DOCUMENTS_WITHOUT_CHUNKS, ()),
+                "chunks_without_document": (_CHUNKS_WITHOUT_DOCUMENT, ()),
+                "vectors_of_wrong_size": (_VECTORS_OF_WRONG_SIZE, (4 * dim,)),
+            }.items()
+        }
+        missing = missing_terms(
+            self.conn.execute(_CHUNKS_WITHOUT_TERMS, (collection_id,)).fetchall()
+        )
+        return {name: Anomaly.of(rows) for name, rows in found.items()} | {
+            "chunks_without_terms": Anomaly.of([chunk_id for chunk_id, _ in missing])
+        }
+
+    def _column(self, sql: str, params: Sequence[object]) -> list[object]:
+        return [row[0] for row in self.conn.execute(sql, params)]
+
+    def delete_orphan_chunks(self, collection_id: int) -> int:
+        return self.conn.execute(
+            f"DELETE FROM chunks WHERE id IN ({_CHUNKS_WITHOUT_DOCUMENT})", (collection_id,)
+        ).rowcount
+
+    def restore_terms(self, collection_id: int) -> int:
+        missing = missing_terms(
+            self.conn.execute(_CHUNKS_WITHOUT_TERMS, (collection_id,)).fetchall()
+        )
+        self.conn.executemany(
+            "UPDATE chunks SET terms = ? WHERE id = ?", [(value, i) for i, value in missing]
+        )
+        return len(missing)
+
+
+_DOCUMENTS_WITHOUT_CHUNKS = (
+    "SELECT d.doc_id FROM documents d WHERE d.collection_id = ? "
+    "AND NOT EXISTS (SELECT 1 FROM chunks c WHERE c.document_id = d.id)"
+)
+_CHUNKS_WITHOUT_DOCUMENT = (
+    "SELECT c.id FROM chunks c WHERE c.collection_id = ? "
+    "AND NOT EXISTS (SELECT 1 FROM documents d WHERE d.id = c.document_id)"
+)
+_VECTORS_OF_WRONG_SIZE = "SELECT id FROM chunks WHERE collection_id = ? AND length(vector) != ?"
+_CHUNKS_WITHOUT_TERMS = (
+    "SELECT c.id, d.title, c.text FROM chunks c JOIN documents d ON d.id = c.document_id "
+    "WHERE c.collection_id = ? AND length(c.terms) = 0 ORDER BY c.id"
+)
