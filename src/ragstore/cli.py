@@ -22,10 +22,10 @@ from pydantic import ValidationError
 
 import ragstore
 from ragstore.cache import QueryCache
-from ragstore.config import config_error
+from ragstore.config import DEFAULT_EMBEDDER, config_error
 from ragstore.engine import snapshot as snapshots
 from ragstore.engine.pipeline import ProgressFn
-from ragstore.engine.store import Collection, Store
+from ragstore.engine.store import DEFAULT_PAGE, MAX_PAGE, Collection, Store
 from ragstore.errors import (
     InvalidConfig,
     InvalidFilter,
@@ -39,7 +39,7 @@ from ragstore.ingest.loaders import DEFAULT_MAX_FILE_BYTES
 from ragstore.inputs import parse_json
 from ragstore.search.hybrid import DEFAULT_ALPHA, DEFAULT_FUSION, RRF_K, Fusion, Mode
 from ragstore.store import is_url
-from ragstore.types import Hit, IngestReport
+from ragstore.types import DocumentPage, Hit, IngestReport
 
 SNIPPET_CHARS = 240
 EXIT_SKIPPED = 3
@@ -396,20 +396,89 @@ def collections(obj: Context, as_json: bool) -> None:
 
 
 @cli.command()
-@click.argument("ids", nargs=-1, required=True)
+@click.argument("ids", nargs=-1)
+@click.option("--filter", "filter_json", help="Only documents matching this filter.")
+@click.option(
+    "--limit", type=click.IntRange(1, MAX_PAGE), default=DEFAULT_PAGE, show_default=True,
+    help="Without IDS: documents per page.",
+)  # fmt: skip
+@click.option("--cursor", help="Without IDS: resume the listing where this cursor says.")
 @store_option
 @collection_option
 @pass_context
-def get(obj: Context, ids: tuple[str, ...]) -> None:
-    """Print stored documents by id, as JSON lines."""
+def get(
+    obj: Context, ids: tuple[str, ...], filter_json: str | None, limit: int, cursor: str | None
+) -> None:
+    """Print stored documents as JSON lines: those named by IDS, or without IDS a page
+    of them in id order (the cursor of the next page goes to stderr)."""
     with _failures():
-        documents = obj.collection().get(list(ids))
-    for document in documents:
-        click.echo(json.dumps(document.to_dict(), ensure_ascii=False))
+        where = _parse_filter_option(filter_json)
+        col = obj.collection()
+        if ids:
+            documents = col.get(list(ids), where=where)
+        else:
+            documents = col.get(where=where, limit=limit, cursor=cursor)
+    _print_documents(documents)
+    if documents.next_cursor is not None:
+        click.echo(f"next page: --cursor {documents.next_cursor}", err=True)
     missing = set(ids) - {d.id for d in documents}
-    if missing:
+    if missing and where is None:
         click.echo(f"not found: {', '.join(sorted(missing))}", err=True)
         sys.exit(1)
+
+
+@cli.command()
+@click.option("-n", "count", type=click.IntRange(1, MAX_PAGE), default=10, show_default=True)
+@store_option
+@collection_option
+@pass_context
+def peek(obj: Context, count: int) -> None:
+    """Print the first documents in id order, as JSON lines."""
+    with _failures():
+        documents = obj.collection().peek(count)
+    _print_documents(documents)
+
+
+def _print_documents(documents: DocumentPage) -> None:
+    for document in documents:
+        click.echo(json.dumps(document.to_dict(), ensure_ascii=False))
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--embedder", help=f"Embedding model (default {DEFAULT_EMBEDDER}).")
+@click.option(
+    "--dim", type=click.IntRange(1, 65536),
+    help="Take caller-supplied vectors of this dimension instead of embedding text.",
+)  # fmt: skip
+@click.option("--chunk-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--chunk-overlap", type=click.IntRange(min=0), default=32, show_default=True)
+@click.option("--index", "index_json", help='Index settings as JSON, e.g. \'{"kind": "hnsw"}\'.')
+@store_option
+@pass_context
+def create(
+    obj: Context,
+    name: str,
+    embedder: str | None,
+    dim: int | None,
+    chunk_size: int,
+    chunk_overlap: int,
+    index_json: str | None,
+) -> None:
+    """Create collection NAME with its embedder, chunking and index settings."""
+    if embedder is not None and dim is not None:
+        raise click.UsageError("give --embedder (text) or --dim (your own vectors), not both")
+    with _failures():
+        index = _parse_json_option(index_json, "--index")
+        created = obj.open_store(create=True).create_collection(
+            name,
+            embedder=None if dim is not None else (embedder or DEFAULT_EMBEDDER),
+            dim=dim,
+            chunk_size=chunk_size,
+            chunk_overlap=chunk_overlap,
+            index=index,
+        )
+    click.echo(json.dumps(created.info().to_dict(), ensure_ascii=False))
 
 
 @cli.command()

@@ -12,6 +12,8 @@ could not be printed or encoded either.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import math
 from typing import Any
@@ -100,3 +102,18 @@ def _children(item: dict[Any, Any] | list[Any] | tuple[Any, ...], path: str, dep
 
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
+
+
+def encode_cursor(doc_id: str) -> str:
+    """An opaque cursor that resumes after ``doc_id``."""
+    return base64.urlsafe_b64encode(doc_id.encode("utf-8")).decode("ascii")
+
+
+def decode_cursor(cursor: str) -> str:
+    """The document id a cursor resumes after; InvalidInput naming ``cursor`` when
+    malformed."""
+    try:
+        raw = base64.b64decode(cursor.encode("ascii"), altchars=b"-_", validate=True)
+        return raw.decode("utf-8")
+    except (binascii.Error, UnicodeError, ValueError):
+        raise InvalidInput("cursor is not one a listing returned", field="cursor") from None

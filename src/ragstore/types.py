@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -57,6 +58,16 @@ class StoredDocument:
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form of the document."""
         return asdict(self)
+
+
+class DocumentPage(list[StoredDocument]):
+    """Documents returned by one ``get``: a list, with ``next_cursor`` to pass back as
+    ``cursor`` for the next page of a listing (``None`` at its end, and for documents
+    asked for by id)."""
+
+    def __init__(self, documents: Iterable[StoredDocument] = (), next_cursor: str | None = None):
+        super().__init__(documents)
+        self.next_cursor = next_cursor
 
 
 @dataclass(frozen=True, slots=True)

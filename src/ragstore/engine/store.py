@@ -49,13 +49,13 @@ from ragstore.errors import (
     NotFound,
     QualityGate,
 )
-from ragstore.filters import Filter, parse_filter
+from ragstore.filters import Filter, matches, parse_filter
 from ragstore.index.ann import Knobs
 from ragstore.index.base import Ids, Matrix
 from ragstore.index.database import DatabaseIndex
 from ragstore.index.vectors import SegmentedIndex
 from ragstore.ingest.loaders import DEFAULT_MAX_FILE_BYTES
-from ragstore.inputs import check_text
+from ragstore.inputs import check_text, decode_cursor, encode_cursor
 from ragstore.records import (
     VectorRecord,
     doc_ids,
@@ -77,10 +77,14 @@ from ragstore.store.base import (
     StorageBackend,
     Writer,
 )
-from ragstore.types import Document, IngestReport, StoredDocument
+from ragstore.types import Document, DocumentPage, IngestReport
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+DEFAULT_PAGE = 100
+"""Documents a listing ``get`` returns at a time, unless told."""
+MAX_PAGE = 10_000
 
 VECTOR_BATCH = 4096
 """Vector documents written per transaction (one chunk each)."""
@@ -777,12 +781,41 @@ class Collection:
                 self._index.catch_up(reader)
                 return self._index.stats()
 
-    def get(self, ids: str | Sequence[str]) -> list[StoredDocument]:
-        """Stored documents by id (a string is one id), in the order asked; unknown ids
-        are left out."""
-        wanted = doc_ids(ids)
+    def get(
+        self,
+        ids: str | Sequence[str] | None = None,
+        *,
+        where: Mapping[str, Any] | None = None,
+        limit: int = DEFAULT_PAGE,
+        cursor: str | None = None,
+    ) -> DocumentPage:
+        """Stored documents.
+
+        With ``ids`` (a string is one id): those documents in the order asked, unknown
+        ids left out (and, with ``where``, those not matching it). Without: a listing in
+        id order of the documents matching ``where`` (all without it), ``limit`` at a
+        time; pass the page's ``next_cursor`` back as ``cursor`` for the next one.
+        """
+        flt = None if where is None else parse_filter(where)
+        if ids is not None:
+            return self._by_ids(doc_ids(ids), flt)
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
+            raise InvalidInput(f"limit must be an integer from 1 to {MAX_PAGE}", field="limit")
+        after = "" if cursor is None else decode_cursor(cursor)
         with self._db.read() as reader:
-            return reader.get_documents(self.id, wanted)
+            page = reader.page_of_doc_ids(self.id, after, limit, flt)
+            found = reader.get_documents(self.id, page)
+        more = len(page) == limit
+        return DocumentPage(found, encode_cursor(page[-1]) if more else None)
+
+    def _by_ids(self, wanted: list[str], flt: Filter | None) -> DocumentPage:
+        with self._db.read() as reader:
+            found = reader.get_documents(self.id, wanted)
+        return DocumentPage(d for d in found if flt is None or matches(flt, d.metadata))
+
+    def peek(self, n: int = 10) -> DocumentPage:
+        """The first ``n`` documents in id order."""
+        return self.get(limit=n)
 
     def page_of_ids(self, after: str = "", limit: int = 100) -> list[str]:
         """Up to ``limit`` document ids greater than ``after``, ascending: a listing
@@ -1039,6 +1072,7 @@ class AliasedCollection(Collection):
     search = _follow(Collection.search)
     search_vectors = _follow(Collection.search_vectors)
     get = _follow(Collection.get)
+    peek = _follow(Collection.peek)
     page_of_ids = _follow(Collection.page_of_ids)
     count = _follow(Collection.count)
     info = _follow(Collection.info)

@@ -36,12 +36,7 @@ from ragstore.server.schemas import (
     SnapshotRequest,
     UpsertRequest,
 )
-from ragstore.server.tenancy import (
-    NAME_PATTERN,
-    CollectionSpec,
-    decode_cursor,
-    encode_cursor,
-)
+from ragstore.server.tenancy import NAME_PATTERN, CollectionSpec
 from ragstore.store.base import AliasRow
 from ragstore.types import IngestReport
 
@@ -246,14 +241,10 @@ async def list_documents(
     """Documents in id order, ``limit`` at a time; pass ``next_cursor`` back as
     ``cursor`` for the next page (``null`` at the end)."""
     who.require("read", tenant, collection)
-    after = decode_cursor(cursor) if cursor else None
 
     def work() -> dict[str, Any]:
-        col = rt.collections.get(tenant, collection)
-        ids = col.page_of_ids(after or "", limit)
-        docs = [d.to_dict() for d in col.get(ids)]
-        more = len(ids) == limit
-        return {"documents": docs, "next_cursor": encode_cursor(ids[-1]) if more else None}
+        page = rt.collections.get(tenant, collection).get(limit=limit, cursor=cursor or None)
+        return {"documents": [d.to_dict() for d in page], "next_cursor": page.next_cursor}
 
     return JSON(await rt.search_pool.run(work))
 

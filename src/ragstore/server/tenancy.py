@@ -14,8 +14,6 @@ index is loaded once; the server gives text collections the server's embedder.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -26,7 +24,7 @@ from ragstore.config import IndexConfig
 from ragstore.embed.base import Embedder, Vectors
 from ragstore.engine.reindex import ProgressFn
 from ragstore.engine.store import Collection, CollectionInfo, Store
-from ragstore.errors import InvalidInput, NotFound
+from ragstore.errors import NotFound
 from ragstore.search.hybrid import SearchOptions, SearchResults
 from ragstore.store.base import AliasRow
 
@@ -234,20 +232,6 @@ def _short_alias(row: AliasRow) -> AliasRow:
 
 def _short(stored: str) -> str:
     return stored.split(".", 1)[-1]
-
-
-def encode_cursor(doc_id: str) -> str:
-    """An opaque cursor that resumes after ``doc_id``."""
-    return base64.urlsafe_b64encode(doc_id.encode("utf-8")).decode("ascii")
-
-
-def decode_cursor(cursor: str) -> str:
-    """The document id a cursor resumes after; 422 naming ``cursor`` when malformed."""
-    try:
-        raw = base64.b64decode(cursor.encode("ascii"), altchars=b"-_", validate=True)
-        return raw.decode("utf-8")
-    except (binascii.Error, UnicodeError, ValueError):
-        raise InvalidInput("cursor is not one this server returned", field="cursor") from None
 
 
 def require_document_found(count: int, doc_id: str) -> None:

@@ -188,8 +188,11 @@ class Reader(Protocol):
         """Number of documents that match a filter."""
         ...
 
-    def page_of_doc_ids(self, collection_id: int, after: str, limit: int) -> list[str]:
-        """Up to ``limit`` document ids greater than ``after``, ascending."""
+    def page_of_doc_ids(
+        self, collection_id: int, after: str, limit: int, where: Filter | None = None
+    ) -> list[str]:
+        """Up to ``limit`` ids of documents matching ``where`` (every one when it is None)
+        greater than ``after``, ascending."""
         ...
 
     def docs_from_origins(self, collection_id: int, roots: Sequence[str]) -> list[tuple[str, str]]:

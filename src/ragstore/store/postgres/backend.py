@@ -398,13 +398,17 @@ class PostgresSession:
         sql, params = _document_filter(collection_id, where)
         return int(self._one(f"SELECT count(*) FROM documents d WHERE {sql}", params)[0])
 
-    def page_of_doc_ids(self, collection_id: int, after: str, limit: int) -> list[str]:
-        """Up to ``limit`` document ids greater than ``after``, ascending."""
-        rows = self._all(
-            "SELECT doc_id FROM documents WHERE collection_id = %s AND doc_id > %s "
-            "ORDER BY doc_id LIMIT %s",
-            (collection_id, after, limit),
-        )
+    def page_of_doc_ids(
+        self, collection_id: int, after: str, limit: int, where: Filter | None = None
+    ) -> list[str]:
+        """Up to ``limit`` ids of documents matching ``where`` greater than ``after``,
+        ascending."""
+        sql, params = _document_filter(collection_id, where)
+        rows = self.conn.execute(
+            f"SELECT d.doc_id FROM documents d WHERE {sql} AND d.doc_id > %s "
+            "ORDER BY d.doc_id LIMIT %s",
+            (*params, after, limit),
+        ).fetchall()
         return [row[0] for row in rows]
 
     def docs_from_origins(self, collection_id: int, roots: Sequence[str]) -> list[tuple[str, str]]:

@@ -528,11 +528,14 @@ class SqliteSession:
         ).fetchall()
         return [AliasRow(*row) for row in rows]
 
-    def page_of_doc_ids(self, collection_id: int, after: str, limit: int) -> list[str]:
+    def page_of_doc_ids(
+        self, collection_id: int, after: str, limit: int, where: Filter | None = None
+    ) -> list[str]:
+        sql, params = _document_filter(collection_id, where)
         rows = self.conn.execute(
-            "SELECT doc_id FROM documents WHERE collection_id = ? AND doc_id > ? "
-            "ORDER BY doc_id LIMIT ?",
-            (collection_id, after, limit),
+            f"SELECT d.doc_id FROM documents d WHERE {sql} AND d.doc_id > ? "
+            "ORDER BY d.doc_id LIMIT ?",
+            (*params, after, limit),
         ).fetchall()
         return [str(row[0]) for row in rows]
 
