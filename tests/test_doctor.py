@@ -374,3 +374,32 @@ def test_a_model_other_than_the_recorded_one_fails(store: Store, embedder: Embed
         found = reopened.doctor()
     assert statuses(found) == {"model": "fail"}
     assert "0.0.1" in finding(found, "model")["error"]
+
+
+def test_low_recall_warns_with_a_measured_search_breadth(store: Store) -> None:
+    narrow = {"kind": "hnsw", "m": 4, "ef_construction": 16, "ef_search": 1, "seal_threshold": 500}
+    col = store.create_collection("v", embedder=None, dim=DIM, index=narrow)
+    col.upsert_vectors([f"d{i}" for i in range(3000)], unit_vectors(3000, DIM, seed=8))
+    col.optimize()
+    found = store.doctor()
+    assert statuses(found) == {"quality.recall": "warn"}
+    figures = finding(found, "quality.recall")
+    assert figures["recall"] < 0.9
+    recommended = figures["recommended"]["ef_search"]
+    assert figures["by_ef_search"][recommended] >= 0.95
+    assert all(figures["by_ef_search"][ef] < 0.95 for ef in (16, 32, 64) if ef < recommended)
+    (quality,) = [f for f in found.findings if f.check == "quality.recall"]
+    assert f"index --rebuild '{{\"ef_search\": {recommended}}}'" in quality.advice
+
+    col.rebuild_index({"ef_search": recommended})
+    assert statuses(store.doctor()) == {}
+
+
+def test_check_recall_measures_each_breadth_asked(store: Store) -> None:
+    col = vectors_collection(store)
+    measured = col.check_recall(50, ef_search=[4, 64])
+    assert set(measured["by_ef_search"]) == {4, 64}
+    assert measured["by_ef_search"][64] >= measured["by_ef_search"][4]
+    with pytest.raises(ragstore.InvalidInput) as bad:
+        col.check_recall(10, nprobe=[0])
+    assert bad.value.field == "nprobe"

@@ -56,6 +56,8 @@ NEAR_DUPLICATE_SHARE = 0.25
 """Warn when more of the sampled vectors than this have a near-duplicate."""
 DUPLICATE_SHARE = 0.01
 RECALL_TARGET = 0.90
+RECOMMEND_RECALL = 0.95
+"""The recall the recommended search breadth must reach."""
 DRIFT_MEAN_SHIFT = 0.2
 """Warn when the newest vectors' mean moved this far from the older ones' mean (or four
 times the distance sampling alone gives, if more) …"""
@@ -397,14 +399,40 @@ def _segment_findings(found: list[SegmentHealth], deleted_threshold: float) -> l
 
 
 def _quality(col: Collection) -> Finding:
-    measured = col.check_recall(sample=SAMPLE)
-    recall = measured["recall"]
+    """Recall@10 as configured, and the narrowest search breadth that reaches
+    :data:`RECOMMEND_RECALL`, both measured on the same sampled vectors."""
     kind = col.config.index.kind
+    knob, values = _SWEEPS.get(kind, (None, ()))
+    measured = col.check_recall(
+        sample=SAMPLE,
+        ef_search=values if knob == "ef_search" else (),
+        nprobe=values if knob == "nprobe" else (),
+    )
     figures = {"kind": kind, **measured, "target": RECALL_TARGET}
+    by_value = measured.get(f"by_{knob}", {})
+    reaching = [value for value, recall in by_value.items() if recall >= RECOMMEND_RECALL]
+    if reaching:
+        figures["recommended"] = {knob: reaching[0], "recall": by_value[reaching[0]]}
+    recall = measured["recall"]
     if recall is None or recall >= RECALL_TARGET:
         return Finding("quality.recall", "ok", figures)
-    advice = _RECALL_ADVICE.get(kind, "rebuild the index with wider search settings")
+    if reaching:
+        advice = (
+            f"index --rebuild '{{\"{knob}\": {reaching[0]}}}' measured recall "
+            f"{by_value[reaching[0]]} here"
+        )
+    else:
+        advice = _RECALL_ADVICE.get(kind, "rebuild the index with wider search settings")
     return Finding("quality.recall", "warn", figures, advice)
+
+
+_SWEEPS: dict[str, tuple[str, tuple[int, ...]]] = {
+    "hnsw": ("ef_search", (16, 32, 64, 128, 256, 512)),
+    "pgvector": ("ef_search", (16, 32, 64, 128, 256, 512)),
+    "ivf": ("nprobe", (1, 2, 4, 8, 16, 32, 64, 128)),
+    "ivfpq": ("nprobe", (1, 2, 4, 8, 16, 32, 64, 128)),
+}
+"""The search breadth measured per kind, and the values tried."""
 
 
 def _model(col: Collection) -> Finding:
@@ -423,9 +451,9 @@ def _model(col: Collection) -> Finding:
 
 
 _RECALL_ADVICE = {
-    "hnsw": "raise ef_search (index --rebuild '{\"ef_search\": 128}'), or m for a new build",
-    "ivf": "raise nprobe (index --rebuild '{\"nprobe\": 64}')",
-    "ivfpq": "raise nprobe or rerank (index --rebuild '{\"rerank\": 64}')",
+    "hnsw": "no ef_search tried reached it: rebuild with a larger m",
+    "ivf": "no nprobe tried reached it: rebuild with more lists (nlist)",
+    "ivfpq": "raise rerank (index --rebuild '{\"rerank\": 64}'), or pq_m for finer codes",
     "sq8": "raise rerank (index --rebuild '{\"rerank\": 64}')",
     "binary": "raise rerank (index --rebuild '{\"rerank\": 100}')",
 }

@@ -746,31 +746,50 @@ class Collection:
         else:
             self._index = _index_for(self._db, self.id, config)
 
-    def check_recall(self, sample: int = 100, k: int = 10, seed: int = 0) -> dict[str, Any]:
+    def check_recall(
+        self,
+        sample: int = 100,
+        k: int = 10,
+        seed: int = 0,
+        *,
+        ef_search: Sequence[int] = (),
+        nprobe: Sequence[int] = (),
+    ) -> dict[str, Any]:
         """Recall@k of the index against exact search, with ``sample`` stored vectors
-        (drawn at random) as the queries."""
+        (drawn at random) as the queries; with ``ef_search`` or ``nprobe`` values, also
+        the recall at each of them (``by_ef_search``, ``by_nprobe``), on the same
+        queries."""
         if isinstance(sample, bool) or not isinstance(sample, int) or not 1 <= sample <= 100_000:
             raise InvalidInput("sample must be an integer from 1 to 100000", field="sample")
+        sweeps = {
+            "ef_search": _breadths(ef_search, "ef_search"),
+            "nprobe": _breadths(nprobe, "nprobe"),
+        }
+        settings = [Knobs()] + [Knobs(**{knob: v}) for knob, vs in sweeps.items() for v in vs]
         with self._db.read() as reader:
             queries = reader.sample_vectors(self.id, sample, self.config.dim, seed)
             if not len(queries):
                 return {"k": k, "queries": 0, "recall": None}
-            truth, found = self._recall_pairs(reader, queries, k)
-        recalls = [
-            len(set(f.tolist()) & set(t[t >= 0].tolist())) / max(int((t >= 0).sum()), 1)
-            for f, t in zip(found, truth, strict=True)
-        ]
-        return {"k": k, "queries": len(queries), "recall": round(float(np.mean(recalls)), 4)}
+            truth, found = self._recall_pairs(reader, queries, k, settings)
+        recalls = iter(_mean_recall(each, truth) for each in found)
+        measured: dict[str, Any] = {"k": k, "queries": len(queries), "recall": next(recalls)}
+        for knob, values in sweeps.items():
+            if values:
+                measured[f"by_{knob}"] = {value: next(recalls) for value in values}
+        return measured
 
-    def _recall_pairs(self, reader: Reader, queries: Matrix, k: int) -> tuple[Ids, list[Ids]]:
-        """Exact top-``k`` ids of each query, and what the index finds."""
+    def _recall_pairs(
+        self, reader: Reader, queries: Matrix, k: int, settings: Sequence[Knobs]
+    ) -> tuple[Ids, list[list[Ids]]]:
+        """Exact top-``k`` ids of each query, and what the index finds at each setting."""
         index = self._index
         if isinstance(index, DatabaseIndex):
-            found = [index.dense(reader, q, k, None, Knobs()).ids for q in queries]
+            found = [[index.dense(reader, q, k, None, s).ids for q in queries] for s in settings]
             return index.exact(reader, queries, k), found
         with index.lock:
             index.catch_up(reader)
-            return index.exact(queries, k), [index.search(q, k, None, Knobs()).ids for q in queries]
+            found = [[index.search(q, k, None, s).ids for q in queries] for s in settings]
+            return index.exact(queries, k), found
 
     def index_stats(self) -> dict[str, Any]:
         """The index's segments: kind, vectors, deleted, bytes and bytes per vector."""
@@ -1128,6 +1147,25 @@ def _narrowing_filter(where: Mapping[str, Any]) -> Filter:
             "an empty filter matches every document: delete them with all=True", field="where"
         )
     return flt
+
+
+def _breadths(values: Sequence[int], field: str) -> list[int]:
+    """Search breadths to measure: positive integers."""
+    checked = list(values)
+    if not all(
+        isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 1 << 20 for v in checked
+    ):
+        raise InvalidInput(f"{field} values must be integers from 1 to {1 << 20}", field=field)
+    return checked
+
+
+def _mean_recall(found: Sequence[Ids], truth: Ids) -> float:
+    """Mean share of each query's exact top ids (``-1`` padding aside) that were found."""
+    recalls = [
+        len(set(f.tolist()) & set(t[t >= 0].tolist())) / max(int((t >= 0).sum()), 1)
+        for f, t in zip(found, truth, strict=True)
+    ]
+    return round(float(np.mean(recalls)), 4)
 
 
 def _has_text(query: object) -> bool:

@@ -352,9 +352,9 @@ class SegmentedIndex:
             self._work(force=True)
 
     def examine(self, reader: Reader, sample: int = 100) -> list[SegmentHealth]:
-        """Each sealed segment as its files on disk are now (loaded afresh, checksums
-        verified), against the chunks the store holds in its range; up to ``sample`` of
-        its live vectors are compared with the stored ones."""
+        """Each sealed segment as its files on disk are now (checksums verified, the
+        index itself not loaded), against the chunks the store holds in its range; up to
+        ``sample`` of its live vectors are compared with the stored ones."""
         found = []
         for row in [segments.parse_row(r) for r in reader.segments(self._collection_id)]:
             try:
