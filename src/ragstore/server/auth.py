@@ -36,6 +36,9 @@ from ragstore.server.errors import ApiError
 Role = Literal["read", "write", "admin"]
 ROLE_RANK: dict[str, int] = {"read": 0, "write": 1, "admin": 2}
 ALL_TENANTS = "*"
+DEFAULT_TENANT = "default"
+"""The tenant whose collections are the store's own, made outside the server (the CLI,
+the Python API): admin keys only, whatever role a route asks for."""
 TENANT_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,31}$"
 
 
@@ -70,9 +73,15 @@ class Principal:
 
     def require(self, role: Role, tenant: str | None, collection: str | None = None) -> None:
         """Raise 403 unless this caller has ``role`` on ``tenant`` (and ``collection``);
-        ``tenant=None`` asks for the store-wide scope."""
+        ``tenant=None`` asks for the store-wide scope, and :data:`DEFAULT_TENANT` for
+        admin whatever ``role`` says."""
+        if tenant == DEFAULT_TENANT:
+            role = "admin"
         if ROLE_RANK[self.role] < ROLE_RANK[role]:
-            raise ApiError(403, f"key {self.key_id!r} has role {self.role!r}; needs {role!r}")
+            where = " (tenant 'default' is admin-only)" if tenant == DEFAULT_TENANT else ""
+            raise ApiError(
+                403, f"key {self.key_id!r} has role {self.role!r}; needs {role!r}{where}"
+            )
         if not self.may_see(tenant, collection):
             scope = "the whole store" if tenant is None else f"tenant {tenant!r}"
             if collection is not None and tenant is not None:

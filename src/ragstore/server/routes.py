@@ -36,7 +36,7 @@ from ragstore.server.schemas import (
     SnapshotRequest,
     UpsertRequest,
 )
-from ragstore.server.tenancy import NAME_PATTERN, CollectionSpec
+from ragstore.server.tenancy import NAME_PATTERN, CollectionSpec, short_name, split_name
 from ragstore.store.base import AliasRow
 from ragstore.types import IngestReport
 
@@ -90,7 +90,7 @@ async def list_collections(tenant: Tenant, rt: Rt, who: Who) -> JSON:
     """The tenant's collections (those this key may see) with configs and counts."""
     who.require("read", tenant)
     found = await rt.search_pool.run(lambda: rt.collections.list(tenant))
-    visible = [_info(i) for i in found if who.may_see(tenant, _short(i.name))]
+    visible = [_info(i) for i in found if who.may_see(tenant, short_name(i.name))]
     return JSON({"collections": visible})
 
 
@@ -501,14 +501,10 @@ def _upsert(col: Collection, records: list[dict[str, Any]]) -> IngestReport:
         raise
 
 
-def _short(stored: str) -> str:
-    return stored.split(".", 1)[-1]
-
-
 def _alias(tenant: str, alias: AliasRow) -> dict[str, Any]:
     return alias.to_dict() | {"tenant": tenant}
 
 
 def _info(info: CollectionInfo) -> dict[str, Any]:
-    tenant, _, name = info.name.partition(".")
+    tenant, name = split_name(info.name) or ("", info.name)
     return info.to_dict() | {"name": name, "tenant": tenant}

@@ -26,6 +26,7 @@ from ragstore.engine.reindex import ProgressFn
 from ragstore.engine.store import Collection, CollectionInfo, Store
 from ragstore.errors import NotFound
 from ragstore.search.hybrid import SearchOptions, SearchResults
+from ragstore.server.auth import DEFAULT_TENANT
 from ragstore.store.base import AliasRow
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$"
@@ -35,14 +36,24 @@ Observe = Callable[[str, float], None]
 
 
 def store_name(tenant: str, name: str) -> str:
-    """The store collection that holds ``tenant``'s collection ``name``."""
-    return f"{tenant}.{name}"
+    """The store collection that holds ``tenant``'s collection ``name``: ``acme.docs``,
+    or plain ``docs`` for :data:`DEFAULT_TENANT`, whose collections are the store's own."""
+    return name if tenant == DEFAULT_TENANT else f"{tenant}.{name}"
 
 
 def split_name(stored: str) -> tuple[str, str] | None:
-    """``"acme.docs"`` -> ``("acme", "docs")``; ``None`` for names outside any tenant."""
+    """``"acme.docs"`` -> ``("acme", "docs")``, ``"docs"`` -> ``("default", "docs")``;
+    ``None`` for names no tenant can reach (``default.docs``, or more than one dot)."""
     tenant, dot, name = stored.partition(".")
-    return (tenant, name) if dot and "." not in name else None
+    if not dot:
+        return DEFAULT_TENANT, stored
+    return (tenant, name) if "." not in name and tenant != DEFAULT_TENANT else None
+
+
+def in_tenant(stored: str, tenant: str) -> bool:
+    """Whether the store name ``stored`` belongs to ``tenant``."""
+    names = split_name(stored)
+    return names is not None and names[0] == tenant
 
 
 class ServerEmbedder:
@@ -176,7 +187,7 @@ class Collections:
         ).to_dict()  # fmt: skip
         for name in ("source", "target", "switched"):
             if report[name] is not None:
-                report[name] = _short(report[name])
+                report[name] = short_name(report[name])
         return report
 
     def delete(self, tenant: str, name: str) -> None:
@@ -187,8 +198,7 @@ class Collections:
 
     def aliases(self, tenant: str) -> list[AliasRow]:
         """The tenant's aliases, by their names within the tenant."""
-        prefix = f"{tenant}."
-        found = [a for a in self.store.list_aliases() if a.name.startswith(prefix)]
+        found = [a for a in self.store.list_aliases() if in_tenant(a.name, tenant)]
         return [_short_alias(a) for a in found]
 
     def alias(self, tenant: str, alias: str) -> AliasRow:
@@ -213,8 +223,7 @@ class Collections:
 
     def list(self, tenant: str) -> list[CollectionInfo]:
         """The tenant's collections, with their configs and counts."""
-        prefix = f"{tenant}."
-        return [c for c in self.store.list_collections() if c.name.startswith(prefix)]
+        return [c for c in self.store.list_collections() if in_tenant(c.name, tenant)]
 
     def _load(self, stored: str) -> Collection:
         plain = self.store.get_collection(stored)
@@ -226,11 +235,12 @@ class Collections:
 
 def _short_alias(row: AliasRow) -> AliasRow:
     """An alias with its own and its collections' names within the tenant."""
-    previous = None if row.previous is None else _short(row.previous)
-    return AliasRow(_short(row.name), _short(row.collection), previous)
+    previous = None if row.previous is None else short_name(row.previous)
+    return AliasRow(short_name(row.name), short_name(row.collection), previous)
 
 
-def _short(stored: str) -> str:
+def short_name(stored: str) -> str:
+    """A store name as its tenant calls it: ``acme.docs`` -> ``docs``."""
     return stored.split(".", 1)[-1]
 
 
