@@ -636,6 +636,29 @@ class Collection:
             query_vector = self._query_vector(query, vector, params.mode)
             return self._run(query, query_vector, params, reranker)
 
+    def search_batch(
+        self,
+        queries: Sequence[str] | None = None,
+        *,
+        vectors: Any = None,
+        cache: bool = False,
+        tenant: str | None = None,
+        **options: Unpack[SearchOptions],
+    ) -> list[SearchResults]:
+        """Several searches in one call: one result list per text of ``queries``, or per
+        row of ``vectors`` (a 2-D array), in order, each exactly what :meth:`search`
+        answers for it with the same ``options``."""
+        if (queries is None) == (vectors is None):
+            raise InvalidInput("give queries or vectors (exactly one)", field="queries")
+        if queries is not None:
+            if isinstance(queries, str) or not isinstance(queries, Sequence):
+                raise InvalidInput("queries must be a list of texts", field="queries")
+            return [self.search(q, cache=cache, tenant=tenant, **options) for q in queries]
+        matrix = np.asarray(vectors, dtype=np.float32) if _numeric(vectors) else None
+        if matrix is None or matrix.ndim != 2:
+            raise InvalidInput("vectors must be a 2-D array of numbers", field="vectors")
+        return [self.search(vector=row, cache=cache, tenant=tenant, **options) for row in matrix]
+
     def cached_answer(
         self, query: str, *, tenant: str | None = None, **options: Unpack[SearchOptions]
     ) -> SearchResults | None:
@@ -1089,6 +1112,7 @@ class AliasedCollection(Collection):
     ingest = _follow_write(Collection.ingest)
     delete = _follow_write(Collection.delete)
     search = _follow(Collection.search)
+    search_batch = _follow(Collection.search_batch)
     search_vectors = _follow(Collection.search_vectors)
     get = _follow(Collection.get)
     peek = _follow(Collection.peek)
@@ -1166,6 +1190,14 @@ def _mean_recall(found: Sequence[Ids], truth: Ids) -> float:
         for f, t in zip(found, truth, strict=True)
     ]
     return round(float(np.mean(recalls)), 4)
+
+
+def _numeric(value: object) -> bool:
+    """Whether ``value`` converts to an array of numbers (not strings or objects)."""
+    try:
+        return np.asarray(value).dtype.kind in "iuf"
+    except (ValueError, TypeError):  # ragged rows
+        return False
 
 
 def _has_text(query: object) -> bool:

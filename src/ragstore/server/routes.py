@@ -26,6 +26,7 @@ from ragstore.server.responses import JSON, hit_dict
 from ragstore.server.runtime import Runtime, check_json_field, check_text
 from ragstore.server.schemas import (
     AliasSet,
+    BatchSearchRequest,
     CollectionCreate,
     CountRequest,
     DeleteRequest,
@@ -316,6 +317,22 @@ async def search(tenant: Tenant, collection: Name, body: SearchRequest, rt: Rt, 
     return search_answer(rt, body, hits, seconds)  # the fast lane takes most searches
 
 
+@router.post(COLLECTION + "/search/batch", summary="Several searches in one call")
+async def search_batch(
+    tenant: Tenant, collection: Name, body: BatchSearchRequest, rt: Rt, who: Who
+) -> JSON:
+    """Each of ``searches`` as ``POST .../search`` would answer it, in order:
+    ``{"results": [{"hits", "took_ms"}, …]}``."""
+    who.require("read", tenant, collection)
+    for one in body.searches:
+        check_search(one, rt)
+    results = []
+    for one in body.searches:
+        hits, seconds, _ = await find_hits(rt, tenant, collection, one)
+        results.append(_answer(rt, one, hits, seconds))
+    return JSON({"results": results})
+
+
 async def find_hits(
     rt: Runtime, tenant: str, collection: str, body: SearchRequest
 ) -> tuple[SearchResults, float, bool]:
@@ -333,6 +350,12 @@ async def find_hits(
 
 def search_answer(rt: Runtime, body: SearchRequest, hits: SearchResults, seconds: float) -> JSON:
     """A search's answer, counted in the metrics."""
+    return JSON(_answer(rt, body, hits, seconds))
+
+
+def _answer(
+    rt: Runtime, body: SearchRequest, hits: SearchResults, seconds: float
+) -> dict[str, Any]:
     cached = next((h.cached for h in hits if h.cached), None)
     mode = body.mode or ("dense" if body.vector is not None else "hybrid")
     rt.metrics.search.labels(mode, cached or "no").observe(seconds)
@@ -341,7 +364,7 @@ def search_answer(rt: Runtime, body: SearchRequest, hits: SearchResults, seconds
     out: dict[str, Any] = {"hits": [hit_dict(h) for h in hits], "took_ms": round(seconds * 1e3, 3)}
     if body.explain:
         out["plan"] = hits.plan
-    return JSON(out)
+    return out
 
 
 def _answer_from_memory(

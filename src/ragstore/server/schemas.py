@@ -163,3 +163,14 @@ class SearchRequest(BaseModel):
     nprobe: int | None = Field(default=None, ge=1, le=MAX_NPROBE, strict=True)
     explain: bool = False
     cache: bool = True
+
+
+MAX_BATCH_SEARCHES = 100
+
+
+class BatchSearchRequest(BaseModel):
+    """``POST .../search/batch``: several searches, each as ``POST .../search`` takes it."""
+
+    model_config = _STRICT
+
+    searches: list[SearchRequest] = Field(min_length=1, max_length=MAX_BATCH_SEARCHES)
