@@ -374,3 +374,22 @@ def test_verbose_and_log_level_choose_what_reaches_stderr(
     assert errors_only.returncode == 0
     assert "warning:" not in errors_only.stderr and "info:" not in errors_only.stderr
     assert "2 problem(s)" in errors_only.stderr  # the summary is not a log message
+
+
+# --- "the first query prints nothing for 10-18 s while the query model is prepared,
+#      then reports the time as the query's" -----------------------------------------
+
+
+def test_ingest_prepares_the_query_model_and_says_so(tmp_path: Path) -> None:
+    cache = {"RAGSTORE_MODEL_CACHE": str(tmp_path / "models")}
+    store = str(tmp_path / "store")
+    first = run("--store", store, "ingest", str(SAMPLE_DOCS), env=cache)
+    again = run("--store", store, "ingest", str(SAMPLE_DOCS), env=cache)
+    query = run("--store", store, "query", "how long do I have to return headphones", env=cache)
+
+    assert first.returncode == 0, first.stderr
+    assert "preparing the query model (once" in first.stderr
+    assert list((tmp_path / "models").rglob("*.onnx")), "the export is cached"
+    assert "preparing the query model" not in again.stderr + query.stderr
+    took_ms = float(query.stderr.split(" in ")[1].split(" ms")[0])
+    assert took_ms < 1000, query.stderr  # the search, not the model's preparation

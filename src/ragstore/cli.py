@@ -23,6 +23,7 @@ from pydantic import ValidationError
 import ragstore
 from ragstore.cache import QueryCache
 from ragstore.config import DEFAULT_EMBEDDER, config_error
+from ragstore.embed.local import MiniLMEmbedder
 from ragstore.engine import snapshot as snapshots
 from ragstore.engine.pipeline import ProgressFn
 from ragstore.engine.store import DEFAULT_PAGE, MAX_PAGE, Collection, Store
@@ -275,12 +276,23 @@ def ingest(
                 follow_symlinks=follow_symlinks,
                 max_file_bytes=max(1, int(max_file_mb * 2**20)),
             )
+        _prepare_query_model(col)
     if as_json:
         _print_json(report.to_dict())
     else:
         _print_ingest_summary(report)
     if report.errors and not allow_skips:
         sys.exit(EXIT_SKIPPED)
+
+
+def _prepare_query_model(col: Collection) -> None:
+    """Load the collection's model and set its query encoder up, saying so when the
+    encoder is not cached yet (its export takes seconds, once): the first query would
+    otherwise wait for it without a word."""
+    embedder = col.embedder
+    if isinstance(embedder, MiniLMEmbedder) and not embedder.query_model_path.exists():
+        click.echo("preparing the query model (once, about 10 s)...", err=True)
+        _ = embedder.query_runtime
 
 
 def _print_ingest_summary(report: IngestReport) -> None:
@@ -345,7 +357,7 @@ def query(
         where = _parse_filter_option(filter_json)
         col = obj.collection()
         if mode != "keyword":  # a keyword search never needs the model
-            _ = col.embedder  # load it before the clock starts: took_ms is the search
+            _prepare_query_model(col)  # before the clock starts: took_ms is the search
         started = time.perf_counter()
         hits = col.search(
             text,
