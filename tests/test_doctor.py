@@ -259,10 +259,15 @@ def test_a_segment_citing_deleted_chunks_warns_and_repair_compacts(store: Store)
     raw_sql(store, "DELETE FROM chunks WHERE id IN (SELECT id FROM chunks ORDER BY id LIMIT 200)")
     raw_sql(store, "DELETE FROM documents WHERE NOT EXISTS "
                    "(SELECT 1 FROM chunks c WHERE c.document_id = documents.id)")  # fmt: skip
-    found = found_then_repaired(
-        store, {"segments.deleted_backlog": "warn"}, "v: compacted the segments"
-    )
+    found = store.doctor()
+    assert statuses(found) == {"segments.deleted_backlog": "warn"}
     assert finding(found, "segments.deleted_backlog")["deleted"] == 200
+    # Having caught up with the deletions, the index's own optimizer may compact the
+    # backlog in the background before the repair does: either way, none is left.
+    repaired = store.doctor(repair=True)
+    assert repaired.repairs in ([], ["v: compacted the segments"])
+    assert statuses(repaired) == {}
+    assert finding(repaired, "segments.deleted_backlog")["deleted"] == 0
 
 
 def test_new_vectors_from_elsewhere_are_drift(store: Store) -> None:

@@ -360,7 +360,8 @@ class SegmentedIndex:
             try:
                 ids, vectors = segments.verify(self._segment_root, row, self._dim)
             except SegmentDamaged as exc:
-                found.append(SegmentHealth(row.id, row.kind, row.vectors, 0, 0, str(exc)))
+                if self._still_listed(row.id):  # else merged away meanwhile, files and all
+                    found.append(SegmentHealth(row.id, row.kind, row.vectors, 0, 0, str(exc)))
                 continue
             live = reader.chunk_ids_between(self._collection_id, row.first_chunk, row.last_chunk)
             kept = np.intersect1d(ids, live, assume_unique=True)
@@ -373,6 +374,11 @@ class SegmentedIndex:
             deleted = len(ids) - len(kept)
             found.append(SegmentHealth(row.id, row.kind, len(ids), deleted, differing, None))
         return found
+
+    def _still_listed(self, segment_id: int) -> bool:
+        """Whether the manifest, as committed now, still lists the segment."""
+        with self._backend.peek() as now:
+            return any(row[0] == segment_id for row in now.segments(self._collection_id))
 
     def reload(self, rebuild: Collection[int] = ()) -> None:
         """Load every sealed segment from its files again, rebuilding from the store (and
