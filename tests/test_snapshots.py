@@ -204,9 +204,7 @@ def test_kill_9_during_snapshot_create_never_leaves_a_snapshot_that_verifies(
 ) -> None:
     folder = tmp_path / "snaps"
     command = [RAGSTORE_BIN, "--store", str(big_store), "snapshot", "create", str(folder)]
-    started = time.monotonic()
     made = subprocess.run([*command, "--json"], check=True, capture_output=True)
-    whole_run = time.monotonic() - started
     copying = json.loads(made.stdout)["seconds"]
     shutil.rmtree(folder)
 
@@ -214,8 +212,12 @@ def test_kill_9_during_snapshot_create_never_leaves_a_snapshot_that_verifies(
     interrupted = 0
     for _ in range(8):
         proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        # the kill lands while the snapshot is being taken, at a random point of it
-        time.sleep(whole_run - copying * rng.uniform(0.0, 1.1))
+        # the kill lands while the snapshot is being taken, at a random point of it: its
+        # staging folder appears first (process start-up times vary too much to aim by)
+        deadline = time.monotonic() + 120
+        while not _staging(folder) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.001)
+        time.sleep(copying * rng.uniform(0.0, 0.9))
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         for entry in folder.iterdir() if folder.exists() else []:
@@ -229,6 +231,13 @@ def test_kill_9_during_snapshot_create_never_leaves_a_snapshot_that_verifies(
     assert interrupted >= 1, "no kill landed while a snapshot was being taken"
     with ragstore.open(big_store) as store:
         assert store.get_collection("vecs").count() == 30_000
+
+
+def _staging(folder: Path) -> bool:
+    """Whether a snapshot is being built in ``folder``."""
+    return folder.exists() and any(
+        e.name.startswith(snapshots.UNFINISHED) for e in folder.iterdir()
+    )
 
 
 @pytest.fixture
