@@ -8,6 +8,7 @@ import pytest
 
 import ragstore
 from ragstore.filters import matches, parse_filter
+from ragstore.search.scores import BM25_HALF
 from ragstore.terms import analyze
 from ragstore.types import Hit
 
@@ -113,22 +114,20 @@ def test_hybrid_hits_explain_both_sides_and_fuse_by_rrf(animals: ragstore.Collec
     assert "doc-7" in doc_ids(hybrid[:3])  # bats: the other night hunter
 
 
-def test_default_hybrid_is_a_weighted_sum_of_normalised_scores(
+def test_default_hybrid_is_a_weighted_sum_of_absolute_scores(
     animals: ragstore.Collection,
 ) -> None:
     query = "which animals hunt at night?"
     dense = {h.doc_id: h.score for h in animals.search(query, k=8, mode="dense")}
     keyword = {h.doc_id: h.score for h in animals.search(query, k=8, mode="keyword")}
 
-    def normalised(scores: dict[str, float], doc_id: str) -> float:
-        low, high = min(scores.values()), max(scores.values())
-        return (scores[doc_id] - low) / (high - low) if doc_id in scores else 0.0
-
     hybrid = animals.search(query, k=8)
 
     assert len(hybrid) == 8
     for hit in hybrid:
-        expected = 0.5 * normalised(dense, hit.doc_id) + 0.5 * normalised(keyword, hit.doc_id)
+        cosine = min(max(dense.get(hit.doc_id, 0.0), 0.0), 1.0)
+        bm25 = keyword.get(hit.doc_id, 0.0)
+        expected = 0.5 * cosine + 0.5 * bm25 / (bm25 + BM25_HALF)
         assert hit.score == pytest.approx(expected)
     assert [h.score for h in hybrid] == sorted((h.score for h in hybrid), reverse=True)
 

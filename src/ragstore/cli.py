@@ -334,6 +334,11 @@ def _print_ingest_summary(report: IngestReport) -> None:
 @click.option("--no-cache", is_flag=True, help="Search without the query cache.")
 @click.option("--ef-search", type=int, help="HNSW search breadth for this query.")
 @click.option("--nprobe", type=int, help="IVF lists probed for this query.")
+@click.option(
+    "--min-score",
+    type=float,
+    help="Drop hits scoring below this (fewer than k may come back); see docs/search.md.",
+)
 @click.option("--explain", is_flag=True, help="Also print how the search ran.")
 @click.option("--json", "as_json", is_flag=True, help="Print hits as JSON.")
 @store_option
@@ -349,6 +354,7 @@ def query(
     no_cache: bool,
     ef_search: int | None,
     nprobe: int | None,
+    min_score: float | None,
     explain: bool,
     as_json: bool,
 ) -> None:
@@ -368,6 +374,7 @@ def query(
             cache=not no_cache,
             ef_search=ef_search,
             nprobe=nprobe,
+            min_score=min_score,
             explain=explain,
         )
         took_ms = round((time.perf_counter() - started) * 1000, 2)

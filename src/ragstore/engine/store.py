@@ -583,6 +583,7 @@ class Collection:
         highlight: bool = False,
         ef_search: int | None = None,
         nprobe: int | None = None,
+        min_score: float | None = None,
         explain: bool = False,
         cache: bool = False,
         tenant: str | None = None,
@@ -590,9 +591,12 @@ class Collection:
         """The ``k`` best chunks for a text query or a vector, best first.
 
         ``mode`` is ``hybrid`` (the default for text: BM25 and dense results fused by a
-        weighted sum of min-max normalised scores, or by reciprocal rank fusion with
-        ``fusion="rrf"``; ``alpha`` weighs the dense side), ``dense`` (the default for a
-        vector) or ``keyword``. ``candidates`` is how many chunks each side retrieves.
+        weighted sum of the clipped cosine and the saturated BM25 score, in [0, 1] and
+        comparable across queries, or by reciprocal rank fusion with ``fusion="rrf"``;
+        ``alpha`` weighs the dense side), ``dense`` (the default for a vector; the score
+        is the cosine) or ``keyword`` (BM25). ``min_score`` drops the hits scoring below
+        it, after fusion and reranking, so fewer than ``k`` may come back (see
+        ``ragstore.search.scores``). ``candidates`` is how many chunks each side retrieves.
         ``group_by_doc`` keeps one hit per document; ``mmr_lambda`` reorders for
         diversity; ``reranker`` reorders the candidates last; ``highlight`` marks the
         query's words in each hit's ``highlight``. ``where`` restricts hits to
@@ -620,6 +624,7 @@ class Collection:
             highlight=highlight,
             ef_search=ef_search,
             nprobe=nprobe,
+            min_score=min_score,
             explain=explain,
         )
         tenant = check_tenant(tenant)

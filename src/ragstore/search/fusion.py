@@ -2,6 +2,8 @@
 
 * :func:`rrf`: reciprocal rank fusion (Cormack, Clarke & Büttcher, SIGIR 2009).
 * :func:`weighted`: a convex combination of min-max normalised scores.
+* :func:`absolute`: a convex combination of scores each put on a fixed [0, 1] scale, so
+  that a key's fused score depends on its own scores only (comparable across queries).
 * :func:`mmr`: maximal marginal relevance (Carbonell & Goldstein, SIGIR 1998).
 
 A ranked list is a sequence of ``(key, score)`` pairs, best first, with each key at most
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from typing import Generic, TypeVar
 
 import numpy as np
@@ -27,6 +29,8 @@ K = TypeVar("K", bound=Hashable)
 
 Ranked = Sequence[tuple[K, float]]
 """A ranked list: ``(key, score)`` pairs, best first."""
+Scale = Callable[[npt.NDArray[np.float64]], npt.NDArray[np.float64]]
+"""Maps a list's raw scores to [0, 1], never lowering a higher score's image."""
 
 
 def rrf(
@@ -60,6 +64,27 @@ def weighted(lists: Sequence[Ranked[K]], weights: Sequence[float]) -> list[tuple
     parts = np.zeros(table.ranks.shape, dtype=np.float64)
     for index, (weight, ranked) in enumerate(zip(w, lists, strict=True)):
         parts[table.rows[index], index] = weight * _min_max(ranked, f"lists[{index}]")
+    return table.ordered(_exact_row_sums(parts) / total, w)
+
+
+def absolute(
+    lists: Sequence[Ranked[K]], weights: Sequence[float], scales: Sequence[Scale]
+) -> list[tuple[K, float]]:
+    """Convex combination of scores on fixed scales: ``sum_i w_i * scale_i(s_i(d)) / sum(w)``.
+
+    Unlike :func:`weighted`, no list is rescaled by its own minimum and maximum, so a
+    key's fused score depends only on its own scores, not on what else was retrieved. A
+    key missing from a list gets 0 from it. Scores must be finite and non-increasing
+    down each list; ``weights`` are divided by their sum.
+    """
+    w = _check_weights(weights, len(lists))
+    if len(scales) != len(lists):
+        raise InvalidInput(f"expected {len(lists)} scales, one per list", field="scales")
+    total = math.fsum(w)
+    table = _KeyTable(lists)
+    parts = np.zeros(table.ranks.shape, dtype=np.float64)
+    for index, (weight, ranked, scale) in enumerate(zip(w, lists, scales, strict=True)):
+        parts[table.rows[index], index] = weight * scale(_checked(ranked, f"lists[{index}]"))
     return table.ordered(_exact_row_sums(parts) / total, w)
 
 
@@ -190,6 +215,18 @@ def _exact_row_sums(parts: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
 
 def _min_max(ranked: Ranked[K], field: str) -> npt.NDArray[np.float64]:
     """Scores of one best-first list mapped to [0, 1]; all-equal scores map to 1.0."""
+    values = _checked(ranked, field)
+    if not len(values):
+        return values
+    high, low = values[0], values[-1]
+    if high == low:
+        return np.ones_like(values)
+    normalised: npt.NDArray[np.float64] = (values - low) / (high - low)
+    return normalised
+
+
+def _checked(ranked: Ranked[K], field: str) -> npt.NDArray[np.float64]:
+    """The scores of one list as float64, checked finite and non-increasing."""
     scores = [score for _key, score in ranked]
     if not all(type(score) is float for score in scores):  # the usual case, checked fast
         for score in scores:
@@ -201,13 +238,7 @@ def _min_max(ranked: Ranked[K], field: str) -> npt.NDArray[np.float64]:
         raise InvalidInput(f"score is not a finite number: {bad!r}", field=field)
     if len(values) > 1 and (values[1:] > values[:-1]).any():
         raise InvalidInput("scores must be non-increasing (best first)", field=field)
-    if not len(values):
-        return values
-    high, low = values[0], values[-1]
-    if high == low:
-        return np.ones_like(values)
-    normalised: npt.NDArray[np.float64] = (values - low) / (high - low)
-    return normalised
+    return values
 
 
 def _check_relevance(relevance: Sequence[float], count: int) -> npt.NDArray[np.float64]:

@@ -9,6 +9,8 @@ side keeps only those among the chunks that contain a query term.
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -23,7 +25,7 @@ from ragstore.index.ann import Knobs
 from ragstore.index.base import AllowedMask, Matrix
 from ragstore.index.database import DatabaseIndex
 from ragstore.index.vectors import SegmentedIndex
-from ragstore.search import fusion
+from ragstore.search import fusion, scores
 from ragstore.store.base import Reader
 from ragstore.types import Hit
 
@@ -57,6 +59,7 @@ class SearchOptions(TypedDict, total=False):
     highlight: bool
     ef_search: int | None
     nprobe: int | None
+    min_score: float | None
 
 
 class SearchResults(list[Hit]):
@@ -89,6 +92,7 @@ class SearchParams:
     highlight: bool = False
     ef_search: int | None = None
     nprobe: int | None = None
+    min_score: float | None = None
     explain: bool = False
 
     def __post_init__(self) -> None:
@@ -101,6 +105,9 @@ class SearchParams:
         _check_unit(self.alpha, "alpha")
         if self.mmr_lambda is not None:
             _check_unit(self.mmr_lambda, "mmr_lambda")
+        if self.min_score is not None:
+            _check_finite(self.min_score, "min_score")
+            object.__setattr__(self, "min_score", float(self.min_score))
 
     @property
     def knobs(self) -> Knobs:
@@ -131,6 +138,7 @@ def search_params(
     highlight: bool = False,
     ef_search: int | None = None,
     nprobe: int | None = None,
+    min_score: float | None = None,
     explain: bool = False,
 ) -> SearchParams:
     """Validated settings of a search; ``mode`` defaults to ``dense`` for a vector
@@ -148,16 +156,31 @@ def search_params(
         highlight=highlight,
         ef_search=ef_search,
         nprobe=nprobe,
+        min_score=min_score,
         explain=explain,
     )
 
 
 @dataclass(frozen=True, slots=True)
 class Side:
-    """One retriever's ranked ``(chunk id, score)`` list, and how it was found."""
+    """One retriever's ranked ``(chunk id, score)`` list, and how it was found.
+
+    ``scale`` maps its scores to [0, 1] on a scale that does not depend on the query
+    (``None``: there is none, and weighted fusion min-max normalises them per query).
+    ``unranked`` holds this side's scores of chunks it did not retrieve but that fusion
+    scores (the dense side's cosines of the keyword side's other candidates).
+    """
 
     ranked: list[tuple[int, float]]
     plan: object = None
+    scale: fusion.Scale | None = scores.unit_cosine
+    unranked: dict[int, float] = dataclasses.field(default_factory=dict)
+
+    def scored(self) -> list[tuple[int, float]]:
+        """``ranked`` and ``unranked`` together, best first."""
+        if not self.unranked:
+            return self.ranked
+        return sorted([*self.ranked, *self.unranked.items()], key=lambda pair: -pair[1])
 
     def explain(self) -> dict[int, tuple[float, int]]:
         """chunk id -> (score, 1-based rank)."""
@@ -197,6 +220,7 @@ def run(
         hits = _hits(reader, ranked[: params.k], dense, lexical)
     else:
         hits = reranker.rerank(text, _hits(reader, ranked, dense, lexical))[: params.k]
+    hits = scores.at_least(hits, [hit.score for hit in hits], params.min_score)
     if params.highlight and text is not None:
         hits = [dataclasses.replace(h, highlight=terms.highlight(h.text, text)) for h in hits]
     results = SearchResults(hits)
@@ -220,7 +244,7 @@ def _memory_sides(
     query_vector = vector.result() if isinstance(vector, Future) else vector
     with index.lock:
         dense = _dense(index, query_vector, allowed, params, depth)
-    return dense, lexical
+    return _with_cosines(reader, params, dense, lexical, query_vector), lexical
 
 
 def _database_sides(
@@ -234,19 +258,58 @@ def _database_sides(
     depth = params.candidates
     lexical = None
     if params.mode != "dense" and text is not None:
-        ids, scores = index.keyword(reader, text, depth, params.where)
+        ids, ranks = index.keyword(reader, text, depth, params.where)
         plan = "postgresql full-text" + (" + filter in sql" if params.where else "")
-        lexical = Side(list(zip(ids.tolist(), scores.tolist(), strict=True)), plan)
+        # ts_rank has no fixed scale: weighted fusion min-max normalises it per query
+        lexical = Side(list(zip(ids.tolist(), ranks.tolist(), strict=True)), plan, scale=None)
     query_vector = vector.result() if isinstance(vector, Future) else vector
     if query_vector is None:
         return None, lexical
     found = index.dense(reader, query_vector, depth, params.where, params.knobs)
     dense = Side(list(zip(found.ids.tolist(), found.scores.tolist(), strict=True)), found.plan)
-    return dense, lexical
+    return _with_cosines(reader, params, dense, lexical, query_vector), lexical
+
+
+def _with_cosines(
+    reader: Reader,
+    params: SearchParams,
+    dense: Side | None,
+    lexical: Side | None,
+    vector: Matrix | None,
+) -> Side | None:
+    """The dense side, plus the cosine of each keyword candidate it did not retrieve, for
+    weighted fusion: a candidate is scored by its own cosine, wherever the dense side's
+    cut fell. Chunks this read transaction cannot see are left out."""
+    if dense is None or lexical is None or vector is None or params.fusion != "weighted":
+        return dense
+    if lexical.scale is None:  # min-max fusion: scores only what each side retrieved
+        return dense
+    retrieved = {chunk_id for chunk_id, _ in dense.ranked}
+    others = [chunk_id for chunk_id, _ in lexical.ranked if chunk_id not in retrieved]
+    if not others:
+        return dense
+    others, vectors = _visible_vectors(reader, others)
+    if not others:
+        return dense
+    query = np.asarray(vector, dtype=np.float32).reshape(-1)
+    cosines = (np.asarray(vectors, dtype=np.float32) @ query).tolist()
+    return dataclasses.replace(dense, unranked=dict(zip(others, cosines, strict=True)))
+
+
+def _visible_vectors(reader: Reader, chunk_ids: list[int]) -> tuple[list[int], Matrix]:
+    """The chunks of ``chunk_ids`` that this read transaction sees, and their vectors."""
+    try:
+        return chunk_ids, reader.vectors_for(chunk_ids)
+    except KeyError:  # a chunk newer than this transaction: rare, so checked only now
+        visible = reader.documents_of(chunk_ids)
+        seen = [chunk_id for chunk_id in chunk_ids if chunk_id in visible]
+        return seen, reader.vectors_for(seen) if seen else np.empty((0, 0), np.float32)
 
 
 def _plan(params: SearchParams, dense: Side | None, lexical: Side | None) -> dict[str, object]:
     plan: dict[str, object] = {"mode": params.mode, "candidates": params.candidates}
+    if params.min_score is not None:
+        plan["min_score"] = params.min_score
     if params.where is not None:
         plan["filter"] = to_json(params.where)
     if dense is not None:
@@ -296,9 +359,9 @@ def _keyword(
 ) -> Side | None:
     if mode == "dense" or text is None:
         return None
-    ids, scores = index.keyword_search(reader, terms.query_terms(text), depth, allowed)
+    ids, bm25 = index.keyword_search(reader, terms.query_terms(text), depth, allowed)
     plan = "bm25 postings" + (" + filter mask" if allowed is not None else "")
-    return Side(list(zip(ids.tolist(), scores.tolist(), strict=True)), plan)
+    return Side(list(zip(ids.tolist(), bm25.tolist(), strict=True)), plan, scores.saturated)
 
 
 def _fuse(
@@ -308,11 +371,13 @@ def _fuse(
         return dense.ranked if dense else []
     if dense is None:
         return lexical.ranked
-    lists = [dense.ranked, lexical.ranked]
     weights = [params.alpha, 1.0 - params.alpha]
-    if params.fusion == "weighted":
-        return fusion.weighted(lists, weights)
-    return fusion.rrf(lists, k=params.rrf_k, weights=weights)
+    if params.fusion == "rrf":
+        return fusion.rrf([dense.ranked, lexical.ranked], k=params.rrf_k, weights=weights)
+    if dense.scale is None or lexical.scale is None:
+        return fusion.weighted([dense.ranked, lexical.ranked], weights)
+    lists = [dense.scored(), lexical.ranked]
+    return fusion.absolute(lists, weights, [dense.scale, lexical.scale])
 
 
 def _hits(
@@ -353,9 +418,9 @@ def _diversify(
     if len(ranked) <= 1:
         return ranked
     vectors = reader.vectors_for([chunk_id for chunk_id, _ in ranked])
-    scores = np.array([score for _, score in ranked], dtype=np.float64)
-    spread = float(scores.max() - scores.min())
-    relevance = (scores - scores.min()) / spread if spread > 0 else np.ones_like(scores)
+    values = np.array([score for _, score in ranked], dtype=np.float64)
+    spread = float(values.max() - values.min())
+    relevance = (values - values.min()) / spread if spread > 0 else np.ones_like(values)
     order = fusion.mmr(list(range(len(ranked))), relevance.tolist(), vectors, k=k, lambda_=lambda_)
     return [ranked[i] for i in order]
 
@@ -381,6 +446,11 @@ def _check_choice(value: object, field: str) -> None:
 def _check_int(value: object, low: int, high: int, field: str) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise InvalidInput(f"{field} must be an integer from {low} to {high}", field=field)
+
+
+def _check_finite(value: object, field: str) -> None:
+    if not isinstance(value, numbers.Real) or isinstance(value, bool) or not math.isfinite(value):
+        raise InvalidInput(f"{field} must be a finite number", field=field)
 
 
 def _check_unit(value: object, field: str) -> None:

@@ -405,6 +405,7 @@ def _options(body: SearchRequest) -> SearchOptions:
         "highlight": body.highlight,
         "ef_search": body.ef_search,
         "nprobe": body.nprobe,
+        "min_score": body.min_score,
     }
 
 

@@ -161,6 +161,7 @@ class SearchRequest(BaseModel):
     highlight: bool = False
     ef_search: int | None = Field(default=None, ge=1, le=MAX_EF_SEARCH, strict=True)
     nprobe: int | None = Field(default=None, ge=1, le=MAX_NPROBE, strict=True)
+    min_score: float | None = Field(default=None, strict=True)
     explain: bool = False
     cache: bool = True
 
