@@ -8,10 +8,13 @@ exits 0 then).
 
 from __future__ import annotations
 
+import atexit
+import gc
 import json
 import logging
 import sys
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,7 +28,6 @@ from ragstore.cache import QueryCache
 from ragstore.config import DEFAULT_EMBEDDER, config_error
 from ragstore.embed.local import MiniLMEmbedder
 from ragstore.engine import snapshot as snapshots
-from ragstore.engine.pipeline import ProgressFn
 from ragstore.engine.store import DEFAULT_PAGE, MAX_PAGE, Collection, Store
 from ragstore.errors import (
     InvalidConfig,
@@ -46,6 +48,8 @@ SNIPPET_CHARS = 240
 EXIT_SKIPPED = 3
 """``ingest`` wrote what it could but skipped files or records for a problem."""
 UNSUPPORTED_SHOWN = 10
+RATE_SECONDS = 30.0
+"""The progress bar's rate is the average over this many seconds."""
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
@@ -247,6 +251,9 @@ def _configure_logging(level: int) -> None:
     help=f"Exit 0 even when files or records were skipped for a problem (else {EXIT_SKIPPED}).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
+@click.option(
+    "-q", "--quiet", is_flag=True, help="No progress on stderr (problems are still reported)."
+)
 @store_option
 @collection_option
 @pass_context
@@ -258,6 +265,7 @@ def ingest(
     max_file_mb: float,
     allow_skips: bool,
     as_json: bool,
+    quiet: bool,
 ) -> None:
     """Ingest files and folders (.txt .md .rst .html .pdf .json .jsonl .csv).
 
@@ -265,18 +273,21 @@ def ingest(
     changed. Hidden files, special files and links leading outside PATHS are skipped;
     files of other types are listed as skipped. A file or record skipped for a problem
     makes the exit code 3 (the rest is still written), unless --allow-skips.
+
+    On a terminal, a bar on stderr counts the chunks embedded, with their rate and the
+    time left, and names each stage that has no count (loading the model, reading a file).
     """
-    with _failures():
+    shown = not (as_json or quiet) and _on_terminal()
+    with _failures(), _progress(enabled=shown, label="loading the model") as bar:
         col = obj.collection(create=True)
-        with _progress(enabled=not as_json and sys.stderr.isatty()) as progress:
-            report = col.ingest(
-                list(paths),
-                sync=sync,
-                progress=progress,
-                follow_symlinks=follow_symlinks,
-                max_file_bytes=max(1, int(max_file_mb * 2**20)),
-            )
-        _prepare_query_model(col)
+        report = col.ingest(
+            list(paths),
+            sync=sync,
+            progress=bar,
+            follow_symlinks=follow_symlinks,
+            max_file_bytes=max(1, int(max_file_mb * 2**20)),
+        )
+        _prepare_query_model(col, bar, quiet=quiet or as_json)
     if as_json:
         _print_json(report.to_dict())
     else:
@@ -285,13 +296,18 @@ def ingest(
         sys.exit(EXIT_SKIPPED)
 
 
-def _prepare_query_model(col: Collection) -> None:
+def _prepare_query_model(col: Collection, bar: _Bar | None = None, *, quiet: bool = False) -> None:
     """Load the collection's model and set its query encoder up, saying so when the
     encoder is not cached yet (its export takes seconds, once): the first query would
-    otherwise wait for it without a word."""
+    otherwise wait for it without a word. With a ``bar``, its spinner runs meanwhile."""
     embedder = col.embedder
     if isinstance(embedder, MiniLMEmbedder) and not embedder.query_model_path.exists():
-        click.echo("preparing the query model (once, about 10 s)...", err=True)
+        message = "preparing the query model (once, about 10 s)..."
+        if bar is not None:
+            bar.note(message)
+            bar.waiting("preparing the query model")
+        elif not quiet:
+            click.echo(message, err=True)
         _ = embedder.query_runtime
 
 
@@ -363,7 +379,9 @@ def query(
         where = _parse_filter_option(filter_json)
         col = obj.collection()
         if mode != "keyword":  # a keyword search never needs the model
-            _prepare_query_model(col)  # before the clock starts: took_ms is the search
+            shown = not as_json and _on_terminal()
+            with _progress(enabled=shown, label="loading the model") as bar:
+                _prepare_query_model(col, bar)  # before the clock starts: took_ms is the search
         started = time.perf_counter()
         hits = col.search(
             text,
@@ -919,7 +937,9 @@ def reindex(
             raise InvalidInput("--drop-old needs --switch", field="drop-old")
         index = _parse_json_option(index_json, "--index")
         gate = None if min_ndcg is None else _ndcg_gate(min_ndcg)
-        with _progress(enabled=not as_json and sys.stderr.isatty(), label="re-indexing") as bar:
+        with _progress(
+            enabled=not as_json and _on_terminal(), label="re-indexing", unit="documents"
+        ) as bar:
             report = obj.store.reindex(
                 source, target, embedder=embedder, chunk_size=chunk_size,
                 chunk_overlap=chunk_overlap, index=index, switch=alias, drop_old=drop_old,
@@ -1039,6 +1059,10 @@ def _query_cache(obj: Context) -> QueryCache:
 
 def main() -> None:
     """Console-script entry point."""
+    # Python's last garbage collections at exit walk every object the model libraries
+    # made: over a second of silence after the last line with torch loaded. Frozen
+    # first, they are left to the process's end.
+    atexit.register(gc.freeze)
     cli(prog_name="ragstore")
 
 
@@ -1075,20 +1099,102 @@ def _parse_json_option(
     return value
 
 
+def _on_terminal() -> bool:
+    """Whether stderr is a terminal, where a live progress bar may be drawn."""
+    return sys.stderr.isatty()
+
+
+class _Bar:
+    """The one progress display: a spinner, a label and, while work is counted, ``done/total
+    UNIT``, the rate and the time left, on stderr. It is the library's progress callback
+    (a :class:`ragstore.engine.pipeline.StagedProgress`: the library names its stages)."""
+
+    def __init__(self, shown: Any, unit: str, label: str) -> None:
+        self._shown = shown
+        self._unit = unit
+        self._task = shown.add_task(label, total=None, count="", rate="", eta="")
+        self._samples: deque[tuple[float, int]] = deque()
+
+    def __call__(self, done: int, total: int) -> None:
+        """``done`` of ``total`` units: the bar, the count, the rate and the time left."""
+        if not self._samples:  # counting starts: the clock shows this stage's time
+            self._shown.reset(self._task, total=total, completed=done)
+        rate = self._rate(done)
+        eta = None if rate is None or rate <= 0 else (total - done) / rate
+        self._shown.update(
+            self._task,
+            completed=done,
+            total=total,
+            count=f"{done:,}/{total:,} {self._unit}",
+            rate="" if rate is None else f"{rate:,.1f} {self._unit}/s",
+            eta=f"ETA {_clock(eta)}",
+        )
+
+    def stage(self, label: str) -> None:
+        """Name what runs now; the count so far stays."""
+        self._shown.update(self._task, description=label)
+
+    def waiting(self, label: str) -> None:
+        """Name a stage that has no count: a spinner, the label and the stage's time."""
+        self._samples.clear()
+        self._shown.reset(self._task, total=None, description=label, count="", rate="", eta="")
+
+    def note(self, message: str) -> None:
+        """Print a line above the bar."""
+        self._shown.console.print(message, markup=False, highlight=False)
+
+    def _rate(self, done: int) -> float | None:
+        """Units a second over the last :data:`RATE_SECONDS`, counting ``done`` now."""
+        now = time.monotonic()
+        self._samples.append((now, done))
+        while len(self._samples) > 2 and now - self._samples[1][0] > RATE_SECONDS:
+            self._samples.popleft()
+        (first, before), (last, after) = self._samples[0], self._samples[-1]
+        return None if last - first <= 0 or after == before else (after - before) / (last - first)
+
+
+def _clock(seconds: float | None) -> str:
+    """``0:01:05`` for 65 seconds; ``-:--:--`` while unknown."""
+    if seconds is None:
+        return "-:--:--"
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}"
+
+
 @contextmanager
-def _progress(*, enabled: bool, label: str = "ingesting") -> Iterator[ProgressFn | None]:
+def _progress(*, enabled: bool, label: str, unit: str = "chunks") -> Iterator[_Bar | None]:
+    """A live :class:`_Bar` on stderr while the block runs, labelled ``label`` until
+    told otherwise, and cleared after; ``None`` when not ``enabled``."""
     if not enabled:
         yield None
         return
-    from rich.progress import Progress
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+    from rich.table import Column
 
-    with Progress(transient=True, console=_stderr_console()) as bar:
-        task = bar.add_task(label, total=None)
+    label_column = Column(width=36, no_wrap=True, overflow="ellipsis")
+    columns = (
+        SpinnerColumn(),
+        TextColumn("{task.description}", table_column=label_column),
+        BarColumn(bar_width=20),
+        *(TextColumn(f"{{task.fields[{name}]}}") for name in ("count", "rate", "eta")),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, transient=True, console=_stderr_console()) as shown, _logs_above():
+        yield _Bar(shown, unit, label)
 
-        def update(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
 
-        yield update
+@contextmanager
+def _logs_above() -> Iterator[None]:
+    """Send the log messages written to stderr through ``sys.stderr`` as it is now (a
+    live display's proxy, which prints them above the bar), and back after."""
+    handlers = [h for h in logging.getLogger().handlers if type(h) is logging.StreamHandler]
+    previous = [(h, h.setStream(sys.stderr)) for h in handlers]
+    try:
+        yield
+    finally:
+        for handler, stream in previous:
+            if stream is not None:
+                handler.setStream(stream)
 
 
 def _stderr_console() -> Any:

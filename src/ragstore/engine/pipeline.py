@@ -14,8 +14,9 @@ import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -25,6 +26,7 @@ from ragstore.errors import InvalidInput, printable
 from ragstore.ingest.chunking import SECTION_CHARS, chunk_text
 from ragstore.ingest.loaders import (
     DEFAULT_MAX_FILE_BYTES,
+    Listing,
     LoadProblem,
     list_files,
     load_file,
@@ -42,7 +44,27 @@ from ragstore.types import Document, IngestReport, Span
 logger = logging.getLogger(__name__)
 
 ProgressFn = Callable[[int, int], None]
-"""Called as ``progress(done, total)`` while files are ingested."""
+"""Called as ``progress(done, total)`` in chunks while files are ingested: ``done`` chunks
+embedded so far out of ``total`` to embed. Until every file is read, ``total`` is an
+estimate (the chunks found so far, scaled by the share of the input's bytes read) that
+may still move either way; the last call has ``done == total`` (0 when nothing needed
+embedding). Unchanged documents and chunks whose vector is stored already are not
+embedded and count in neither."""
+
+
+@runtime_checkable
+class StagedProgress(Protocol):
+    """A progress callback that is also told what the ingest is doing, for the stages
+    that have no count (the command line shows it as the bar's label)."""
+
+    def __call__(self, done: int, total: int) -> None:
+        """Chunks embedded so far and chunks to embed, as for :data:`ProgressFn`."""
+
+    def stage(self, label: str) -> None:
+        """What runs now: ``listing files``, ``reading notes.md (3/9 files)``,
+        ``chunking``, ``embedding``, ``writing``, ``deleting documents of removed files``."""
+
+
 Guard = Callable[[Writer], None]
 """Called inside each write transaction before anything is written; what it raises
 rolls the transaction back (an aliased collection checks that its alias still names
@@ -51,7 +73,14 @@ the collection written to)."""
 BATCH_DOCUMENTS = 64
 BATCH_CHUNKS = 512
 EMBED_TEXTS = 256
-"""Chunk texts handed to the embedder at once (the heap it frees is trimmed after each)."""
+"""Most chunk texts handed to the embedder at once (the heap it frees is trimmed after
+each call)."""
+FIRST_EMBED_TEXTS = 32
+"""Chunk texts in the first call of a batch: one model batch, so progress moves within
+seconds; the calls grow up to :data:`EMBED_TEXTS` while each takes under
+:data:`EMBED_SECONDS` / 2."""
+EMBED_SECONDS = 1.0
+"""About how long one embedder call should take, so progress is told about that often."""
 MIN_CHUNK_TOKENS = 32
 
 
@@ -104,15 +133,67 @@ def text_hash(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+@dataclass
+class Tally:
+    """Chunks embedded against chunks to embed, told to a progress callback (if any).
+
+    ``bytes_total`` is the size of the input and ``bytes_read`` how much of it the
+    chunks planned so far came from; until both are equal the total is estimated by
+    scaling.
+    """
+
+    progress: ProgressFn | None = None
+    bytes_total: int = 0
+    bytes_read: float = 0.0
+    planned: int = 0
+    embedded: int = 0
+
+    def stage(self, label: str) -> None:
+        """Say what runs now, to a callback that listens for it."""
+        if isinstance(self.progress, StagedProgress):
+            self.progress.stage(label)
+
+    def plan(self, chunks: int) -> None:
+        """``chunks`` more found to embed."""
+        self.planned += chunks
+        self._tell()
+
+    def advance(self, chunks: int) -> None:
+        """``chunks`` more embedded."""
+        self.embedded += chunks
+        self._tell()
+
+    def finish(self) -> None:
+        """Everything is read: the total is what was planned."""
+        self.bytes_read = self.bytes_total
+        self._tell()
+
+    @property
+    def total(self) -> int:
+        """Chunks to embed: exact once all is read, estimated before."""
+        if not 0 < self.bytes_read < self.bytes_total:
+            return self.planned
+        return max(self.planned, round(self.planned * self.bytes_total / self.bytes_read))
+
+    def _tell(self) -> None:
+        if self.progress is not None:
+            self.progress(self.embedded, self.total)
+
+
 def write_batches(
     target: Target,
     documents: Iterable[tuple[Document, str | None]],
     report: IngestReport,
+    tally: Tally | None = None,
 ) -> None:
-    """Write ``(document, origin)`` pairs batch by batch, counting into ``report``."""
+    """Write ``(document, origin)`` pairs batch by batch, counting into ``report`` (and
+    the chunks embedded into ``tally``)."""
+    tally = tally or Tally()
     for batch in _batches(documents):
+        tally.stage("chunking")
         pending = _pending(target, batch, report)
-        vectors = _vectors(target, pending, report)
+        vectors = _vectors(target, pending, report, tally=tally)
+        tally.stage("writing")
         _write(target, pending, vectors)
 
 
@@ -150,37 +231,77 @@ def ingest_paths(
     """
     started = time.perf_counter()
     roots = _resolve_roots(paths)
-    report = IngestReport()
-    files: list[tuple[Path, str]] = []
-    kept: list[Path] = []
+    tally = Tally(progress)
+    tally.stage("listing files")
+    reading = _Reading(IngestReport(), tally, max_file_bytes)
     for root in roots:
-        listing = list_files(root, roots=roots, follow_symlinks=follow_symlinks)
-        files += listing.files
-        kept += listing.unlisted
-        _note_problems(listing.problems, report)
-        _note_unsupported(listing.unsupported, report)
-    seen: set[str] = set()
-
-    def loaded_documents() -> Iterator[tuple[Document, str | None]]:
-        for done, (path, relpath) in enumerate(files, start=1):
-            loaded = load_file(path, relpath, max_file_bytes=max_file_bytes)
-            _note_problems(loaded.problems, report)
-            _note_warnings(loaded.warnings, report)
-            if loaded.problems:  # sync must not delete what a bad line may still hold
-                kept.append(path)
-            # A skipped file is one problem; otherwise each problem is one record left out.
-            report.documents_skipped += 1 if loaded.skipped else len(loaded.problems)
-            for doc in loaded.documents:
-                seen.add(doc.id)
-                yield doc, str(path)
-            if progress is not None:
-                progress(done, len(files))
-
-    write_batches(target, loaded_documents(), report)
+        reading.add(list_files(root, roots=roots, follow_symlinks=follow_symlinks))
+    write_batches(target, reading.documents(), reading.report, tally)
     if sync:
-        report.documents_deleted = _sync_deletions(target, roots, seen, kept)
-    report.seconds = round(time.perf_counter() - started, 3)
-    return report
+        tally.stage("deleting documents of removed files")
+        deleted = _sync_deletions(target, roots, reading.seen, reading.kept)
+        reading.report.documents_deleted = deleted
+    tally.finish()
+    reading.report.seconds = round(time.perf_counter() - started, 3)
+    return reading.report
+
+
+@dataclass
+class _Reading:
+    """The files of one ingest, read one at a time, with what reading them found."""
+
+    report: IngestReport
+    tally: Tally
+    max_file_bytes: int
+    files: list[tuple[Path, str, int]] = field(default_factory=list)
+    kept: list[Path] = field(default_factory=list)
+    seen: set[str] = field(default_factory=set)
+
+    def add(self, listing: Listing) -> None:
+        """Queue the files of a listing (with their sizes) and note what it skipped."""
+        for path, relpath in listing.files:
+            size = _readable_size(path, self.max_file_bytes)
+            self.files.append((path, relpath, size))
+            self.tally.bytes_total += size
+        self.kept += listing.unlisted
+        _note_problems(listing.problems, self.report)
+        _note_unsupported(listing.unsupported, self.report)
+
+    def documents(self) -> Iterator[tuple[Document, str | None]]:
+        """Every file's ``(document, origin)`` pairs, file by file, keeping the tally's
+        ``bytes_read`` at the share of the input that the documents so far came from."""
+        read = 0
+        for number, (path, relpath, size) in enumerate(self.files, start=1):
+            self.tally.stage(f"reading {printable(relpath)} ({number}/{len(self.files)} files)")
+            documents = self._load(path, relpath)
+            chars = sum(len(doc.text) for doc in documents) or 1
+            done = 0
+            for doc in documents:
+                done += len(doc.text)
+                self.tally.bytes_read = read + size * done / chars
+                self.seen.add(doc.id)
+                yield doc, str(path)
+            read += size
+            self.tally.bytes_read = read
+
+    def _load(self, path: Path, relpath: str) -> list[Document]:
+        loaded = load_file(path, relpath, max_file_bytes=self.max_file_bytes)
+        _note_problems(loaded.problems, self.report)
+        _note_warnings(loaded.warnings, self.report)
+        if loaded.problems:  # sync must not delete what a bad line may still hold
+            self.kept.append(path)
+        # A skipped file is one problem; otherwise each problem is one record left out.
+        self.report.documents_skipped += 1 if loaded.skipped else len(loaded.problems)
+        return loaded.documents
+
+
+def _readable_size(path: Path, max_file_bytes: int) -> int:
+    """A file's size in bytes; 0 for one that will not be read (too large, or gone)."""
+    try:
+        size = path.stat().st_size
+    except OSError:
+        return 0
+    return size if size <= max_file_bytes else 0
 
 
 def _resolve_roots(paths: Sequence[str | Path]) -> list[Path]:
@@ -321,7 +442,11 @@ def _reading(target: Target, reader: Reader | None) -> Iterator[Reader]:
 
 
 def _vectors(
-    target: Target, pending: list[Pending], report: IngestReport, reader: Reader | None = None
+    target: Target,
+    pending: list[Pending],
+    report: IngestReport,
+    reader: Reader | None = None,
+    tally: Tally | None = None,
 ) -> dict[str, np.ndarray]:
     wanted = sorted({h for p in pending for h in p.chunk_hashes})
     with _reading(target, reader) as found:
@@ -334,15 +459,43 @@ def _vectors(
             if digest not in vectors:
                 missing.setdefault(digest, text)
     report.chunks_reused += sum(len(p.chunk_hashes) for p in pending) - len(missing)
-    # A slice at a time: the embedder tokenizes all it is given up front (about 36 KB
-    # per 256-token text): 620 MB for the chunks of a 20 MB document.
-    digests, texts = list(missing), list(missing.values())
-    for offset in range(0, len(texts), EMBED_TEXTS):
-        embedded = target.embedder.embed_documents(texts[offset : offset + EMBED_TEXTS])
-        vectors.update(zip(digests[offset : offset + EMBED_TEXTS], embedded, strict=True))
-        _release_freed_memory()
+    tally = tally or Tally()
+    tally.plan(len(missing))
+    if missing:
+        tally.stage("embedding")
+    vectors.update(_embedded(target.embedder, missing, tally))
     report.chunks_embedded += len(missing)
     return vectors
+
+
+def _embedded(
+    embedder: Embedder, missing: dict[str, str], tally: Tally
+) -> Iterator[tuple[str, np.ndarray]]:
+    """``(digest, vector)`` for each ``digest: text`` of ``missing``, embedded a slice at a
+    time, longest texts first (so the embedder's batches of similar length stay full)."""
+    # A slice at a time: the embedder tokenizes all it is given up front (about 36 KB
+    # per 256-token text): 620 MB for the chunks of a 20 MB document.
+    digests = sorted(missing, key=lambda digest: -len(missing[digest]))
+    offset, size = 0, FIRST_EMBED_TEXTS
+    while offset < len(digests):
+        part = digests[offset : offset + size]
+        started = time.perf_counter()
+        yield from zip(part, embedder.embed_documents([missing[d] for d in part]), strict=True)
+        _release_freed_memory()
+        tally.advance(len(part))
+        offset += len(part)
+        size = _next_size(size, time.perf_counter() - started)
+
+
+def _next_size(size: int, seconds: float) -> int:
+    """How many texts the next embedder call gets, after ``size`` took ``seconds``:
+    twice as many while a call takes under half of :data:`EMBED_SECONDS`, half as many
+    while it takes over twice that, between one model batch and :data:`EMBED_TEXTS`."""
+    if seconds < EMBED_SECONDS / 2:
+        return min(size * 2, EMBED_TEXTS)
+    if seconds > EMBED_SECONDS * 2:
+        return max(size // 2, FIRST_EMBED_TEXTS)
+    return size
 
 
 def _malloc_trim() -> Callable[[int], object] | None:
