@@ -39,8 +39,9 @@ import onnxruntime
 import torch
 from environment import describe
 
-from ragstore.embed.local import MODEL_CACHE_ENV, MiniLMEmbedder, _torch_threads
+from ragstore.embed.local import MODEL_CACHE_ENV, MiniLMEmbedder
 from ragstore.embed.onnx_query import QueryPrecision
+from ragstore.embed.sentence_transformers import torch_threads as _torch_threads
 from ragstore.eval.beir import load_beir
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -483,7 +483,11 @@ def _print_documents(documents: DocumentPage) -> None:
 
 @cli.command()
 @click.argument("name")
-@click.option("--embedder", help=f"Embedding model (default {DEFAULT_EMBEDDER}).")
+@click.option(
+    "--embedder",
+    help="Embedding model: a registered name, sentence-transformers:FOLDER, openai:MODEL or "
+    f"ollama:MODEL (default {DEFAULT_EMBEDDER}; see docs/embedders.md).",
+)
 @click.option(
     "--dim", type=click.IntRange(1, 65536),
     help="Take caller-supplied vectors of this dimension instead of embedding text.",

@@ -79,9 +79,12 @@ class IndexConfig(BaseModel):
 class CollectionConfig(BaseModel):
     """Everything that fixes how a collection embeds, chunks and indexes.
 
-    ``embedder`` is the registered embedder name, or ``None`` for a collection that
-    takes caller-supplied vectors. ``embedder_version`` is recorded when the collection
-    is created, so a changed model is refused rather than silently mixed.
+    ``embedder`` is the embedder's name as :func:`ragstore.embed.get_embedder` resolves
+    it (a registered name, or ``scheme:rest`` such as ``openai:text-embedding-3-small``;
+    see docs/embedders.md), or ``None`` for a collection that takes caller-supplied
+    vectors. ``embedder_version`` and ``dim`` are recorded when the collection is
+    created, so a changed model is refused rather than silently mixed. Where a remote
+    service is reached and with which key is never recorded.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")

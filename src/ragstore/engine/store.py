@@ -34,7 +34,7 @@ from ragstore.cache import (
 from ragstore.cache import configure as use_cache
 from ragstore.cache.keys import check_tenant
 from ragstore.config import DEFAULT_EMBEDDER, CollectionConfig, IndexConfig
-from ragstore.embed import Embedder, get_embedder
+from ragstore.embed import Embedder, get_embedder, is_known
 from ragstore.engine import doctor, pipeline
 from ragstore.engine import reindex as reindexing
 from ragstore.engine import snapshot as snapshots
@@ -495,8 +495,14 @@ class Collection:
     @property
     def embedder(self) -> Embedder | None:
         """The collection's embedder, loaded on first use; ``None`` for vector collections."""
-        if self._embedder is None and self.config.embedder is not None:
-            self._embedder = get_embedder(self.config.embedder)
+        recorded = self.config.embedder
+        if self._embedder is None and recorded is not None:
+            if not is_known(recorded):
+                raise ModelMismatch(
+                    f"collection {self.name!r} was built with embedder {recorded!r}, which "
+                    "is not registered in this process (see register_embedder)"
+                )
+            self._embedder = get_embedder(recorded)
             _check_embedder(self.config, self._embedder)
         return self._embedder
 

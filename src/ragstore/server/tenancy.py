@@ -9,7 +9,9 @@ is the store alias ``acme.docs``, and over HTTP it can only name a collection of
 ``acme``; every collection route takes an alias in place of a collection's name.
 
 The store keeps one :class:`Collection` per collection it has opened, so its vector
-index is loaded once; the server gives text collections the server's embedder.
+index is loaded once; the server gives text collections of its default model the
+server's embedder, and any other text collection the embedder its recorded name resolves
+to (through the registry, as the CLI and Python API do).
 """
 
 from __future__ import annotations
@@ -153,11 +155,13 @@ class Collections:
         return None if found is None else found.cached_answer(query, tenant=tenant, **options)
 
     def _known(self, stored: str) -> Collection | None:
-        """The collection as last looked up, if nothing was committed since and it
-        takes this server's model (or none)."""
+        """The collection as last looked up, if nothing was committed since and, when
+        it was built with the server's model, it was opened with the server's embedder."""
         found = self.store.known_collection(stored)
-        if found is None or (found.config.embedder and found.embedder is not self.embedder):
-            return None  # a text collection looked up without the server's model
+        if found is None or not self._default_model(found):
+            return found
+        if found.embedder is not self.embedder:
+            return None  # the server's model, looked up without the server's instance
         return found
 
     def create(self, tenant: str, name: str, spec: CollectionSpec) -> Collection:
@@ -226,11 +230,17 @@ class Collections:
         return [c for c in self.store.list_collections() if in_tenant(c.name, tenant)]
 
     def _load(self, stored: str) -> Collection:
+        """``stored`` opened with the server's embedder when it was built with the
+        server's model, else with the embedder its recorded name resolves to (or none)."""
         plain = self.store.get_collection(stored)
-        if plain.config.embedder is None:
+        if not self._default_model(plain):
             return plain
-        # refuses (409) a collection built with another model or version
+        # refuses (409) a collection built with another version of the model
         return self.store.get_collection(stored, embedder=self.embedder)
+
+    def _default_model(self, collection: Collection) -> bool:
+        """Whether ``collection`` was built with the model the server's embedder names."""
+        return collection.config.embedder == self.embedder.name
 
 
 def _short_alias(row: AliasRow) -> AliasRow:
