@@ -95,7 +95,12 @@ def wal_frames(path: Path) -> tuple[int, int]:
     return int(frames), int(copied)
 
 
+def _checkpointers() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name == "ragstore-checkpoint"}
+
+
 def test_writers_leave_checkpoints_to_the_background_thread(tmp_path: Path) -> None:
+    others = _checkpointers()  # of stores other tests left open
     db = Database(tmp_path)
     conn = db.connection()
     assert conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
@@ -105,7 +110,7 @@ def test_writers_leave_checkpoints_to_the_background_thread(tmp_path: Path) -> N
     for _ in range(20):
         with db.write() as tx:
             packed.insert(tx, "INSERT INTO v (x)", [(blob,)] * 50)
-    assert "ragstore-checkpoint" in [t.name for t in threading.enumerate()]
+    assert _checkpointers() - others
     # The writer's connection never checkpoints, so only the background thread can have
     # copied the 4 MB of pages from the log into the database file.
     deadline = time.monotonic() + 10
@@ -113,7 +118,7 @@ def test_writers_leave_checkpoints_to_the_background_thread(tmp_path: Path) -> N
         time.sleep(0.05)
     assert db.path.stat().st_size >= 20 * 50 * 4096
     db.close()
-    assert "ragstore-checkpoint" not in [t.name for t in threading.enumerate()]
+    assert not _checkpointers() - others
     frames, copied = wal_frames(db.path)
     assert frames == copied
 
