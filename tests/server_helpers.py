@@ -16,9 +16,24 @@ from typing import Any
 import httpx
 from conftest import RAGSTORE_BIN
 
+import ragstore
+import ragstore.errors
 from ragstore.server.auth import hash_key
 
 READY_TIMEOUT_S = 120.0
+
+
+ERROR_KEYS = {"type", "message", "field"}
+"""What every error body holds; a ragstore error adds ``class`` (and a dimension
+mismatch ``expected`` and ``got``)."""
+
+
+def check_error_body(error: dict[str, Any]) -> None:
+    """``error`` has the one shape every failure uses."""
+    assert ERROR_KEYS <= set(error) <= ERROR_KEYS | {"class", "expected", "got"}, error
+    if "class" in error:
+        named = getattr(ragstore.errors, error["class"], None)
+        assert isinstance(named, type) and issubclass(named, ragstore.RagstoreError), error
 
 
 def free_port() -> int:

@@ -21,7 +21,7 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
-from server_helpers import Server, serving
+from server_helpers import Server, check_error_body, serving
 
 KEYS = {"k-admin": {"id": "admin", "role": "admin", "tenants": ["acme"]}}
 BASE = "/v1/tenants/acme/collections"
@@ -118,7 +118,7 @@ class Watch:
                 self.restore()
             return
         error = response.json()["error"]
-        assert set(error) == {"type", "message", "field"}, error
+        check_error_body(error)
         assert isinstance(error["type"], str) and isinstance(error["message"], str)
         assert error["field"] is None or isinstance(error["field"], str)
         assert after == self.before, response.text

@@ -13,7 +13,19 @@ SOURCE = Path(__file__).resolve().parent.parent / "src" / "ragstore"
 SHARED = {"errors", "types", "inputs", "config", "filters", "records", "terms"}
 """Top-level modules every layer may use; they import only each other."""
 
-LAYERS = ["ingest", "embed", "store", "index", "search", "cache", "engine", "eval", "server"]
+LAYERS = [
+    "ingest",
+    "embed",
+    "store",
+    "index",
+    "search",
+    "cache",
+    "engine",
+    "eval",
+    "server",
+    "client",
+    "integrations",
+]
 """Packages in data-flow order; each may import the ones before it."""
 
 TOP = {"__init__", "__main__", "cli"}

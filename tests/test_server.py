@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from conftest import BACKENDS, fresh_location
 from prometheus_client.parser import text_string_to_metric_families
-from server_helpers import Server, write_keys
+from server_helpers import Server, check_error_body, write_keys
 
 import ragstore
 from ragstore.embed import Embedder
@@ -110,7 +110,7 @@ def error_of(response: httpx.Response, status: int) -> dict[str, Any]:
     """The JSON error body, after checking the status."""
     assert response.status_code == status, response.text
     error: dict[str, Any] = response.json()["error"]
-    assert set(error) == {"type", "message", "field"}
+    check_error_body(error)
     return error
 
 
@@ -345,6 +345,9 @@ def test_vector_search_and_dimension_mismatch(admin: httpx.Client) -> None:
         "type": "dimension_mismatch",
         "message": "vector has dimension 2, collection expects 8",
         "field": "vector",
+        "class": "DimensionMismatch",
+        "expected": 8,
+        "got": 2,
     }
     bad_doc = admin.post(f"{BASE}/vecs/documents", json={"documents": [{"id": "x", "vector": [1]}]})
     assert error_of(bad_doc, 409)["field"] == "documents[0].vector"

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 from pydantic import ValidationError
-from server_helpers import Server, serving
+from server_helpers import Server, check_error_body, serving
 
 from ragstore.errors import InvalidInput
 from ragstore.server.auth import main as key_tool
@@ -70,7 +70,7 @@ def error_of(response: httpx.Response, *statuses: int) -> dict[str, Any]:
     """The JSON error body, after checking the status."""
     assert response.status_code in statuses, response.text
     error: dict[str, Any] = response.json()["error"]
-    assert set(error) == {"type", "message", "field"}
+    check_error_body(error)
     return error
 
 

@@ -242,6 +242,9 @@ def test_store_from_a_newer_schema_is_refused(tmp_path: Path) -> None:
 def test_public_names_are_pinned() -> None:
     assert sorted(ragstore.__all__) == sorted(
         [
+            "AccessDenied",
+            "AsyncRemoteCollection",
+            "AsyncRemoteStore",
             "ChunkingConfig",
             "Collection",
             "CollectionConfig",
@@ -259,13 +262,19 @@ def test_public_names_are_pinned() -> None:
             "ModelMismatch",
             "NotFound",
             "RagstoreError",
+            "RemoteCollection",
+            "RemoteError",
+            "RemoteStore",
             "SchemaTooNew",
             "Store",
             "StoredDocument",
             "StoreError",
             "__version__",
+            "connect",
+            "connect_async",
             "open",
             "register_embedder",
+            "register_embedder_scheme",
         ]
     )
 

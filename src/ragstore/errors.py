@@ -11,8 +11,10 @@ Every error ragstore raises on purpose derives from :class:`RagstoreError`::
     ├── Conflict                the request contradicts stored state (HTTP 409)
     │   ├── ModelMismatch       a collection opened with a different embedder
     │   └── AliasMoved          an alias was switched while a write through it ran
-    └── StoreError              the store cannot be used as asked
-        └── SchemaTooNew        the store was written by a newer ragstore
+    ├── StoreError              the store cannot be used as asked
+    │   └── SchemaTooNew        the store was written by a newer ragstore
+    └── RemoteError             a ragstore server could not be reached or refused to serve
+        └── AccessDenied        the API key is missing, unknown or lacks the role (HTTP 401/403)
 
 The CLI maps these to exit codes in one place (``cli.exit_code_for``).
 """
@@ -98,3 +100,21 @@ class SnapshotInvalid(StoreError):
     def __init__(self, message: str, *, file: str | None = None) -> None:
         super().__init__(message)
         self.file = file
+
+
+class RemoteError(RagstoreError):
+    """A ragstore server could not be reached, or refused or failed a request for a
+    reason of its own (overloaded, unavailable); ``status`` is the HTTP status (``None``
+    when no answer came) and ``retry_after`` the seconds it asked the caller to wait."""
+
+    def __init__(
+        self, message: str, *, status: int | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after
+
+
+class AccessDenied(RemoteError):
+    """The server refused the API key: missing or unknown (401), or without the role or
+    scope the request needs (403)."""

@@ -19,6 +19,7 @@ import math
 from typing import Any
 
 from ragstore.errors import InvalidInput
+from ragstore.types import INCLUDABLE
 
 MAX_JSON_DEPTH = 100
 """Deepest nesting of objects and lists accepted in any JSON input (filters, metadata,
@@ -117,3 +118,14 @@ def decode_cursor(cursor: str) -> str:
         return raw.decode("utf-8")
     except (binascii.Error, UnicodeError, ValueError):
         raise InvalidInput("cursor is not one a listing returned", field="cursor") from None
+
+
+def included(include: Any) -> frozenset[str]:
+    """The fields a ``get`` should return, checked against :data:`INCLUDABLE`."""
+    if isinstance(include, str) or not isinstance(include, list | tuple | set | frozenset):
+        raise InvalidInput(f"include must be a list of {', '.join(INCLUDABLE)}", field="include")
+    for i, name in enumerate(include):
+        if name not in INCLUDABLE:
+            message = f"include names {name!r}; it may name {', '.join(INCLUDABLE)}"
+            raise InvalidInput(message, field=f"include[{i}]")
+    return frozenset(include)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -42,22 +42,35 @@ class Span:
     text: str
 
 
+INCLUDABLE = ("text", "metadata", "vectors")
+"""What a ``get`` may return of each document beyond its id and bookkeeping fields."""
+DEFAULT_INCLUDE = ("text", "metadata")
+
+
 @dataclass(frozen=True, slots=True)
 class StoredDocument:
-    """A document as the store holds it."""
+    """A document as the store holds it.
+
+    ``text`` and ``metadata`` are ``None`` when a ``get`` did not include them;
+    ``vectors`` holds the document's chunk vectors (one row per chunk, in text order)
+    when it did include them, and is ``None`` otherwise.
+    """
 
     id: str
-    text: str
+    text: str | None
     title: str
-    metadata: Metadata
+    metadata: Metadata | None
     source: str | None
     content_hash: str
     updated_at: float
     chunk_count: int
+    vectors: Matrix | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain-JSON form of the document."""
-        return asdict(self)
+        """Plain-JSON form of the document (vectors as lists of numbers)."""
+        out = asdict(replace(self, vectors=None))
+        out["vectors"] = None if self.vectors is None else self.vectors.tolist()
+        return out
 
 
 class DocumentPage(list[StoredDocument]):

@@ -34,7 +34,7 @@ from ragstore.store.base import (
     StorageBackend,
     Writer,
 )
-from ragstore.types import Document, IngestReport
+from ragstore.types import Document, IngestReport, StoredDocument
 
 ProgressFn = Callable[[int, int], None]
 """Called as ``progress(documents copied, documents in the source)``."""
@@ -258,10 +258,7 @@ def _position(reader: Reader, collection_id: int, after: _Feed) -> _Feed:
 def _text_rows(copy: _Copy, reader: Reader, doc_ids: Sequence[str]) -> list[DocumentRow]:
     assert copy.target is not None
     stored = reader.get_documents(copy.source_id, doc_ids)
-    batch = [
-        (Document(d.id, d.text, d.title, d.metadata, d.source), copy.origins.get(d.id))
-        for d in stored
-    ]
+    batch = [(_document(d), copy.origins.get(d.id)) for d in stored]
     return pipeline.prepare_rows(copy.target, batch, copy.ingest, reader) if batch else []
 
 
@@ -273,10 +270,16 @@ def _vector_rows(reader: Reader, copy: _Copy, first: int, last: int) -> list[Doc
     stored = {d.id: d for d in reader.get_documents(copy.source_id, doc_ids)}
     rows = []
     for doc_id, vector in zip(doc_ids, vectors, strict=True):
-        doc = stored[doc_id]
+        doc = _document(stored[doc_id])
         chunk = ChunkRow(0, doc.text, 0, len(doc.text), "", vector)
         rows.append(
             DocumentRow(doc.id, doc.source, None, doc.title, doc.text, doc.metadata,
-                        doc.content_hash, [chunk])
+                        stored[doc_id].content_hash, [chunk])
         )  # fmt: skip
     return rows
+
+
+def _document(stored: StoredDocument) -> Document:
+    """A stored document as one to write again (the store returns every field)."""
+    assert stored.text is not None and stored.metadata is not None
+    return Document(stored.id, stored.text, stored.title, stored.metadata, stored.source)

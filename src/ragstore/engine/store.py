@@ -4,6 +4,7 @@ SQLite file, or a PostgreSQL database)."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import hashlib
 import json
@@ -55,7 +56,7 @@ from ragstore.index.base import Ids, Matrix
 from ragstore.index.database import DatabaseIndex
 from ragstore.index.vectors import SegmentedIndex
 from ragstore.ingest.loaders import DEFAULT_MAX_FILE_BYTES
-from ragstore.inputs import check_text, decode_cursor, encode_cursor
+from ragstore.inputs import check_text, decode_cursor, encode_cursor, included
 from ragstore.records import (
     VectorRecord,
     doc_ids,
@@ -77,7 +78,7 @@ from ragstore.store.base import (
     StorageBackend,
     Writer,
 )
-from ragstore.types import Document, DocumentPage, IngestReport
+from ragstore.types import DEFAULT_INCLUDE, Document, DocumentPage, IngestReport, StoredDocument
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -841,6 +842,7 @@ class Collection:
         where: Mapping[str, Any] | None = None,
         limit: int = DEFAULT_PAGE,
         cursor: str | None = None,
+        include: Sequence[str] = DEFAULT_INCLUDE,
     ) -> DocumentPage:
         """Stored documents.
 
@@ -848,23 +850,47 @@ class Collection:
         ids left out (and, with ``where``, those not matching it). Without: a listing in
         id order of the documents matching ``where`` (all without it), ``limit`` at a
         time; pass the page's ``next_cursor`` back as ``cursor`` for the next one.
+        ``include`` names what each document carries beyond its id: any of ``"text"``,
+        ``"metadata"`` and ``"vectors"`` (its chunk vectors); the others are ``None``.
         """
+        wanted = included(include)
         flt = None if where is None else parse_filter(where)
         if ids is not None:
-            return self._by_ids(doc_ids(ids), flt)
+            return self._by_ids(doc_ids(ids), flt, wanted)
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
             raise InvalidInput(f"limit must be an integer from 1 to {MAX_PAGE}", field="limit")
         after = "" if cursor is None else decode_cursor(cursor)
         with self._db.read() as reader:
             page = reader.page_of_doc_ids(self.id, after, limit, flt)
-            found = reader.get_documents(self.id, page)
+            found = self._trimmed(reader, reader.get_documents(self.id, page), wanted)
         more = len(page) == limit
         return DocumentPage(found, encode_cursor(page[-1]) if more else None)
 
-    def _by_ids(self, wanted: list[str], flt: Filter | None) -> DocumentPage:
+    def _by_ids(
+        self, wanted: list[str], flt: Filter | None, include: frozenset[str]
+    ) -> DocumentPage:
         with self._db.read() as reader:
             found = reader.get_documents(self.id, wanted)
-        return DocumentPage(d for d in found if flt is None or matches(flt, d.metadata))
+            if flt is not None:
+                found = [d for d in found if matches(flt, d.metadata or {})]
+            return DocumentPage(self._trimmed(reader, found, include))
+
+    def _trimmed(
+        self, reader: Reader, found: list[StoredDocument], include: frozenset[str]
+    ) -> list[StoredDocument]:
+        """``found`` with only the fields ``include`` names."""
+        vectors = {}
+        if "vectors" in include and found:
+            vectors = reader.document_vectors(self.id, [d.id for d in found], self.config.dim)
+        return [
+            dataclasses.replace(
+                d,
+                text=d.text if "text" in include else None,
+                metadata=d.metadata if "metadata" in include else None,
+                vectors=vectors.get(d.id) if "vectors" in include else None,
+            )
+            for d in found
+        ]
 
     def peek(self, n: int = 10) -> DocumentPage:
         """The first ``n`` documents in id order."""

@@ -4,6 +4,9 @@ Every error body has the same shape::
 
     {"error": {"type": "invalid_input", "message": "...", "field": "k"}}
 
+A ragstore error also names its class (``"class": "InvalidFilter"``), and a
+dimension mismatch its ``expected`` and ``got`` dimensions, so that a remote client
+raises the very error the embedded store would.
 ragstore's own errors map by class (see ``status_for``); request validation failures
 become 422 naming the field; limits raise :class:`ApiError` with 413, 422 or 429; an
 unexpected exception is logged and answered 500 with the request id, never its details.
@@ -71,6 +74,7 @@ class ApiError(Exception):
         field: str | None = None,
         kind: str | None = None,
         headers: Mapping[str, str] | None = None,
+        details: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -78,6 +82,7 @@ class ApiError(Exception):
         self.field = field
         self.kind = kind or _HTTP_TYPES.get(status, "error")
         self.headers = dict(headers or {})
+        self.details = dict(details or {})
 
 
 def status_for(error: RagstoreError) -> tuple[int, str]:
@@ -94,6 +99,7 @@ def error_response(
     message: str,
     field: str | None = None,
     headers: Mapping[str, str] | None = None,
+    details: Mapping[str, Any] | None = None,
 ) -> JSONResponse:
     """The JSON error body every failure uses.
 
@@ -101,14 +107,20 @@ def error_response(
     with backslash escapes, so that an error answer can never fail in turn.
     """
     field = None if field is None else printable(field)
-    body = {"error": {"type": kind, "message": printable(message), "field": field}}
+    body = {
+        "error": {"type": kind, "message": printable(message), "field": field, **(details or {})}
+    }
     return JSONResponse(body, status_code=status, headers=dict(headers or {}))
 
 
 def from_ragstore(error: RagstoreError) -> ApiError:
     """The HTTP form of a ragstore error."""
     status, kind = status_for(error)
-    return ApiError(status, str(error), field=getattr(error, "field", None), kind=kind)
+    details: dict[str, Any] = {"class": type(error).__name__}
+    if isinstance(error, DimensionMismatch):
+        details |= {"expected": error.expected, "got": error.got}
+    field = getattr(error, "field", None)
+    return ApiError(status, str(error), field=field, kind=kind, details=details)
 
 
 def validation_field(loc: Sequence[Any]) -> str | None:
@@ -133,7 +145,7 @@ def install(app: FastAPI) -> None:
 def answer_error(error: ApiError | RagstoreError) -> JSONResponse:
     """The response to an error raised while serving a request."""
     api = from_ragstore(error) if isinstance(error, RagstoreError) else error
-    return error_response(api.status, api.kind, api.message, api.field, api.headers)
+    return error_response(api.status, api.kind, api.message, api.field, api.headers, api.details)
 
 
 async def _api_error(request: Request, exc: Exception) -> JSONResponse:

@@ -32,6 +32,7 @@ from ragstore.server.schemas import (
     DeleteRequest,
     DoctorRequest,
     DocumentIn,
+    GetRequest,
     ReindexRequest,
     SearchRequest,
     SnapshotRequest,
@@ -245,6 +246,28 @@ async def list_documents(
 
     def work() -> dict[str, Any]:
         page = rt.collections.get(tenant, collection).get(limit=limit, cursor=cursor or None)
+        return {"documents": [d.to_dict() for d in page], "next_cursor": page.next_cursor}
+
+    return JSON(await rt.search_pool.run(work))
+
+
+@router.post(COLLECTION + "/get", summary="Get documents by ids or filter")
+async def get_documents(
+    tenant: Tenant, collection: Name, body: GetRequest, rt: Rt, who: Who
+) -> JSON:
+    """The documents with ``ids`` (in that order, unknown ones left out), or ``limit``
+    of those matching ``filter`` in id order with a ``next_cursor``; each with the
+    fields ``include`` names (``vectors``: its chunk vectors)."""
+    who.require("read", tenant, collection)
+    check_json_field(body.filter, rt.limits.max_filter_depth, "filter")
+    if body.ids is not None and len(body.ids) > rt.limits.max_batch:
+        raise _too_many("ids", len(body.ids), rt.limits.max_batch)
+
+    def work() -> dict[str, Any]:
+        page = rt.collections.get(tenant, collection).get(
+            body.ids, where=body.filter, limit=body.limit, cursor=body.cursor,
+            include=body.include,
+        )  # fmt: skip
         return {"documents": [d.to_dict() for d in page], "next_cursor": page.next_cursor}
 
     return JSON(await rt.search_pool.run(work))

@@ -134,6 +134,23 @@ class DoctorRequest(BaseModel):
     repair: bool = Field(default=False, strict=True)
 
 
+Included = Literal["text", "metadata", "vectors"]
+_DEFAULT_INCLUDE: tuple[Included, ...] = ("text", "metadata")
+
+
+class GetRequest(BaseModel):
+    """``POST .../get``: the arguments of ``Collection.get``: documents by ``ids``, or a
+    listing page of those matching ``filter``; ``include`` chooses the fields."""
+
+    model_config = _STRICT
+
+    ids: list[Text] | None = Field(default=None, max_length=10_000)
+    filter: dict[str, Any] | None = None
+    limit: int = Field(default=100, ge=1, le=1000, strict=True)
+    cursor: str | None = Field(default=None, max_length=8192)
+    include: list[Included] = Field(default_factory=lambda: list(_DEFAULT_INCLUDE))
+
+
 class CountRequest(BaseModel):
     """``POST .../count``: documents matching an optional filter."""
 

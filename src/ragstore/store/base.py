@@ -204,6 +204,13 @@ class Reader(Protocol):
         """Stored documents for ``doc_ids``, in that order; unknown ids are left out."""
         ...
 
+    def document_vectors(
+        self, collection_id: int, doc_ids: Sequence[str], dim: int
+    ) -> dict[str, Matrix]:
+        """The chunk vectors of each of ``doc_ids`` that exists, one row per chunk in
+        text order."""
+        ...
+
     # -- chunks
 
     def allowed_chunk_ids(self, collection_id: int, where: Filter) -> Ids:

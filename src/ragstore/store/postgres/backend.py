@@ -425,6 +425,22 @@ class PostgresSession:
             found.extend((doc_id, origin) for doc_id, origin in rows)
         return found
 
+    def document_vectors(
+        self, collection_id: int, doc_ids: Sequence[str], dim: int
+    ) -> dict[str, Matrix]:
+        """The chunk vectors of each of ``doc_ids`` that exists, one row per chunk in
+        text order."""
+        rows = self._all(
+            "SELECT d.doc_id, c.vector FROM documents d JOIN chunks c ON c.document_id = d.id "
+            "WHERE d.collection_id = %s AND d.doc_id = ANY(%s::text[]) "
+            "ORDER BY d.doc_id, c.ordinal",
+            (collection_id, list(doc_ids)),
+        )
+        blobs: dict[str, list[bytes]] = {}
+        for doc_id, vector in rows:
+            blobs.setdefault(doc_id, []).append(vector)
+        return {doc_id: _matrix(parts, dim) for doc_id, parts in blobs.items()}
+
     def get_documents(self, collection_id: int, doc_ids: Sequence[str]) -> list[StoredDocument]:
         """Stored documents for ``doc_ids``, in that order; unknown ids are left out."""
         rows = self._all(

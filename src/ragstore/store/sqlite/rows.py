@@ -460,6 +460,26 @@ class SqliteSession:
             found.update(self.conn.execute(query, part).fetchall())
         return np.stack([np.frombuffer(found[i], dtype=np.float32) for i in chunk_ids])
 
+    def document_vectors(
+        self, collection_id: int, doc_ids: Sequence[str], dim: int
+    ) -> dict[str, Matrix]:
+        """The chunk vectors of each of ``doc_ids`` that exists, one row per chunk in
+        text order."""
+        blobs: dict[str, list[bytes]] = {}
+        for part in batched(doc_ids):
+            rows = self.conn.execute(
+                "SELECT d.doc_id, c.vector FROM documents d JOIN chunks c ON c.document_id = d.id"
+                f" WHERE d.collection_id = ? AND d.doc_id IN ({placeholders(len(part))})"
+                " ORDER BY d.doc_id, c.ordinal",
+                (collection_id, *part),
+            )
+            for doc_id, vector in rows:
+                blobs.setdefault(doc_id, []).append(vector)
+        return {
+            doc_id: np.frombuffer(b"".join(parts), dtype=np.float32).reshape(-1, dim)
+            for doc_id, parts in blobs.items()
+        }
+
     def get_documents(self, collection_id: int, doc_ids: Sequence[str]) -> list[StoredDocument]:
         """Stored documents for ``doc_ids``, in that order; unknown ids are left out."""
         found: dict[str, StoredDocument] = {}
