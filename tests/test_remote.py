@@ -400,3 +400,19 @@ def test_remote_collections_are_the_servers_store_collections(
     server_store = Path(str(server.store))
     with ragstore.open(server_store, create=False) as direct:
         assert direct.get_collection(name).count() == 2
+
+
+def test_a_server_that_makes_small_batches_jobs_is_followed_to_the_end(
+    tmp_path: Path, name: str
+) -> None:
+    keys = write_keys(tmp_path / "keys.json", KEYS)
+    small = Server(tmp_path / "store", tmp_path / "server.log", keys=keys,
+                   limits={"sync_max_documents": 4})  # fmt: skip
+    try:
+        with ragstore.connect(small.wait_ready().url, api_key=ADMIN) as store:
+            col = store.create_collection(name)
+            report = col.upsert(DOCS)  # 5 documents: a job on this server
+            assert (report.documents_added, report.chunks_embedded) == (5, 5)
+            assert col.count() == 5 and col.search("warranty", k=1)[0].doc_id == "warranty"
+    finally:
+        small.terminate()
