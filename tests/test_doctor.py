@@ -18,6 +18,7 @@ import pytest
 from conftest import RAGSTORE_BIN, unit_vectors
 from prometheus_client.parser import text_string_to_metric_families
 from server_helpers import serving
+from test_cache import RedisServer
 
 import ragstore
 from ragstore.embed import Embedder
@@ -408,3 +409,102 @@ def test_check_recall_measures_each_breadth_asked(store: Store) -> None:
     with pytest.raises(ragstore.InvalidInput) as bad:
         col.check_recall(10, nprobe=[0])
     assert bad.value.field == "nprobe"
+
+
+# -- the query cache: entries citing documents that are gone ----------------------------
+
+CACHED = {  # query -> the documents its answer cites (keyword search, k=2)
+    "refunds thirty days": ["t0"],
+    "shipping week": ["t1"],
+    "refunds shipping": ["t0", "t1"],
+    "gift cards": ["t2"],
+}
+STALE_REPAIR = "v: removed 3 cache entries citing documents that are gone"
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["local", "redis"])
+def cache_backend(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """Keyword arguments of ``configure_cache`` for each cache backend."""
+    if request.param == "redis":
+        return {"backend": "redis", "url": request.getfixturevalue("redis_server").url}
+    return {"backend": "local"}
+
+
+def cached_collection(store: Store) -> Collection:
+    """Three documents, and an answer cached for each query of :data:`CACHED`."""
+    col = store.create_collection("v", embedder=None, dim=DIM)
+    texts = ["refunds within thirty days", "shipping takes a week", "gift cards never expire"]
+    vectors = unit_vectors(3, DIM)
+    col.upsert([{"id": f"t{i}", "text": t, "vector": vectors[i]} for i, t in enumerate(texts)])
+    for query, cites in CACHED.items():
+        hits = col.search(query, mode="keyword", k=2, cache=True)
+        assert sorted(hit.doc_id for hit in hits) == cites
+    assert store.cache.stats().entries == len(CACHED)
+    return col
+
+
+def delete_elsewhere(store: Store, cache: str, doc_ids: list[str]) -> None:
+    """Delete ``doc_ids`` the way that leaves entries citing them behind: ``ragstore
+    delete`` in a process of its own, which knows no Redis cache and does not touch a
+    local cache kept beside a PostgreSQL store (both learn of it only when a hit is
+    checked). In a local cache inside a SQLite store, the store's trigger deletes the
+    citing rows in the writer's own transaction; there they outlive their documents
+    only where that trigger is missing, as in a store rebuilt from a dump of its
+    tables, so the trigger is dropped first."""
+    if cache == "local" and not is_url(store.location):
+        raw_sql(store, "DROP TRIGGER cache_document_delete")
+    command = [RAGSTORE_BIN, "--store", str(store.location), "--collection", "v", "delete"]
+    result = subprocess.run(
+        [*command, *doc_ids], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_cache_entries_citing_deleted_documents_warn_and_repair_removes_them(
+    store: Store, cache_backend: dict[str, Any]
+) -> None:
+    store.configure_cache(**cache_backend)
+    col = cached_collection(store)
+    delete_elsewhere(store, cache_backend["backend"], ["t0", "t1"])
+
+    found = store.doctor()
+    assert statuses(found) == {"cache.stale_citations": "warn"}
+    assert found.exit_code == 1
+    assert finding(found, "cache.stale_citations") == {"count": 3, "examples": ["t0", "t1"]}
+
+    repaired = store.doctor(repair=True)
+    assert repaired.repairs == [STALE_REPAIR]
+    assert statuses(repaired) == {}
+    assert store.cache.stats().entries == 1  # the answer citing t2 only
+    fresh = col.search("gift cards", mode="keyword", k=2, cache=True)
+    assert [(hit.doc_id, hit.cached) for hit in fresh] == [("t2", "exact")]
+    again = store.doctor()
+    assert again.exit_code == 0
+    assert finding(again, "cache.stale_citations") == {"count": 0, "examples": []}
+
+
+def test_the_cli_reports_and_removes_stale_cache_entries(store: Store) -> None:
+    cached_collection(store)
+    delete_elsewhere(store, "local", ["t0", "t1"])
+    store.close()
+
+    def doctor(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [RAGSTORE_BIN, "--store", str(store.location), "doctor", "--json", *args]
+        return subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+
+    warned = doctor()
+    assert warned.returncode == 1, warned.stderr
+    (stale,) = [f for f in json.loads(warned.stdout)["findings"] if f["status"] != "ok"]
+    assert (stale["collection"], stale["check"]) == ("v", "cache.stale_citations")
+    assert stale["figures"] == {"count": 3, "examples": ["t0", "t1"]}
+    assert "doctor --repair removes them" in stale["advice"]
+    repaired = doctor("--repair")
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    assert json.loads(repaired.stdout)["repairs"] == [STALE_REPAIR]

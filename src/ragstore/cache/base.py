@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -88,6 +88,11 @@ class CacheBackend(Protocol):
 
     def invalidate(self, collection_id: int, doc_ids: Sequence[str]) -> int:
         """Drop every entry citing any of ``doc_ids``; returns how many it newly dropped."""
+        ...
+
+    def entries(self, collection_id: int) -> Iterator[Entry]:
+        """Every stored entry of one collection, read a batch at a time (entries removed
+        while it runs may or may not be given)."""
         ...
 
     def reset(self) -> None:

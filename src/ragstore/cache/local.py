@@ -17,7 +17,7 @@ import logging
 import sqlite3
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +32,8 @@ logger = logging.getLogger(__name__)
 Key = tuple[str, str]
 WRITE_WAIT_S = 0.25
 """How long a cache write waits for the store's write lock before giving up."""
+PAGE = 500
+"""Entries read at a time by :meth:`LocalBackend.entries`."""
 _COLUMNS = "id, collection_id, scope, text_key, hits, vector, seq, writes, created_at, expires_at"
 
 
@@ -130,6 +132,26 @@ class LocalBackend:
                     self._memory.drop(key)
         return 0
 
+    def entries(self, collection_id: int) -> Iterator[Entry]:
+        """The collection's entries persisted in the store, a page at a time (entries
+        kept in memory only are not given)."""
+        after = 0
+        while True:
+            rows = (
+                self._db.connection()
+                .execute(
+                    f"SELECT {_COLUMNS} FROM cache_entries WHERE collection_id = ? AND id > ? "
+                    "ORDER BY id LIMIT ?",
+                    (collection_id, after, PAGE),
+                )
+                .fetchall()
+            )
+            if not rows:
+                return
+            cites = self._cites_by_entry([row[0] for row in rows])
+            yield from (_entry(row, cites.get(row[0], [])) for row in rows)
+            after = rows[-1][0]
+
     def reset(self) -> None:
         """Forget the in-memory copy; it is loaded again on next use."""
         with self._lock:
@@ -198,6 +220,18 @@ class LocalBackend:
             "SELECT doc_id FROM cache_cites WHERE entry_id = ?", (entry_id,)
         )
         return [row[0] for row in rows]
+
+    def _cites_by_entry(self, entry_ids: Sequence[int]) -> dict[int, list[str]]:
+        cites: dict[int, list[str]] = {}
+        for part in batched(entry_ids):
+            rows = self._db.connection().execute(
+                "SELECT entry_id, doc_id FROM cache_cites "
+                f"WHERE entry_id IN ({placeholders(len(part))})",
+                part,
+            )
+            for entry_id, doc_id in rows:
+                cites.setdefault(entry_id, []).append(doc_id)
+        return cites
 
     def _flush_touched(self, conn: sqlite3.Connection) -> None:
         with self._lock:

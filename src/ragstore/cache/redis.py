@@ -14,11 +14,12 @@ store's change log (see ``freshness``) and the reverse index is swept from it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -33,6 +34,8 @@ TIMEOUT_S = 0.25
 """Socket timeout: a slow or dead server costs a search at most this much."""
 RETRY_AFTER_S = 1.0
 """After a failure, the server is not tried again for this long (searches run uncached)."""
+SCAN_COUNT = 500
+"""Keys asked for per SCAN step (and entries read per round trip) by ``entries``."""
 _SCHEMES = ("redis://", "rediss://", "unix://")
 
 _REMOVE = """
@@ -205,6 +208,18 @@ class RedisBackend:
         args = [self._prefix, collection_id, *doc_ids]
         return int(self._call(lambda: self._invalidate(args=args)))
 
+    def entries(self, collection_id: int) -> Iterator[Entry]:
+        """The collection's entries, found with SCAN (never KEYS) a step at a time."""
+        match, cursor = self._prefix + "e:*", 0
+        while True:
+            scan = functools.partial(self._client.scan, cursor, match=match, count=SCAN_COUNT)
+            cursor, names = self._call(scan)
+            for fields in self._call(functools.partial(self._read_all, names)):
+                if fields and int(fields[b"coll"]) == collection_id:
+                    yield _entry(fields)
+            if not cursor:
+                return
+
     def reset(self) -> None:
         """Nothing is held in this process."""
 
@@ -256,6 +271,14 @@ class RedisBackend:
     def _read(self, key: str) -> Entry | None:
         fields: dict[bytes, bytes] = self._call(lambda: self._client.hgetall(key))
         return _entry(fields) if fields else None
+
+    def _read_all(self, names: Sequence[bytes]) -> list[dict[bytes, bytes]]:
+        """The fields of each entry in ``names`` (empty for one removed meanwhile)."""
+        pipe = self._client.pipeline(transaction=False)
+        for name in names:
+            pipe.hgetall(name)
+        found: list[dict[bytes, bytes]] = pipe.execute()
+        return found
 
     def _entry_key(self, scope: str, text_key: str) -> str:
         digest = hashlib.sha256(text_key.encode()).hexdigest()[:32]

@@ -15,25 +15,30 @@ not ok, advice. The checks of a collection:
 - **model**: the embedding model this process loads against the name, version and
   dimension the collection recorded;
 - **drift**: the newest tenth of the vectors against the older ones (mean direction,
-  norm spread, nearest-neighbour similarity).
+  norm spread, nearest-neighbour similarity);
+- **cache**: query cache entries citing documents the collection no longer holds.
 
 And of the store: the SQLite write-ahead log's size, and the query cache's rates.
 
 ``repair`` fixes what is safe to fix from the store itself (rebuilds damaged segment
 files or stale segments, deletes chunks whose document is gone, restores keyword terms,
-compacts) and examines again; the rest is reported only.
+compacts, removes cache entries citing documents that are gone) and examines again; the
+rest is reported only.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator, Sequence
+import itertools
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 
+from ragstore.cache import cache_for
+from ragstore.cache.base import CacheBackend, Entry
 from ragstore.errors import RagstoreError, StoreError
 from ragstore.index.vectors import SegmentedIndex, SegmentHealth
 from ragstore.store.base import Anomaly, Reader
@@ -65,6 +70,9 @@ DRIFT_NEIGHBOUR_DROP = 0.1
 """… or when their nearest older neighbours are this much less similar than usual."""
 DRIFT_MIN_VECTORS = 100
 WAL_WARN_BYTES = 1 << 30
+CACHE_BATCH = 500
+"""Cache entries checked against the store at a time."""
+EXAMPLES = 5
 
 
 @dataclass(slots=True)
@@ -147,6 +155,7 @@ def examine_collection(col: Collection) -> list[Finding]:
     if not blocking:
         findings.append(_quality(col))
     findings.append(_model(col))
+    findings.append(_stale_citations(col))
     for finding in findings:
         finding.collection = col.name
     return findings
@@ -459,6 +468,51 @@ _RECALL_ADVICE = {
 }
 
 
+# -- the query cache ------------------------------------------------------------------
+
+_STALE_ADVICE = "they cite documents that are gone and take room: doctor --repair removes them"
+
+
+def _stale_citations(col: Collection) -> Finding:
+    """The collection's cache entries citing a document it no longer holds."""
+    backend = cache_for(col.backend).backend
+    count, missing = 0, set[str]()
+    try:
+        for _, gone in _stale_entries(col, backend):
+            count += 1
+            missing.update(gone)
+    except _cache_errors(backend) as exc:
+        return Finding("cache.stale_citations", "warn", {"error": str(exc)}, _UNREADABLE)
+    figures = {"count": count, "examples": sorted(missing)[:EXAMPLES]}
+    if not count:
+        return Finding("cache.stale_citations", "ok", figures)
+    return Finding("cache.stale_citations", "warn", figures, _STALE_ADVICE)
+
+
+def _stale_entries(col: Collection, backend: CacheBackend) -> Iterator[tuple[Entry, list[str]]]:
+    """Each cache entry of ``col`` citing documents the store lacks, with those ids;
+    entries are read and checked :data:`CACHE_BATCH` at a time."""
+    for batch in _batches(backend.entries(col.id), CACHE_BATCH):
+        cited = sorted({doc_id for entry in batch for doc_id in entry.cites})
+        with col.backend.read() as reader:
+            stored = reader.content_hashes(col.id, cited)
+        for entry in batch:
+            gone = [doc_id for doc_id in entry.cites if doc_id not in stored]
+            if gone:
+                yield entry, gone
+
+
+def _cache_errors(backend: CacheBackend) -> tuple[type[Exception], ...]:
+    """What a cache backend raises when it fails, or is known to be down."""
+    return (*backend.errors, StoreError)
+
+
+def _batches(items: Iterable[Entry], size: int) -> Iterator[list[Entry]]:
+    iterator = iter(items)
+    while batch := list(itertools.islice(iterator, size)):
+        yield batch
+
+
 # -- the store ------------------------------------------------------------------------
 
 
@@ -480,11 +534,14 @@ def _store_findings(store: Store) -> list[Finding]:
     return findings
 
 
+_UNREADABLE = "the cache backend cannot be read"
+
+
 def _cache_finding(store: Store) -> Finding:
     try:
         stats = store.cache.stats().to_dict()
     except StoreError as exc:
-        return Finding("cache", "warn", {"error": str(exc)}, "the cache backend cannot be read")
+        return Finding("cache", "warn", {"error": str(exc)}, _UNREADABLE)
     lookups = stats["exact_hits"] + stats["semantic_hits"] + stats["misses"]
     for name in ("hits", "invalidations", "evictions"):
         count = stats["exact_hits"] + stats["semantic_hits"] if name == "hits" else stats[name]
@@ -536,11 +593,24 @@ def _compact(col: Collection, _: Finding) -> str:
     return "compacted the segments"
 
 
+def _remove_stale_entries(col: Collection, _: Finding) -> str:
+    backend = cache_for(col.backend).backend
+    removed = 0
+    try:
+        for entry, _gone in _stale_entries(col, backend):
+            backend.remove(entry)
+            removed += 1
+    except _cache_errors(backend) as exc:
+        return f"removed {removed} cache entries citing documents that are gone, then: {exc}"
+    return f"removed {removed} cache entries citing documents that are gone"
+
+
 _REPAIRS: dict[str, Callable[[Collection, Finding], str]] = {
     "consistency.chunks_without_document": _delete_orphans,
     "consistency.chunks_without_terms": _restore_terms,
     "segments.files": _rebuild_damaged,
     "segments.agree_with_store": _rebuild_differing,
     "segments.deleted_backlog": _compact,
+    "cache.stale_citations": _remove_stale_entries,
 }
 """What ``repair`` does about each check that is not ok, in this order."""
