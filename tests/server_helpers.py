@@ -149,3 +149,17 @@ def serving(root: Path, keys: Mapping[str, Mapping[str, Any]], **options: Any) -
         yield running.wait_ready()
     finally:
         assert running.terminate() in (0, -signal.SIGTERM), running.logs()
+
+
+ADMIN_KEYS = {"k-admin": {"id": "admin", "role": "admin", "tenants": ["*"]}}
+
+
+@contextlib.contextmanager
+def remote_admin_store(root: Path) -> Iterator[ragstore.RemoteStore]:
+    """A store on a real server on ``root/store``, opened through ``ragstore.connect``
+    with a key that is admin of every tenant."""
+    with (
+        serving(root, ADMIN_KEYS) as server,
+        ragstore.connect(server.url, api_key="k-admin") as store,
+    ):
+        yield store

@@ -15,7 +15,7 @@ from langchain_core.documents import Document
 from langchain_core.embeddings import DeterministicFakeEmbedding
 from langchain_core.vectorstores import VectorStore
 from langchain_tests.integration_tests import VectorStoreIntegrationTests
-from server_helpers import serving
+from server_helpers import remote_admin_store
 
 import ragstore
 from ragstore import InvalidConfig, InvalidFilter
@@ -44,9 +44,7 @@ class TestStandardInterface(VectorStoreIntegrationTests):
 @pytest.fixture(scope="module")
 def remote_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ragstore.RemoteStore]:
     """A store on a real ragstore server on 127.0.0.1."""
-    root = tmp_path_factory.mktemp("langchain-remote")
-    keys = {"k-admin": {"id": "admin", "role": "admin", "tenants": ["*"]}}
-    with serving(root, keys) as server, ragstore.connect(server.url, api_key="k-admin") as store:
+    with remote_admin_store(tmp_path_factory.mktemp("langchain-remote")) as store:
         yield store
 
 

@@ -24,7 +24,7 @@ from llama_index.core.vector_stores.types import (
     VectorStoreQuery,
     VectorStoreQueryMode,
 )
-from server_helpers import serving
+from server_helpers import remote_admin_store
 
 import ragstore
 from ragstore import InvalidFilter, InvalidInput
@@ -56,9 +56,7 @@ def book_nodes() -> list[TextNode]:
 @pytest.fixture(scope="module")
 def remote_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ragstore.RemoteStore]:
     """A store on a real ragstore server on 127.0.0.1."""
-    root = tmp_path_factory.mktemp("llamaindex-remote")
-    keys = {"k-admin": {"id": "admin", "role": "admin", "tenants": ["*"]}}
-    with serving(root, keys) as server, ragstore.connect(server.url, api_key="k-admin") as store:
+    with remote_admin_store(tmp_path_factory.mktemp("llamaindex-remote")) as store:
         yield store
 
 

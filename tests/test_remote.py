@@ -22,6 +22,7 @@ from test_filters import DOCUMENT_LISTS, filters, paths_and_values
 
 import ragstore
 from ragstore import Collection, RemoteCollection, RemoteStore, Store
+from ragstore.filters import MAX_DEPTH
 from ragstore.search.hybrid import SearchOptions
 
 ADMIN = "k-admin"
@@ -47,9 +48,12 @@ AnyCollection = Collection | RemoteCollection
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A server that takes filters as deep as the embedded store does (its default limit
+    is lower), so that both answer the same random filters."""
     root = tmp_path_factory.mktemp("remote")
     keys = write_keys(root / "keys.json", KEYS)
-    running = Server(root / "store", root / "server.log", keys=keys)
+    limits = {"max_filter_depth": MAX_DEPTH}
+    running = Server(root / "store", root / "server.log", keys=keys, limits=limits)
     try:
         yield running.wait_ready()
     finally:

@@ -168,6 +168,12 @@ def doc_id(value: str, field: str) -> str:
     return check_text(value, field)
 
 
+def check_delete_target(ids: object, where: object, all: bool) -> None:
+    """A delete names exactly one of ``ids``, ``where`` or ``all=True``."""
+    if sum((ids is not None, where is not None, bool(all))) != 1:
+        raise InvalidInput("give exactly one of ids, where or all=True", field="ids")
+
+
 def doc_ids(ids: str | Iterable[str], field: str = "ids") -> list[str]:
     """Document ids as a list: a single string is one id (never its characters)."""
     if isinstance(ids, str):

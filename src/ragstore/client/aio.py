@@ -12,7 +12,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ragstore.client import calls
-from ragstore.client.transport import DEFAULT_TENANT, Settings, transport_error
+from ragstore.client.transport import DEFAULT_TENANT, Settings, answer_of, transport_error
 from ragstore.config import DEFAULT_EMBEDDER, CollectionConfig, IndexConfig
 from ragstore.engine.store import CollectionInfo
 from ragstore.search.hybrid import SearchOptions, SearchResults
@@ -41,7 +41,8 @@ class AsyncRemoteStore:
         """The server's URL."""
         self._http = httpx.AsyncClient(
             base_url=self.settings.url, headers=self.settings.headers(),
-            timeout=timeout, transport=transport or httpx.AsyncHTTPTransport(retries=2),
+            timeout=self.settings.timeout,
+            transport=transport or httpx.AsyncHTTPTransport(retries=2),
         )  # fmt: skip
 
     async def run(self, steps: calls.Steps[T]) -> T:
@@ -63,7 +64,7 @@ class AsyncRemoteStore:
             response = await self._http.request(call.method, call.path, json=call.body)
         except httpx.HTTPError as error:
             raise transport_error(self.settings.url, error) from None
-        return calls.Answer(response.status_code, _json(response), response.headers)
+        return answer_of(response)
 
     async def collection(self, name: str) -> AsyncRemoteCollection:
         """Get a collection, creating it with the default config if it does not exist."""
@@ -231,10 +232,3 @@ class AsyncRemoteCollection:
         """The index's segments: kind, vectors, deleted, bytes and bytes per vector."""
         found = await self.store.run(calls.get_collection(self.store.tenant, self.name))
         return found[1]
-
-
-def _json(response: httpx.Response) -> Any:
-    try:
-        return response.json()
-    except ValueError:
-        return None

@@ -29,8 +29,14 @@ from ragstore.errors import (
     RagstoreError,
     RemoteError,
 )
-from ragstore.records import doc_ids, text_records, vector_batch, vector_records
-from ragstore.search.hybrid import SearchOptions, SearchResults
+from ragstore.records import (
+    check_delete_target,
+    doc_ids,
+    text_records,
+    vector_batch,
+    vector_records,
+)
+from ragstore.search.hybrid import SearchOptions, SearchResults, batch_inputs
 from ragstore.store.base import AliasRow
 from ragstore.types import DocumentPage, Hit, IngestReport, StoredDocument
 
@@ -328,8 +334,7 @@ def _add(total: IngestReport, part: Mapping[str, Any]) -> None:
 
 def delete(path: str, ids: Any, where: Mapping[str, Any] | None, all: bool) -> Steps[int]:
     """Delete by ids, by filter, or all; how many were deleted."""
-    if sum((ids is not None, where is not None, bool(all))) != 1:
-        raise InvalidInput("give exactly one of ids, where or all=True", field="ids")
+    check_delete_target(ids, where, all)
     body: dict[str, Any] = {"all": True} if all else {}
     if ids is not None:
         body["ids"] = doc_ids(ids)
@@ -414,19 +419,10 @@ def batch_bodies(
     queries: Any, vectors: Any, cache: bool, options: SearchOptions
 ) -> list[dict[str, Any]]:
     """The bodies of a batch search: one per text of ``queries`` or row of ``vectors``."""
-    if (queries is None) == (vectors is None):
-        raise InvalidInput("give queries or vectors (exactly one)", field="queries")
-    if queries is not None:
-        if isinstance(queries, str) or not isinstance(queries, Sequence):
-            raise InvalidInput("queries must be a list of texts", field="queries")
-        return [search_body(q, None, False, cache, options) for q in queries]
-    try:
-        matrix = np.asarray(vectors, dtype=np.float64)
-    except (TypeError, ValueError):
-        matrix = None
-    if matrix is None or matrix.ndim != 2:
-        raise InvalidInput("vectors must be a 2-D array of numbers", field="vectors")
-    return [search_body(None, row, False, cache, options) for row in matrix]
+    inputs = batch_inputs(queries, vectors)
+    if isinstance(inputs, list):
+        return [search_body(q, None, False, cache, options) for q in inputs]
+    return [search_body(None, row, False, cache, options) for row in inputs]
 
 
 def search_batch(path: str, bodies: list[dict[str, Any]]) -> Steps[list[SearchResults]]:

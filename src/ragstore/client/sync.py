@@ -12,7 +12,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ragstore.client import calls
-from ragstore.client.transport import DEFAULT_TENANT, Settings, transport_error
+from ragstore.client.transport import DEFAULT_TENANT, Settings, answer_of, transport_error
 from ragstore.config import DEFAULT_EMBEDDER, CollectionConfig, IndexConfig
 from ragstore.engine.store import CollectionInfo
 from ragstore.search.hybrid import SearchOptions, SearchResults
@@ -40,7 +40,7 @@ class RemoteStore:
         """The server's URL."""
         self._http = httpx.Client(
             base_url=self.settings.url, headers=self.settings.headers(),
-            timeout=timeout, transport=transport or httpx.HTTPTransport(retries=2),
+            timeout=self.settings.timeout, transport=transport or httpx.HTTPTransport(retries=2),
         )  # fmt: skip
 
     def run(self, steps: calls.Steps[T]) -> T:
@@ -62,7 +62,7 @@ class RemoteStore:
             response = self._http.request(call.method, call.path, json=call.body)
         except httpx.HTTPError as error:
             raise transport_error(self.settings.url, error) from None
-        return calls.Answer(response.status_code, _json(response), response.headers)
+        return answer_of(response)
 
     def collection(self, name: str) -> RemoteCollection:
         """Get a collection, creating it with the default config if it does not exist."""
@@ -228,10 +228,3 @@ class RemoteCollection:
     def index_stats(self) -> dict[str, Any]:
         """The index's segments: kind, vectors, deleted, bytes and bytes per vector."""
         return self.store.run(calls.get_collection(self.store.tenant, self.name))[1]
-
-
-def _json(response: httpx.Response) -> Any:
-    try:
-        return response.json()
-    except ValueError:
-        return None

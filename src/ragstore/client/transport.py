@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 
+from ragstore.client.calls import Answer
 from ragstore.errors import InvalidInput, RemoteError
 
 DEFAULT_TENANT = "default"
@@ -45,3 +47,15 @@ def transport_error(url: str, error: httpx.HTTPError) -> RemoteError:
     """The error for a request that got no answer (the key is never part of it)."""
     kind = "timed out" if isinstance(error, httpx.TimeoutException) else "failed"
     return RemoteError(f"request to {url} {kind}: {type(error).__name__}: {error}")
+
+
+def answer_of(response: httpx.Response) -> Answer:
+    """A response as the operations of :mod:`ragstore.client.calls` read it."""
+    return Answer(response.status_code, _json(response), response.headers)
+
+
+def _json(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return None

@@ -59,6 +59,7 @@ from ragstore.ingest.loaders import DEFAULT_MAX_FILE_BYTES
 from ragstore.inputs import check_text, decode_cursor, encode_cursor, included
 from ragstore.records import (
     VectorRecord,
+    check_delete_target,
     doc_ids,
     text_records,
     unit_vector,
@@ -660,16 +661,10 @@ class Collection:
         """Several searches in one call: one result list per text of ``queries``, or per
         row of ``vectors`` (a 2-D array), in order, each exactly what :meth:`search`
         answers for it with the same ``options``."""
-        if (queries is None) == (vectors is None):
-            raise InvalidInput("give queries or vectors (exactly one)", field="queries")
-        if queries is not None:
-            if isinstance(queries, str) or not isinstance(queries, Sequence):
-                raise InvalidInput("queries must be a list of texts", field="queries")
-            return [self.search(q, cache=cache, tenant=tenant, **options) for q in queries]
-        matrix = np.asarray(vectors, dtype=np.float32) if _numeric(vectors) else None
-        if matrix is None or matrix.ndim != 2:
-            raise InvalidInput("vectors must be a 2-D array of numbers", field="vectors")
-        return [self.search(vector=row, cache=cache, tenant=tenant, **options) for row in matrix]
+        inputs = hybrid.batch_inputs(queries, vectors)
+        if isinstance(inputs, list):
+            return [self.search(q, cache=cache, tenant=tenant, **options) for q in inputs]
+        return [self.search(vector=row, cache=cache, tenant=tenant, **options) for row in inputs]
 
     def cached_answer(
         self, query: str, *, tenant: str | None = None, **options: Unpack[SearchOptions]
@@ -921,8 +916,7 @@ class Collection:
         A filter that matches everything (``{}``) is refused: a match-all delete must
         say ``all=True``, so an empty filter built by mistake never empties a collection.
         """
-        if sum((ids is not None, where is not None, bool(all))) != 1:
-            raise InvalidInput("give exactly one of ids, where or all=True", field="ids")
+        check_delete_target(ids, where, all)
         doomed = doc_ids(ids) if ids is not None else None
         flt = _narrowing_filter(where) if where is not None else None
         with self._db.write() as writer:
@@ -1227,14 +1221,6 @@ def _mean_recall(found: Sequence[Ids], truth: Ids) -> float:
         for f, t in zip(found, truth, strict=True)
     ]
     return round(float(np.mean(recalls)), 4)
-
-
-def _numeric(value: object) -> bool:
-    """Whether ``value`` converts to an array of numbers (not strings or objects)."""
-    try:
-        return np.asarray(value).dtype.kind in "iuf"
-    except (ValueError, TypeError):  # ragged rows
-        return False
 
 
 def _has_text(query: object) -> bool:

@@ -161,6 +161,29 @@ def search_params(
     )
 
 
+def batch_inputs(queries: Any, vectors: Any) -> list[str] | Matrix:
+    """What a batch search runs on, checked: the texts of ``queries`` or the rows of
+    ``vectors`` (a 2-D array of numbers); exactly one of them must be given."""
+    if (queries is None) == (vectors is None):
+        raise InvalidInput("give queries or vectors (exactly one)", field="queries")
+    if queries is not None:
+        if isinstance(queries, str) or not isinstance(queries, Sequence):
+            raise InvalidInput("queries must be a list of texts", field="queries")
+        return list(queries)
+    matrix = np.asarray(vectors, dtype=np.float32) if _numeric(vectors) else None
+    if matrix is None or matrix.ndim != 2:
+        raise InvalidInput("vectors must be a 2-D array of numbers", field="vectors")
+    return matrix
+
+
+def _numeric(value: object) -> bool:
+    """Whether ``value`` converts to an array of numbers (not strings or objects)."""
+    try:
+        return np.asarray(value).dtype.kind in "iuf"
+    except (ValueError, TypeError):  # ragged rows
+        return False
+
+
 @dataclass(frozen=True, slots=True)
 class Side:
     """One retriever's ranked ``(chunk id, score)`` list, and how it was found.
