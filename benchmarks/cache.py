@@ -1,24 +1,30 @@
-"""Query cache benchmark: the semantic threshold, hit and miss latency, write overhead,
-and a replayed query log.
+"""Query cache benchmark: the semantic judge, hit and miss latency, write overhead, and a
+replayed query log.
 
 What it measures, in one run (``python benchmarks/cache.py``):
 
-1. **Threshold curve.** Cosine similarity (all-MiniLM-L6-v2, normalised query text) of
-   each labelled pair in ``benchmarks/data/cache_pairs.jsonl`` — paraphrases that should
-   share an answer and near-misses that must not. Precision and recall of "semantic hit"
-   at every threshold on a 0.005 grid. The default is the lowest threshold with precision
-   >= 0.99; where no threshold with any hit reaches it, the lowest threshold that no
-   near-miss passes.
+1. **Semantic judge.** Cosine similarity (all-MiniLM-L6-v2, normalised query text) of
+   each labelled pair — paraphrases that should share an answer and near-misses that must
+   not — in ``benchmarks/data/cache_pairs.jsonl`` (the train split) and
+   ``benchmarks/data/cache_pairs_heldout.jsonl`` (held out: other topics and templates).
+   ``--fit`` fits the judge's logistic model on the train split, picks its probability
+   threshold (5-fold out-of-fold on train: the lowest with precision >= 0.99) and the
+   cosine floor (the highest on a 0.05 grid that loses no train paraphrase the judge
+   accepts), and prints the constants that ``ragstore.cache.judge`` and
+   ``ragstore.cache.settings`` ship. A plain run reports the shipped judge on the
+   held-out split: precision and recall over its probability threshold and over the
+   cosine floor, the cosine-only curve beside it, errors by kind, and its cost per call.
 2. **Latency** on the sample documents: a miss (embed, search, store), an exact hit, a
-   semantic hit (at a low threshold so that paraphrases hit: the mechanism's cost does not
-   depend on the threshold), the uncached search and the query embedding alone, for the
-   in-process backend and, when ``redis-server`` is installed, a Redis one on loopback.
+   semantic hit (at a low floor so that paraphrases reach the judge: the mechanism's cost
+   does not depend on the floor), the uncached search and the query embedding alone, for
+   the in-process backend and, when ``redis-server`` is installed, a Redis one on loopback.
 3. **Write overhead** of the cache triggers: updating documents with and without them.
 4. **Replay** of ``benchmarks/data/cache_replay.jsonl`` (repeats, case variants,
-   paraphrases, near-misses; generated from the pairs with a fixed seed when missing):
-   hit rate, wrong semantic hits, and the time saved against running every query.
+   paraphrases, near-misses; generated from the train pairs with a fixed seed when
+   missing) at the default settings, and with the judge off at the same floor: hit rate,
+   wrong semantic hits, and the time saved against running every query.
 
-Results go to ``benchmarks/results/cache.json``.
+``--pairs-only`` stops after step 1. Results go to ``benchmarks/results/cache.json``.
 """
 
 from __future__ import annotations
@@ -44,17 +50,24 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import ragstore
 from ragstore.cache import CacheSettings
+from ragstore.cache.judge import MODEL, SAME_WORDS, Judge, default_judge
 from ragstore.cache.keys import normalize
 from ragstore.config import DEFAULT_EMBEDDER
 from ragstore.embed import get_embedder
 
 HERE = Path(__file__).resolve().parent
 PAIRS = HERE / "data" / "cache_pairs.jsonl"
+HELDOUT = HERE / "data" / "cache_pairs_heldout.jsonl"
 REPLAY = HERE / "data" / "cache_replay.jsonl"
 RESULTS = HERE / "results" / "cache.json"
 SAMPLE_DOCS = HERE.parent / "examples" / "sample-docs"
 GRID = np.round(np.arange(0.5, 1.0001, 0.005), 3)
+FLOORS = np.round(np.arange(0.3, 0.951, 0.05), 2)
+PROBABILITIES = np.round(np.arange(0.5, 0.9901, 0.01), 2)
 TARGET_PRECISION = 0.99
+L2 = 0.1
+"""Ridge penalty of the judge's logistic fit (the bias is not penalised)."""
+FOLDS = 5
 K = 5
 
 
@@ -62,19 +75,41 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=10, help="exact-hit rounds per query")
     parser.add_argument("--log-size", type=int, default=1000, help="queries in a new replay log")
+    parser.add_argument("--fit", action="store_true", help="fit the judge on train, print it")
+    parser.add_argument("--pairs-only", action="store_true", help="only the judge section")
     args = parser.parse_args()
     embedder = get_embedder(DEFAULT_EMBEDDER)
-    pairs = [json.loads(line) for line in PAIRS.read_text().splitlines() if line.strip()]
-    curve = threshold_curve(pairs, embedder)
-    threshold = curve["chosen"]["threshold"]
+    train, heldout = load(PAIRS), load(HELDOUT)
+    train_sims, heldout_sims = similarities(train, embedder), similarities(heldout, embedder)
+    fitted = fit_judge(train, train_sims)
+    if args.fit:
+        print(json.dumps(fitted, indent=2))
+        return
+    results: dict[str, Any] = {
+        "machine": machine(),
+        "pairs": {
+            "train": {"count": len(train), "file": str(PAIRS.relative_to(HERE.parent))},
+            "heldout": {"count": len(heldout), "file": str(HELDOUT.relative_to(HERE.parent))},
+        },
+        "judge": judge_report(train, train_sims, heldout, heldout_sims, fitted),
+        "cosine_only": {
+            "heldout": threshold_curve(heldout, heldout_sims),
+            "train": threshold_curve(train, train_sims),
+        },
+    }
+    if not args.pairs_only:
+        results.update(mechanism(train, embedder, args))
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results, indent=2))
+
+
+def mechanism(pairs: list[dict[str, Any]], embedder: Any, args: Any) -> dict[str, Any]:
+    floor = CacheSettings().threshold
     if not REPLAY.exists():
         write_replay_log(pairs, args.log_size)
     log = [json.loads(line) for line in REPLAY.read_text().splitlines() if line.strip()]
     with tempfile.TemporaryDirectory() as tmp:
-        results = {
-            "machine": machine(),
-            "pairs": {"count": len(pairs), "file": str(PAIRS.relative_to(HERE.parent))},
-            "threshold": curve,
+        return {
             "latency_ms": {
                 "local": latency(Path(tmp) / "local", pairs, embedder, args.rounds, None),
                 "redis": with_redis(
@@ -83,36 +118,237 @@ def main() -> None:
             },
             "write_overhead": write_overhead(Path(tmp) / "writes"),
             "replay": {
-                f"threshold_{t}": replay(Path(tmp) / f"replay-{t}", log, embedder, t)
-                for t in sorted({threshold, 0.9})
+                f"floor_{floor}_judge": replay(
+                    Path(tmp) / "replay-judge", log, embedder, CacheSettings()
+                ),
+                f"floor_{floor}_cosine_only": replay(
+                    Path(tmp) / "replay-cosine", log, embedder, CacheSettings(judge=False)
+                ),
             },
         }
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
-    print(json.dumps(results, indent=2))
 
 
-# ---------------------------------------------------------------------------- threshold
+def load(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def threshold_curve(pairs: list[dict[str, Any]], embedder: Any) -> dict[str, Any]:
-    sims = np.array([cosine(embedder, p["a"], p["b"]) for p in pairs])
+def similarities(pairs: list[dict[str, Any]], embedder: Any) -> np.ndarray:
+    return np.array([cosine(embedder, p["a"], p["b"]) for p in pairs])
+
+
+def cosine(embedder: Any, a: str, b: str) -> float:
+    return float(embedder.embed_query(normalize(a)) @ embedder.embed_query(normalize(b)))
+
+
+# ---------------------------------------------------------------------------- judge
+
+
+def fit_judge(pairs: list[dict[str, Any]], sims: np.ndarray) -> dict[str, Any]:
+    """The judge's coefficients, probability threshold and cosine floor, from train only:
+    the model is fitted on the pairs that reach it (no guard refuses them, their content
+    words differ)."""
+    names, features, reasons = judge_inputs(pairs, sims)
     same = np.array([bool(p["same"]) for p in pairs])
-    points = [curve_point(float(t), sims, same) for t in GRID]
-    reached = [p for p in points if p["hits"] and p["precision"] >= TARGET_PRECISION]
-    if reached:
-        chosen = dict(reached[0], rule="lowest threshold with precision >= 0.99")
-    else:
-        clean = [p for p in points if p["false_hits"] == 0]
-        chosen = dict(
-            clean[0],
-            rule="no threshold with any hit reaches precision 0.99: "
-            "lowest threshold that no near-miss passes",
+    model = reasons == MODEL
+    weights = logistic(features[model], same[model])
+    out_of_fold = (reasons == SAME_WORDS).astype(float)
+    folds = np.random.default_rng(0).integers(0, FOLDS, len(pairs))
+    for fold in range(FOLDS):
+        held = (folds == fold) & model
+        fitted = logistic(features[(folds != fold) & model], same[(folds != fold) & model])
+        out_of_fold[held] = sigmoid(features[held], fitted)
+    min_probability = lowest_safe(out_of_fold, same)
+    accepted = ((sigmoid(features, weights) >= min_probability) & model) | (reasons == SAME_WORDS)
+    floor = float(np.floor(sims[accepted & same].min() / 0.05) * 0.05)
+    return {
+        "weights": dict(zip(["bias", *names], (round(float(w), 4) for w in weights), strict=True)),
+        "min_probability": min_probability,
+        "floor": round(floor, 2),
+        "l2": L2,
+        "out_of_fold_at_min_probability": rates(out_of_fold >= min_probability, same),
+    }
+
+
+def judge_inputs(
+    pairs: list[dict[str, Any]], sims: np.ndarray
+) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Feature names, the feature matrix, and the reason each pair is decided for."""
+    judge = Judge()
+    rows = [Judge.features(p["a"], p["b"], float(s)) for p, s in zip(pairs, sims, strict=True)]
+    reasons = [
+        judge.verdict(p["a"], p["b"], float(s)).reason for p, s in zip(pairs, sims, strict=True)
+    ]
+    return list(rows[0]), np.array([list(r.values()) for r in rows]), np.array(reasons)
+
+
+def logistic(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Ridge logistic regression by Newton's method: ``[bias, *weights]``."""
+    xb = np.hstack([np.ones((len(x), 1)), x])
+    w = np.zeros(xb.shape[1])
+    ridge = L2 * np.eye(len(w))
+    ridge[0, 0] = 0.0
+    for _ in range(100):
+        p = 1 / (1 + np.exp(-xb @ w))
+        hessian = xb.T @ (xb * (p * (1 - p))[:, None]) + ridge
+        step = np.linalg.solve(hessian, xb.T @ (p - y) + ridge @ w)
+        w -= step
+        if np.abs(step).max() < 1e-10:
+            break
+    return w
+
+
+def sigmoid(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    return 1 / (1 + np.exp(-(w[0] + x @ w[1:])))
+
+
+def lowest_safe(probability: np.ndarray, same: np.ndarray) -> float:
+    """The lowest grid threshold whose precision reaches the target (1.0 if none)."""
+    for t in PROBABILITIES:
+        point = rates(probability >= t, same)
+        if point["hits"] and point["precision"] >= TARGET_PRECISION:
+            return float(t)
+    return 1.0
+
+
+def rates(hit: np.ndarray, same: np.ndarray) -> dict[str, Any]:
+    true_hits, false_hits = int((hit & same).sum()), int((hit & ~same).sum())
+    hits = true_hits + false_hits
+    precision = true_hits / hits if hits else 1.0
+    recall = true_hits / int(same.sum())
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {
+        "precision": round(precision, 4),
+        "recall": round(recall, 4),
+        "f1": round(f1, 4),
+        "hits": hits,
+        "false_hits": false_hits,
+    }
+
+
+def judge_report(
+    train: list[dict[str, Any]],
+    train_sims: np.ndarray,
+    heldout: list[dict[str, Any]],
+    heldout_sims: np.ndarray,
+    fitted: dict[str, Any],
+) -> dict[str, Any]:
+    judge = default_judge()
+    floor = CacheSettings().threshold
+    verdicts = [
+        judge.verdict(p["a"], p["b"], float(s)) for p, s in zip(heldout, heldout_sims, strict=True)
+    ]
+    probability = np.array([v.probability for v in verdicts])
+    same = np.array([bool(p["same"]) for p in heldout])
+    train_hit = np.array(
+        [
+            judge.accepts(p["a"], p["b"], float(s)) and s >= floor
+            for p, s in zip(train, train_sims, strict=True)
+        ]
+    )
+    return {
+        "shipped": {
+            "weights": judge.weights,
+            "min_probability": judge.min_probability,
+            "floor": floor,
+            "matches_fit": judge.weights == fitted["weights"]
+            and judge.min_probability == fitted["min_probability"]
+            and floor == fitted["floor"],
+        },
+        "fit": fitted,
+        "default_point": {
+            "heldout": rates(
+                (probability >= judge.min_probability) & (heldout_sims >= floor), same
+            ),
+            "train": rates(train_hit, np.array([bool(p["same"]) for p in train])),
+        },
+        "heldout_by_probability": [
+            dict(
+                min_probability=float(t),
+                **rates((probability >= t) & (heldout_sims >= floor), same),
+            )
+            for t in PROBABILITIES
+        ],
+        "heldout_by_floor": [
+            dict(
+                floor=float(f),
+                **rates((probability >= judge.min_probability) & (heldout_sims >= f), same),
+            )
+            for f in FLOORS
+        ],
+        "heldout_by_kind": by_kind(heldout, heldout_sims, verdicts, floor),
+        "heldout_false_hits": [
+            {
+                "a": p["a"],
+                "b": p["b"],
+                "kind": p["kind"],
+                "cosine": round(float(s), 4),
+                "probability": round(v.probability, 4),
+            }
+            for p, s, v in zip(heldout, heldout_sims, verdicts, strict=True)
+            if not p["same"] and v.accepted and s >= floor
+        ],
+        "latency_us": judge_latency(heldout + train, np.concatenate([heldout_sims, train_sims])),
+    }
+
+
+def by_kind(
+    pairs: list[dict[str, Any]], sims: np.ndarray, verdicts: list[Any], floor: float
+) -> dict[str, dict[str, Any]]:
+    """Per kind: pairs, and what accepted or refused them (a guard, the same words, the
+    model, the floor)."""
+    out: dict[str, dict[str, Any]] = {}
+    for pair, sim, verdict in zip(pairs, sims, verdicts, strict=True):
+        row = out.setdefault(
+            pair["kind"], {"pairs": 0, "accepted": 0, "accepted_by": {}, "refused_by": {}}
         )
-    best_f1 = max(points, key=lambda p: p["f1"])
+        row["pairs"] += 1
+        accepted = bool(sim >= floor) and verdict.accepted
+        reason = verdict.reason if accepted or sim >= floor else "floor"
+        row["accepted"] += int(accepted)
+        tally = row["accepted_by" if accepted else "refused_by"]
+        tally[reason] = tally.get(reason, 0) + 1
+    return out
+
+
+def judge_latency(
+    pairs: list[dict[str, Any]], sims: np.ndarray, rounds: int = 5
+) -> dict[str, float]:
+    """Microseconds per ``accepts`` call: ``cold`` reads both texts afresh, ``warm`` finds
+    them in the judge's memo (the cached side of a pair usually is)."""
+    judge = default_judge()
+    out: dict[str, float] = {}
+    for label, clear in (("cold", True), ("warm", False)):
+        times = []
+        for _ in range(rounds):
+            for pair, sim in zip(pairs, sims, strict=True):
+                if clear:
+                    judge_memo_clear()
+                started = time.perf_counter()
+                judge.accepts(normalize(pair["a"]), normalize(pair["b"]), float(sim))
+                times.append((time.perf_counter() - started) * 1e6)
+        out[f"{label}_p50"] = round(float(np.percentile(times, 50)), 2)
+        out[f"{label}_p99"] = round(float(np.percentile(times, 99)), 2)
+    return out
+
+
+def judge_memo_clear() -> None:
+    from ragstore.cache import judge
+
+    judge._read.cache_clear()
+
+
+# ---------------------------------------------------------------------------- cosine only
+
+
+def threshold_curve(pairs: list[dict[str, Any]], sims: np.ndarray) -> dict[str, Any]:
+    """Cosine alone as the test, on a 0.005 grid."""
+    same = np.array([bool(p["same"]) for p in pairs])
+    points = [dict(threshold=float(t), **rates(sims >= t, same)) for t in GRID]
+    reached = [p for p in points if p["hits"] and p["precision"] >= TARGET_PRECISION]
     kinds = sorted({p["kind"] for p in pairs if not p["same"]})
     return {
-        "chosen": chosen,
-        "best_f1": best_f1,
+        "lowest_threshold_with_precision_0.99": reached[0] if reached else None,
+        "best_f1": max(points, key=lambda p: p["f1"]),
         "key_points": [p for p in points if p["threshold"] in KEY_THRESHOLDS],
         "paraphrase_similarity": summary(sims[same]),
         "near_miss_similarity": summary(sims[~same]),
@@ -130,27 +366,6 @@ def threshold_curve(pairs: list[dict[str, Any]], embedder: Any) -> dict[str, Any
 
 
 KEY_THRESHOLDS = {0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995}
-
-
-def cosine(embedder: Any, a: str, b: str) -> float:
-    return float(embedder.embed_query(normalize(a)) @ embedder.embed_query(normalize(b)))
-
-
-def curve_point(threshold: float, sims: np.ndarray, same: np.ndarray) -> dict[str, Any]:
-    hit = sims >= threshold
-    true_hits, false_hits = int((hit & same).sum()), int((hit & ~same).sum())
-    hits = true_hits + false_hits
-    precision = true_hits / hits if hits else 1.0
-    recall = true_hits / int(same.sum())
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {
-        "threshold": threshold,
-        "precision": round(precision, 4),
-        "recall": round(recall, 4),
-        "f1": round(f1, 4),
-        "hits": hits,
-        "false_hits": false_hits,
-    }
 
 
 def summary(values: np.ndarray) -> dict[str, float]:
@@ -324,12 +539,12 @@ def variant(query: str, rng: random.Random) -> str:
 
 
 def replay(
-    path: Path, log: list[dict[str, Any]], embedder: Any, threshold: float
+    path: Path, log: list[dict[str, Any]], embedder: Any, settings: CacheSettings
 ) -> dict[str, Any]:
     with ragstore.open(path) as store:
         col = store.collection("docs", embedder=embedder)
         col.ingest([SAMPLE_DOCS])
-        store.configure_cache(settings=CacheSettings(threshold=threshold))
+        store.configure_cache(settings=settings)
         for entry in log[:5]:
             col.search(entry["query"], k=K)
         started = time.perf_counter()

@@ -20,6 +20,7 @@ LAYERS = [
     "index",
     "search",
     "cache",
+    "answer",
     "engine",
     "eval",
     "server",

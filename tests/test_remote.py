@@ -276,6 +276,24 @@ def test_embedded_and_remote_give_the_same_answers(
     ]
 
 
+def test_embedded_and_remote_give_the_same_answer(
+    embedded: Store, remote: RemoteStore, name: str
+) -> None:
+    local, far = _text_collection(embedded, name), _text_collection(remote, name)
+    question = "how long do I have to return an item?"
+    options: dict[str, Any] = {"k": 3, "where": {"team": "billing"}, "extractive": True}
+    mine, theirs = local.answer(question, **options), far.answer(question, **options)
+    assert theirs.text == mine.text and "30 days" in theirs.text
+    assert theirs.citations == mine.citations
+    assert "refunds" in {c.doc_id for c in theirs.citations}
+    assert [h.chunk_id for h in theirs.hits] == [h.chunk_id for h in mine.hits]
+    assert (theirs.mode, theirs.cached, theirs.degraded) == ("extractive", None, False)
+    assert far.answer(question, **options).cached == "exact"
+    with pytest.raises(ragstore.InvalidInput) as bad:
+        far.answer(question, k=0)
+    assert bad.value.field == "k"
+
+
 _examples = itertools.count()
 
 
@@ -302,10 +320,11 @@ def test_random_filters_give_the_same_answers_local_and_remote(
 
 
 def test_the_remote_interface_matches_the_embedded_one() -> None:
-    local_only = {"self", "reranker", "tenant"}  # a callable; the server's own partition
+    # a callable; the server's own partition; the server's own model; a local stream
+    local_only = {"self", "reranker", "tenant", "llm", "stream"}
     search_options = set(SearchOptions.__annotations__)
     for method in ("upsert", "upsert_vectors", "search", "search_batch", "search_vectors",
-                   "get", "peek", "count", "delete", "info", "index_stats"):  # fmt: skip
+                   "get", "peek", "count", "delete", "info", "index_stats", "answer"):  # fmt: skip
         mine = inspect.signature(getattr(Collection, method)).parameters
         theirs = inspect.signature(getattr(RemoteCollection, method)).parameters
         assert set(theirs) - {"options"} <= set(mine), method

@@ -536,7 +536,7 @@ def test_metrics_parse_and_count_what_happened(server: Server, admin: httpx.Clie
     assert docs[("acme", "docs")] >= 4
     assert "ragstore_collection_chunks" in families
     queues = {s.labels["pool"] for s in families["ragstore_queue_depth"].samples}
-    assert queues == {"search", "write"}
+    assert queues == {"search", "write", "answer"}
     assert {s.labels["status"] for s in families["ragstore_ingest_jobs_current"].samples} >= {
         "queued", "running", "succeeded"
     }  # fmt: skip

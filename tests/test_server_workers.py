@@ -144,7 +144,7 @@ def test_metrics_add_up_the_requests_of_every_worker(server: Server) -> None:
         assert parse_count(scrape.text) == before + 30
         families = {f.name: f for f in text_string_to_metric_families(scrape.text)}
         depths = {s.labels["pool"]: s.value for s in families["ragstore_queue_depth"].samples}
-        assert set(depths) == {"search", "write"}
+        assert set(depths) == {"search", "write", "answer"}
         assert depths["search"] >= 1  # this scrape is running on a search worker
         assert "ragstore_ingest_jobs_current" in families
 

@@ -243,9 +243,11 @@ def test_public_names_are_pinned() -> None:
     assert sorted(ragstore.__all__) == sorted(
         [
             "AccessDenied",
+            "Answer",
             "AsyncRemoteCollection",
             "AsyncRemoteStore",
             "ChunkingConfig",
+            "Citation",
             "Collection",
             "CollectionConfig",
             "CollectionInfo",
@@ -259,6 +261,7 @@ def test_public_names_are_pinned() -> None:
             "InvalidConfig",
             "InvalidFilter",
             "InvalidInput",
+            "LLMError",
             "ModelMismatch",
             "NotFound",
             "RagstoreError",

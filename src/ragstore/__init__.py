@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from ragstore.answer.types import Answer, Citation
 from ragstore.client import (
     DEFAULT_TENANT,
     AsyncRemoteCollection,
@@ -31,6 +32,7 @@ from ragstore.errors import (
     InvalidConfig,
     InvalidFilter,
     InvalidInput,
+    LLMError,
     ModelMismatch,
     NotFound,
     RagstoreError,
@@ -70,9 +72,11 @@ def open(path: str | Path = "./ragstore-data", *, create: bool = True) -> Store:
 
 __all__ = [
     "AccessDenied",
+    "Answer",
     "AsyncRemoteCollection",
     "AsyncRemoteStore",
     "ChunkingConfig",
+    "Citation",
     "Collection",
     "CollectionConfig",
     "CollectionInfo",
@@ -86,6 +90,7 @@ __all__ = [
     "InvalidConfig",
     "InvalidFilter",
     "InvalidInput",
+    "LLMError",
     "ModelMismatch",
     "NotFound",
     "RagstoreError",

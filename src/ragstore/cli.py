@@ -24,6 +24,9 @@ import click
 from pydantic import ValidationError
 
 import ragstore
+from ragstore.answer.service import DEFAULT_K as DEFAULT_ANSWER_K
+from ragstore.answer.service import AnswerStream
+from ragstore.answer.types import Answer
 from ragstore.cache import QueryCache
 from ragstore.config import DEFAULT_EMBEDDER, config_error
 from ragstore.embed.local import MiniLMEmbedder
@@ -409,6 +412,91 @@ def query(
         click.echo(f"     {_snippet(hit.text)}")
     cached = f" (cached: {hits[0].cached})" if hits and hits[0].cached else ""
     click.echo(f"{len(hits)} hit(s) in {took_ms} ms{cached}", err=True)
+
+
+@cli.command()
+@click.argument("question")
+@click.option(
+    "-k", "k", default=DEFAULT_ANSWER_K, show_default=True, type=int,
+    help="Passages to answer from.",
+)  # fmt: skip
+@click.option("--filter", "filter_json", help='Metadata filter as JSON, e.g. \'{"lang": "en"}\'.')
+@click.option(
+    "--mode",
+    type=click.Choice(["hybrid", "dense", "keyword"]),
+    default="hybrid",
+    show_default=True,
+    help="How the passages are searched for.",
+)
+@click.option(
+    "--extractive", is_flag=True, help="Answer with the passages' sentences even when a "
+    "language model is configured.",
+)  # fmt: skip
+@click.option("--no-cache", is_flag=True, help="Answer without the answer cache.")
+@click.option("--json", "as_json", is_flag=True, help="Print the answer as JSON.")
+@store_option
+@collection_option
+@pass_context
+def ask(
+    obj: Context,
+    question: str,
+    k: int,
+    filter_json: str | None,
+    mode: str,
+    extractive: bool,
+    no_cache: bool,
+    as_json: bool,
+) -> None:
+    """Answer QUESTION from the collection, citing the passages it rests on.
+
+    With RAGSTORE_LLM_URL and RAGSTORE_LLM_MODEL set, a language model writes the answer
+    (docs/answers.md); without them the answer is extractive: the sentences of the best
+    passages that answer the question best. A model that fails gives the extractive
+    answer, with a note on stderr.
+    """
+    with _failures():
+        where = _parse_filter_option(filter_json)
+        col = obj.collection()
+        with _progress(enabled=not as_json and _on_terminal(), label="loading the model") as bar:
+            _prepare_query_model(col, bar, quiet=as_json)
+        options: dict[str, Any] = {"k": k, "where": where, "mode": cast(Mode, mode),
+                                   "cache": not no_cache, "extractive": extractive}  # fmt: skip
+        if as_json:
+            _print_json(col.answer(question, **options).to_dict())
+            return
+        written = col.answer(question, stream=True, **options)
+        streamed = "".join(_echo_deltas(written))
+        result = written.answer
+    assert result is not None
+    if result.degraded and streamed:  # failed midway: what came is not the answer
+        click.echo("\n")
+        click.echo(result.text)
+    elif not streamed:
+        click.echo("(no passage in the collection answers this)")
+    else:
+        click.echo()
+    _print_answer_footer(result)
+
+
+def _echo_deltas(written: AnswerStream) -> Iterator[str]:
+    for delta in written:
+        click.echo(delta, nl=False)
+        yield delta
+
+
+def _print_answer_footer(result: Answer) -> None:
+    """The citations on stdout; how the answer was made on stderr."""
+    for cited in result.citations:
+        name = cited.source or cited.doc_id
+        if cited.title and not name.endswith(cited.title):  # not just the file's name
+            name = f"{cited.title} ({name})"
+        click.echo(f"[{cited.marker}] {name}, {cited.chunk_id}, chars {cited.start}-{cited.end}")
+    if result.degraded:
+        click.echo(f"note: the language model failed ({result.reason}): extractive", err=True)
+    how = result.model if result.mode == "generated" else "extractive"
+    cached = f" (cached: {result.cached})" if result.cached else ""
+    took = round(sum(result.timings_ms.values()), 2)
+    click.echo(f"{how} answer from {len(result.hits)} passage(s) in {took} ms{cached}", err=True)
 
 
 @cli.command()

@@ -118,3 +118,24 @@ class RemoteError(RagstoreError):
 class AccessDenied(RemoteError):
     """The server refused the API key: missing or unknown (401), or without the role or
     scope the request needs (403)."""
+
+
+class LLMError(RemoteError):
+    """A language model endpoint gave no usable answer: ``reason`` is one of
+    ``"timeout"``, ``"connection"``, ``"rate_limited"`` (429 past the retries),
+    ``"server_error"`` (5xx past the retries), ``"deadline"`` (the overall deadline
+    passed), ``"breaker_open"`` (the endpoint failed recently and is not being called),
+    ``"shed"`` (the client-side limiter had no room in time), ``"refused"`` (401, 403 or
+    404: the key, the model or the URL is wrong; the message names the variable to set)
+    or ``"bad_response"``."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str,
+        status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, status=status, retry_after=retry_after)
+        self.reason = reason

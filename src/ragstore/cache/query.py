@@ -11,8 +11,8 @@ import threading
 import time
 import weakref
 from collections import Counter, deque
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, TypeVar
 
 import numpy as np
@@ -21,6 +21,7 @@ from pydantic_core import from_json
 from ragstore import terms
 from ragstore.cache import keys
 from ragstore.cache.base import CacheBackend, Entry, Vector
+from ragstore.cache.judge import Judge, default_judge
 from ragstore.cache.settings import CacheSettings
 from ragstore.config import CollectionConfig
 from ragstore.errors import StoreError
@@ -48,7 +49,11 @@ COUNTERS = (
 
 @dataclass(frozen=True, slots=True)
 class CacheKey:
-    """What a cached search is asked with (``params`` is a ``SearchParams``)."""
+    """What a cached search is asked with (``params`` is a ``SearchParams``).
+
+    ``extra`` keys a payload other than a search's hits under a scope of its own: an
+    answer names its kind, model and prompt version there (scalars only).
+    """
 
     collection_id: int
     collection_name: str
@@ -56,6 +61,7 @@ class CacheKey:
     text: str
     params: Any
     tenant: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +109,8 @@ class _Lookup:
     clock: Clock
     semantic: bool
     started: float
+    served: str | None = None
+    """The payload served, for a lookup of something other than hits (``key.extra``)."""
 
 
 class QueryCache:
@@ -122,9 +130,12 @@ class QueryCache:
         *,
         backend_name: str,
         clock: ClockFn = time.time,
+        judge: Judge | None = None,
     ) -> None:
         self.settings = settings
         self.backend = backend
+        self.judge = judge if judge is not None else default_judge()
+        """Asked about every semantic match (unless ``settings.judge`` is off)."""
         self.backend_name = backend_name
         self._source = store
         self._clock = clock
@@ -166,6 +177,13 @@ class QueryCache:
         hits = run(vector)
         self._guard(lambda: self._store(lookup, vector, hits))
         return hits
+
+    def recall(self, key: CacheKey) -> Recall:
+        """A lookup of a payload other than hits (an answer) for ``key``, whose ``extra``
+        names what it is: the same levels, freshness, TTLs and bounds as a search."""
+        if not key.extra:
+            raise ValueError("recall() is for keys with extra scope; search() takes hits")
+        return Recall(self, self._guard(lambda: self._begin(key), backend=False))
 
     def peek(self, key: CacheKey) -> list[Hit] | None:
         """The exact-level answer for ``key`` if it can be given from memory alone, else
@@ -263,7 +281,7 @@ class QueryCache:
             self._config_json(key.collection_id, key.config),
             clock.index_version,
             key.tenant,
-            params,
+            {**params, **key.extra},
         )
         semantic = self.settings.semantic and params.get("mode") != "keyword"
         text_key = keys.normalize(key.text)
@@ -281,13 +299,21 @@ class QueryCache:
         found = self.backend.nearest(lookup.scope, np.ascontiguousarray(vector, np.float32))
         if found is None or found[1] < self.settings.threshold:
             return None
-        entry = found[0]
+        entry, cosine = found
+        if self.settings.judge and not self.judge.accepts(lookup.text_key, entry.text_key, cosine):
+            return None
         if not self._usable(entry, lookup):
             return None
         return self._serve(entry, lookup, "semantic")
 
     def _store(self, lookup: _Lookup, vector: Vector | None, hits: list[Hit]) -> None:
-        cites = tuple(sorted({hit.doc_id for hit in hits}))
+        payload = json.dumps([_stored(hit) for hit in hits], ensure_ascii=False)
+        self._keep(lookup, vector, payload, [hit.doc_id for hit in hits])
+
+    def _keep(
+        self, lookup: _Lookup, vector: Vector | None, payload: str, doc_ids: Sequence[str]
+    ) -> None:
+        cites = tuple(sorted(set(doc_ids)))
         with self._source.peek() as reader:
             if reader.changed_since(lookup.collection_id, cites, lookup.clock.seq):
                 return  # a cited document changed while the search ran
@@ -298,7 +324,7 @@ class QueryCache:
             collection_id=lookup.collection_id,
             scope=lookup.scope,
             text_key=lookup.text_key,
-            hits=json.dumps([_stored(hit) for hit in hits], ensure_ascii=False),
+            hits=payload,
             cites=cites,
             vector=None if vector is None else _vector_bytes(vector),
             seq=lookup.clock.seq,
@@ -334,17 +360,24 @@ class QueryCache:
         self, entry: Entry, lookup: _Lookup, level: Level, *, may_flush: bool = True
     ) -> list[Hit]:
         self.backend.touch(entry, self._clock())
-        hits = [Hit(**{**data, "cached": level}) for data in from_json(entry.hits)]
-        if level == "semantic" and lookup.key.params.highlight:
+        hits: list[Hit] = []
+        if lookup.key.extra:
+            lookup.served = entry.hits  # not hits: the caller (a Recall) reads it
+        else:
+            hits = [Hit(**{**data, "cached": level}) for data in from_json(entry.hits)]
+        if hits and level == "semantic" and lookup.key.params.highlight:
             text = lookup.key.text
             hits = [replace(hit, highlight=terms.highlight(hit.text, text)) for hit in hits]
+        self._count_hit(lookup, level, may_flush)
+        return hits
+
+    def _count_hit(self, lookup: _Lookup, level: Level, may_flush: bool) -> None:
         elapsed = time.perf_counter() - lookup.started
         self._count(f"{level}_hits")
         self._count("hit_seconds", elapsed)
         self._latencies.append(elapsed * 1000)
         if may_flush and time.monotonic() - self._flushed_at > STATS_FLUSH_S:
             self.flush()
-        return hits
 
     # ------------------------------------------------------------------ bookkeeping
 
@@ -398,6 +431,44 @@ class QueryCache:
             logger.info("query cache available again")
             self._failing = False
         return result
+
+
+class Recall:
+    """One cached computation other than a search (an answer), step by step: look it up
+    with :meth:`exact`, then with :meth:`semantic` once the query vector is known; on a
+    miss, :meth:`keep` the payload computed. Each step is guarded like a search's: when
+    the backend fails, it misses and keeps nothing."""
+
+    def __init__(self, cache: QueryCache, lookup: _Lookup | None) -> None:
+        self._cache = cache
+        self._lookup = lookup
+
+    def exact(self) -> str | None:
+        """The payload stored under exactly this key, if fresh."""
+        lookup = self._lookup
+        if lookup is None:
+            return None
+        found = self._cache._guard(lambda: self._cache._exact(lookup))
+        return None if found is None else lookup.served
+
+    def semantic(self, vector: Vector | None) -> str | None:
+        """The payload of the nearest earlier query of this scope, if close enough (and
+        the judge accepts it) and fresh."""
+        lookup = self._lookup
+        if lookup is None or vector is None or not lookup.semantic:
+            return None
+        lookup.started = time.perf_counter()
+        found = self._cache._guard(lambda: self._cache._semantic(lookup, vector))
+        return None if found is None else lookup.served
+
+    def keep(self, vector: Vector | None, payload: str, doc_ids: Sequence[str]) -> None:
+        """Count a miss and store ``payload``, which rests on the documents ``doc_ids``
+        (unless one of them changed since the lookup began)."""
+        lookup = self._lookup
+        if lookup is None:
+            return
+        self._cache._count("misses")
+        self._cache._guard(lambda: self._cache._keep(lookup, vector, payload, doc_ids))
 
 
 def _stored(hit: Hit) -> dict[str, Any]:

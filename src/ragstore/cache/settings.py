@@ -7,12 +7,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ragstore.errors import InvalidConfig
 
 DAY_S = 86_400.0
-DEFAULT_THRESHOLD = 0.995
-"""Cosine similarity from which an earlier query's answer is reused, measured by
-benchmarks/cache.py on the labelled pair set: no threshold that lets any paraphrase
-through reaches precision 0.99 with all-MiniLM-L6-v2 (one-word near-misses such as
-"to"/"from" or "under 50"/"over 50" reach cosine 0.99), so the default is the lowest
-threshold that no near-miss passes; in practice only near-identical wordings hit."""
+DEFAULT_THRESHOLD = 0.45
+"""Cosine floor of the semantic level: below it the judge (:mod:`ragstore.cache.judge`)
+is not asked. Chosen by ``benchmarks/cache.py --fit`` on the train split of the labelled
+pairs: the highest floor (0.05 grid) that costs the judge no paraphrase it accepts there;
+the judge, not the floor, keeps near-misses out. Cosine alone cannot be the test:
+one-word near-misses such as "to"/"from" or "under 50"/"over 50" score up to 0.99 with
+all-MiniLM-L6-v2, above most paraphrases."""
 
 
 class TtlRule(BaseModel):
@@ -54,19 +55,24 @@ class TtlRule(BaseModel):
 class CacheSettings(BaseModel):
     """How the query cache behaves.
 
-    ``semantic`` turns the second level on: a query whose embedding has cosine
-    ``>= threshold`` with an earlier query under the same key reuses its answer (dense
-    and hybrid searches only). ``max_entries`` and ``max_bytes`` bound the cache, least
-    recently used first out. With ``strict``, any document write to a collection (an
-    insert too) retires every entry computed before it; otherwise only the entries
-    citing an updated or deleted document are retired and new documents reach cached
-    queries when their TTL ends.
+    ``semantic`` turns the second level on (dense and hybrid searches only): a query
+    reuses the answer of the earlier query under the same key whose embedding is
+    nearest, when their cosine is ``>= threshold`` and, with ``judge`` (the default),
+    :func:`ragstore.cache.judge.default_judge` accepts the pair: it refuses questions
+    that differ in a negation, a number, an opposite word or the order of their words,
+    and weighs the content words they do not share. ``judge=False`` leaves cosine alone
+    to decide; then only a threshold near 1 is safe (see ``docs/cache.md``).
+    ``max_entries`` and ``max_bytes`` bound the cache, least recently used first out.
+    With ``strict``, any document write to a collection (an insert too) retires every
+    entry computed before it; otherwise only the entries citing an updated or deleted
+    document are retired and new documents reach cached queries when their TTL ends.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     semantic: bool = True
     threshold: float = Field(default=DEFAULT_THRESHOLD, gt=0, le=1)
+    judge: bool = True
     max_entries: int = Field(default=10_000, ge=1)
     max_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     ttl: TtlRule = TtlRule()

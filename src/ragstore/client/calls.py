@@ -18,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ragstore import errors
+from ragstore.answer import types as answers
 from ragstore.config import DEFAULT_EMBEDDER, ChunkingConfig, CollectionConfig, IndexConfig
 from ragstore.engine.store import CollectionInfo
 from ragstore.errors import (
@@ -433,6 +434,25 @@ def search_batch(path: str, bodies: list[dict[str, Any]]) -> Steps[list[SearchRe
         found = checked((yield Call("POST", path + "/search/batch", part)))
         results += [results_of(each) for each in found["results"]]
     return results
+
+
+def answer_body(
+    question: str,
+    k: int,
+    where: Mapping[str, Any] | None,
+    mode: str | None,
+    min_score: float | None,
+    cache: bool,
+    extractive: bool,
+) -> dict[str, Any]:
+    """The JSON body of one (unstreamed) answer."""
+    return {"question": question, "k": k, "filter": where, "mode": mode,
+            "min_score": min_score, "cache": cache, "extractive": extractive}  # fmt: skip
+
+
+def answer(path: str, body: Mapping[str, Any]) -> Steps[answers.Answer]:
+    """One answer, written by the server's language model or extractive."""
+    return answers.Answer.from_dict(checked((yield Call("POST", path + "/answer", body))))
 
 
 def ids_and_scores(hits: Sequence[Hit]) -> tuple[list[str], npt.NDArray[np.float32]]:

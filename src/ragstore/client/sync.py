@@ -11,11 +11,13 @@ import httpx
 import numpy as np
 import numpy.typing as npt
 
+from ragstore.answer.service import DEFAULT_K as DEFAULT_ANSWER_K
+from ragstore.answer.types import Answer
 from ragstore.client import calls
 from ragstore.client.transport import DEFAULT_TENANT, Settings, answer_of, transport_error
 from ragstore.config import DEFAULT_EMBEDDER, CollectionConfig, IndexConfig
 from ragstore.engine.store import CollectionInfo
-from ragstore.search.hybrid import SearchOptions, SearchResults
+from ragstore.search.hybrid import Mode, SearchOptions, SearchResults
 from ragstore.store.base import AliasRow
 from ragstore.types import DEFAULT_INCLUDE, DocumentPage, IngestReport
 
@@ -175,6 +177,22 @@ class RemoteCollection:
         """One result list per text of ``queries`` or row of ``vectors``."""
         bodies = calls.batch_bodies(queries, vectors, cache, options)
         return self.store.run(calls.search_batch(self._path, bodies))
+
+    def answer(
+        self,
+        question: str,
+        *,
+        k: int = DEFAULT_ANSWER_K,
+        where: Mapping[str, Any] | None = None,
+        mode: Mode | None = None,
+        min_score: float | None = None,
+        cache: bool = True,
+        extractive: bool = False,
+    ) -> Answer:
+        """An answer to ``question`` with citations, written by the server's language
+        model or extractive (see :meth:`ragstore.Collection.answer`; not streamed)."""
+        body = calls.answer_body(question, k, where, mode, min_score, cache, extractive)
+        return self.store.run(calls.answer(self._path, body))
 
     def search_vectors(
         self,

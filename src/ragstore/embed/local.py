@@ -15,8 +15,11 @@ import logging
 import os
 import re
 import threading
+from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
+
+import numpy as np
 
 from ragstore.embed.base import Vectors
 from ragstore.embed.onnx_query import FILENAMES, PRECISIONS, OnnxQueryEncoder, QueryPrecision
@@ -99,6 +102,13 @@ class MiniLMEmbedder(SentenceTransformerEmbedder):
         if onnx_query is not None:
             return onnx_query.embed(text)
         return super().embed_query(text)
+
+    def embed_queries(self, texts: Sequence[str]) -> Vectors:
+        """Embed several short texts as :meth:`embed_query` does each, one row per text:
+        for scoring sentences, the int8 query encoder costs a fifth of a torch batch."""
+        if not texts:
+            return np.empty((0, self.dim), dtype=np.float32)
+        return np.stack([self.embed_query(text) for text in texts]).astype(np.float32)
 
     def _query_encoder(self) -> OnnxQueryEncoder | None:
         if self._query_loaded:

@@ -18,11 +18,15 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Concatenate, ParamSpec, TypeVar, Unpack, cast
+from typing import Any, Concatenate, Literal, ParamSpec, TypeVar, Unpack, cast, overload
 
 import numpy as np
 import numpy.typing as npt
 
+from ragstore.answer import service as answering
+from ragstore.answer.llm import ChatModel
+from ragstore.answer.service import AnswerStream
+from ragstore.answer.types import Answer
 from ragstore.cache import (
     CacheKey,
     CacheSettings,
@@ -685,6 +689,102 @@ class Collection:
         hits = cache.peek(key)
         return None if hits is None else SearchResults(hits)
 
+    @overload
+    def answer(
+        self,
+        question: str,
+        *,
+        k: int = ...,
+        where: Mapping[str, Any] | None = ...,
+        mode: Mode | None = ...,
+        min_score: float | None = ...,
+        stream: Literal[False] = ...,
+        cache: bool = ...,
+        tenant: str | None = ...,
+        extractive: bool = ...,
+        llm: ChatModel | None = ...,
+    ) -> Answer: ...
+
+    @overload
+    def answer(
+        self,
+        question: str,
+        *,
+        k: int = ...,
+        where: Mapping[str, Any] | None = ...,
+        mode: Mode | None = ...,
+        min_score: float | None = ...,
+        stream: Literal[True],
+        cache: bool = ...,
+        tenant: str | None = ...,
+        extractive: bool = ...,
+        llm: ChatModel | None = ...,
+    ) -> AnswerStream: ...
+
+    @overload
+    def answer(
+        self,
+        question: str,
+        *,
+        k: int = ...,
+        where: Mapping[str, Any] | None = ...,
+        mode: Mode | None = ...,
+        min_score: float | None = ...,
+        stream: bool,
+        cache: bool = ...,
+        tenant: str | None = ...,
+        extractive: bool = ...,
+        llm: ChatModel | None = ...,
+    ) -> Answer | AnswerStream: ...
+
+    def answer(
+        self,
+        question: str,
+        *,
+        k: int = answering.DEFAULT_K,
+        where: Mapping[str, Any] | None = None,
+        mode: Mode | None = None,
+        min_score: float | None = None,
+        stream: bool = False,
+        cache: bool = True,
+        tenant: str | None = None,
+        extractive: bool = False,
+        llm: ChatModel | None = None,
+    ) -> Answer | AnswerStream:
+        """An answer to ``question`` from the ``k`` best chunks, with citations.
+
+        ``llm`` writes it (by default the model that ``RAGSTORE_LLM_URL`` and
+        ``RAGSTORE_LLM_MODEL`` configure); with none configured, or with ``extractive``,
+        the answer is the sentences of the passages that best answer the question. When
+        the model fails, the extractive answer comes back with ``degraded=True`` and the
+        ``reason``. ``where``, ``mode`` and ``min_score`` shape the search as in
+        :meth:`search`. With ``cache``, an answer to the same (or, judged close enough,
+        a paraphrased) question is reused while no document it was built from has
+        changed; ``tenant`` partitions the cache. With ``stream``, an
+        :class:`~ragstore.answer.AnswerStream` yields the text as it is written.
+        """
+        if not isinstance(question, str) or not question.strip():
+            raise InvalidInput("question must be a non-empty string", field="question")
+        check_text(question, "question")
+        params = hybrid.search_params(False, k=k, where=where, mode=mode, min_score=min_score)
+        tenant = check_tenant(tenant)
+        embedder = self.embedder
+        if embedder is None:
+            raise InvalidInput(
+                f"collection {self.name!r} holds vectors, not text: it cannot answer questions",
+                field="collection",
+            )
+        asked = answering.Question(
+            text=question,
+            embedder=embedder,
+            embed=lambda: self._query_vector(question, None, params.mode),
+            search=lambda vector: self._run(question, vector, params, None),
+            key=CacheKey(self.id, self.name, self.config, question, params, tenant),
+            cache=cache_for(self._db) if cache else None,
+        )
+        chat = None if extractive else (llm or answering.default_llm())
+        return answering.stream(asked, chat) if stream else answering.answer(asked, chat)
+
     def _run(
         self,
         query: str | None,
@@ -1145,6 +1245,7 @@ class AliasedCollection(Collection):
     search = _follow(Collection.search)
     search_batch = _follow(Collection.search_batch)
     search_vectors = _follow(Collection.search_vectors)
+    answer = _follow(Collection.answer)  # type: ignore[assignment]  # keeps its overloads
     get = _follow(Collection.get)
     peek = _follow(Collection.peek)
     page_of_ids = _follow(Collection.page_of_ids)

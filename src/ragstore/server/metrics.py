@@ -18,11 +18,17 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
 
+from ragstore.answer.llm import Completion
+from ragstore.answer.types import Answer
 from ragstore.engine.doctor import EXIT_CODES, Diagnosis
 
 LATENCY_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0
 )  # fmt: skip
+
+LLM_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0, 120.0)
+BREAKER_STATES = {"closed": 0.0, "half_open": 1.0, "open": 2.0}
+"""``ragstore_llm_breaker_state``'s values."""
 
 Sizes = Callable[[], Iterable[tuple[str, str, int, int]]]
 """-> (tenant, collection, documents, chunks) for every collection."""
@@ -75,6 +81,44 @@ class Metrics:
             ["collection", "check", "figure"], multiprocess_mode="mostrecent", registry=r,
         )  # fmt: skip
         self._scraped: _Scraped | None = None
+        self._add_answer_metrics(r)
+
+    def _add_answer_metrics(self, r: CollectorRegistry) -> None:
+        self.answers = Counter(
+            "ragstore_answers", "Answers, by how they were made and cache level",
+            ["mode", "cached", "degraded"], registry=r,
+        )  # fmt: skip
+        self.answer_stage = Histogram(
+            "ragstore_answer_stage_duration_seconds", "Time an answer spent in each stage",
+            ["stage"], buckets=(*LATENCY_BUCKETS, 60.0, 120.0), registry=r,
+        )  # fmt: skip
+        self.llm_tokens = Counter(
+            "ragstore_llm_tokens", "Tokens the language model used, by kind (prompt, "
+            "completion)", ["model", "kind"], registry=r,
+        )  # fmt: skip
+        self.llm_cost = Counter(
+            "ragstore_llm_cost_usd", "What the language model's calls cost, in US dollars",
+            ["model"], registry=r,
+        )  # fmt: skip
+        self.llm_latency = Histogram(
+            "ragstore_llm_attempt_duration_seconds", "Each attempt at a language model call, "
+            "by outcome", ["model", "outcome"], buckets=LLM_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.llm_retries = Counter(
+            "ragstore_llm_retries", "Language model attempts retried, by the failed attempt's "
+            "outcome", ["model", "reason"], registry=r,
+        )  # fmt: skip
+        self.llm_breaker = Gauge(
+            "ragstore_llm_breaker_state", "The language model's circuit breaker: 0 closed, "
+            "1 half-open, 2 open", ["model"], multiprocess_mode="mostrecent", registry=r,
+        )  # fmt: skip
+
+    def record_answer(self, answer: Answer) -> None:
+        """Count an answer served, and time its stages."""
+        degraded = "true" if answer.degraded else "false"
+        self.answers.labels(answer.mode, answer.cached or "no", degraded).inc()
+        for stage, ms in answer.timings_ms.items():
+            self.answer_stage.labels(stage).observe(ms / 1000)
 
     def record_diagnosis(self, diagnosis: Diagnosis) -> None:
         """Set the doctor gauges to a run's findings."""
@@ -103,6 +147,33 @@ class Metrics:
         """Drop this process's live gauges from the shared totals (it is exiting)."""
         if multiprocess():
             mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
+
+
+class LLMMetrics:
+    """The language model's calls as metrics: an ``LLMObserver`` for the server's model."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._m = metrics
+
+    def on_attempt(self, model: str, outcome: str, seconds: float) -> None:
+        """Time one attempt, by outcome."""
+        self._m.llm_latency.labels(model, outcome).observe(seconds)
+
+    def on_retry(self, model: str, reason: str) -> None:
+        """Count a retry."""
+        self._m.llm_retries.labels(model, reason).inc()
+
+    def on_completion(self, completion: Completion) -> None:
+        """Count the tokens and the cost of a call that succeeded."""
+        usage = completion.usage
+        self._m.llm_tokens.labels(completion.model, "prompt").inc(usage.prompt_tokens)
+        self._m.llm_tokens.labels(completion.model, "completion").inc(usage.completion_tokens)
+        if completion.cost_usd is not None:
+            self._m.llm_cost.labels(completion.model).inc(completion.cost_usd)
+
+    def on_breaker(self, model: str, state: str) -> None:
+        """Show the breaker's state."""
+        self._m.llm_breaker.labels(model).set(BREAKER_STATES.get(state, 0.0))
 
 
 def multiprocess() -> bool:

@@ -23,7 +23,12 @@ class JSON(JSONResponse):
 
     def render(self, content: Any) -> bytes:
         """Serialise ``content``; non-finite floats become ``null``."""
-        return to_json(content, inf_nan_mode="null", fallback=_plain)
+        return json_bytes(content)
+
+
+def json_bytes(content: Any) -> bytes:
+    """``content`` as compact UTF-8 JSON, as every response writes it."""
+    return to_json(content, inf_nan_mode="null", fallback=_plain)
 
 
 def hit_dict(hit: Hit) -> dict[str, Any]:

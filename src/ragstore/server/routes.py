@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi.responses import Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import ValidationError
 
@@ -19,6 +20,7 @@ from ragstore.config import IndexConfig
 from ragstore.engine.store import Collection, CollectionInfo
 from ragstore.errors import Conflict, InvalidConfig, InvalidInput, NotFound
 from ragstore.search.hybrid import SearchOptions, SearchResults
+from ragstore.server.answers import answer_dict, answer_once, answer_stream, check_answer
 from ragstore.server.auth import TENANT_PATTERN, Principal, Role
 from ragstore.server.errors import ApiError
 from ragstore.server.jobs import Job
@@ -26,6 +28,7 @@ from ragstore.server.responses import JSON, hit_dict
 from ragstore.server.runtime import Runtime, check_json_field, check_text
 from ragstore.server.schemas import (
     AliasSet,
+    AnswerRequest,
     BatchSearchRequest,
     CollectionCreate,
     CountRequest,
@@ -430,6 +433,32 @@ def _options(body: SearchRequest) -> SearchOptions:
         "nprobe": body.nprobe,
         "min_score": body.min_score,
     }
+
+
+# ---------------------------------------------------------------------- answer
+
+
+@router.post(
+    COLLECTION + "/answer",
+    summary="Answer a question",
+    response_model=None,
+    responses={200: {"content": {"text/event-stream": {}}}},
+)
+async def answer(
+    tenant: Tenant, collection: Name, body: AnswerRequest, rt: Rt, who: Who
+) -> Response:
+    """An answer to ``question`` from the ``k`` best chunks, with citations, token
+    counts, cost and stage timings (see ``Collection.answer``): written by the server's
+    language model, or extractive when none is configured or ``extractive`` is true, or
+    when the model fails (``degraded: true`` and the ``reason``). ``cache`` (default
+    true) reuses an answer while no document it rests on changed. With ``stream``, the
+    answer comes as Server-Sent Events: ``hits``, then ``delta`` events with the text,
+    then ``answer`` with the whole answer."""
+    who.require("read", tenant, collection)
+    check_answer(body, rt)
+    if body.stream:
+        return await answer_stream(rt, tenant, collection, body)
+    return JSON(answer_dict(await answer_once(rt, tenant, collection, body)))
 
 
 # ------------------------------------------------------------- jobs and cache

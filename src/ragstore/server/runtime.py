@@ -8,13 +8,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ragstore.answer.llm import ChatModel, LLMSettings
 from ragstore.engine.store import Store
 from ragstore.errors import InvalidInput
 from ragstore.inputs import check_json
 from ragstore.server.auth import KeyRing
 from ragstore.server.errors import ApiError
 from ragstore.server.jobs import JOBS_FILENAME, JobBoard, JobRunner
-from ragstore.server.metrics import Metrics
+from ragstore.server.metrics import LLMMetrics, Metrics
 from ragstore.server.settings import ServerSettings
 from ragstore.server.tenancy import Collections, ServerEmbedder, split_name
 from ragstore.server.work import WorkPool
@@ -37,6 +38,8 @@ class Runtime:
         self.metrics = Metrics()
         self.search_pool = self._pool("search", limits.search_workers, limits.search_queue)
         self.write_pool = self._pool("write", limits.write_workers, limits.write_queue)
+        self.answer_pool = self._pool("answer", limits.answer_workers, limits.answer_queue)
+        self.llm = _language_model(self.metrics)
         board = JobBoard(run_dir / JOBS_FILENAME if run_dir is not None else None)
         rejected = self.metrics.rejected
         self.jobs = JobRunner(
@@ -106,7 +109,10 @@ class Runtime:
         """Let the running job finish its batch, drain the pools, close the store."""
         self.jobs.shutdown()
         self.write_pool.shutdown()
+        self.answer_pool.shutdown()
         self.search_pool.shutdown()
+        if self.llm is not None:
+            self.llm.close()
         if self.store is not None:
             self.store.close()
         self.metrics.close()
@@ -143,6 +149,17 @@ class Runtime:
             names = split_name(info.name)
             if names is not None:
                 yield names[0], names[1], info.documents, info.chunks
+
+
+def _language_model(metrics: Metrics) -> ChatModel | None:
+    """The model ``RAGSTORE_LLM_*`` configures, reporting to the metrics (``None``: the
+    answers are extractive). One per process, so its breaker and limiter see every call."""
+    settings = LLMSettings.from_env()
+    if settings is None:
+        return None
+    metrics.llm_breaker.labels(settings.model).set(0)
+    log.info("answers are written by a language model", extra={"model": settings.model})
+    return ChatModel(settings, observer=LLMMetrics(metrics))
 
 
 def check_text(value: str | None, limit: int, field: str) -> None:

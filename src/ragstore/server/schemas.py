@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictFloat, ValidationInfo
 from pydantic_core import PydanticCustomError
 
+from ragstore.answer.service import DEFAULT_K as DEFAULT_ANSWER_K
 from ragstore.errors import InvalidInput
 from ragstore.inputs import check_text
 from ragstore.records import MAX_ID_LENGTH
@@ -181,6 +182,22 @@ class SearchRequest(BaseModel):
     min_score: float | None = Field(default=None, strict=True)
     explain: bool = False
     cache: bool = True
+
+
+class AnswerRequest(BaseModel):
+    """``POST .../answer``: the arguments of ``Collection.answer``; with ``stream``, the
+    answer comes as Server-Sent Events (see docs/answers.md)."""
+
+    model_config = _STRICT
+
+    question: Text = Field(min_length=1)
+    k: int = Field(default=DEFAULT_ANSWER_K, ge=1, le=MAX_K, strict=True)
+    mode: Literal["hybrid", "dense", "keyword"] | None = None
+    filter: dict[str, Any] | None = None
+    min_score: float | None = Field(default=None, strict=True)
+    cache: bool = Field(default=True, strict=True)
+    extractive: bool = Field(default=False, strict=True)
+    stream: bool = Field(default=False, strict=True)
 
 
 MAX_BATCH_SEARCHES = 100

@@ -15,7 +15,9 @@ class Limits(BaseModel):
 
     Exceeding a size limit (body, batch, text) answers 413; a value out of range
     (``k``, filter depth) answers 422; a full work queue answers 429 with
-    ``Retry-After``. Every error body names the field.
+    ``Retry-After``. Every error body names the field. Answers run on a pool of their
+    own (``answer_workers``): they mostly wait for the language model, and must not
+    hold the search workers while they do.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -32,6 +34,8 @@ class Limits(BaseModel):
     search_queue: int = Field(default=32, ge=0)
     write_workers: int = Field(default=1, ge=1)
     write_queue: int = Field(default=4, ge=0)
+    answer_workers: int = Field(default=8, ge=1)
+    answer_queue: int = Field(default=32, ge=0)
     max_pending_jobs: int = Field(default=8, ge=1)
     jobs_kept: int = Field(default=1000, ge=1)
     retry_after_s: int = Field(default=1, ge=1)

@@ -8,6 +8,7 @@ When both are taken, :meth:`WorkPool.run` refuses at once with 429 and
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -47,10 +48,11 @@ class WorkPool:
         return max(self._admitted - self.workers, 0)
 
     async def run(self, fn: Callable[[], T]) -> T:
-        """Run ``fn`` on the pool and await its result; 429 when the pool is full."""
+        """Run ``fn`` on the pool and await its result; 429 when the pool is full. It
+        runs in a copy of the caller's context, so its log lines name the request."""
         self._admit()
         try:
-            future = self._executor.submit(fn)
+            future = self._executor.submit(contextvars.copy_context().run, fn)
         except RuntimeError:  # shutting down
             self._release()
             raise ApiError(503, "server is shutting down", headers={"Retry-After": "1"}) from None
