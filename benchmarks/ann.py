@@ -95,6 +95,8 @@ from environment import describe
 
 import ragstore
 from ragstore.config import IndexConfig
+from ragstore.engine.shape import VectorShape as Generator
+from ragstore.engine.shape import normalize
 from ragstore.index import ann as ragstore_ann
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,7 +119,6 @@ TARGET_RECALLS = (0.90, 0.95)
 WARMUP = 10
 MIN_QUERIES = 100  # timed per setting even past the time budget
 FULL_API_QUERIES = 300
-GEN_CHUNK = 100_000
 UPSERT_POOL_BATCHES = 200  # new vectors made up front: 200 batches, reused in a cycle
 
 Matrix = npt.NDArray[np.float32]
@@ -146,68 +147,6 @@ def read_real(store: Path, collection: str) -> Matrix:
         ).fetchall()
     matrix = np.frombuffer(b"".join(b[0] for b in blobs), dtype=np.float32)
     return matrix.reshape(len(blobs), DIM).copy()
-
-
-def normalize(x: Matrix) -> Matrix:
-    """Rows scaled to unit length."""
-    out: Matrix = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
-    return out
-
-
-# --------------------------------------------------------------------------- generator
-
-
-@dataclass
-class Generator:
-    """A Gaussian mixture fitted to real vectors: shared residual shape, per-cluster scale."""
-
-    centroids: Matrix
-    weights: npt.NDArray[np.float64]
-    scales: npt.NDArray[np.float64]
-    chol: npt.NDArray[np.float64]
-
-    @classmethod
-    def fit(cls, real: Matrix, centroids: int, seed: int) -> Generator:
-        """k-means on ``real``, then the residual covariance and per-cluster RMS norms."""
-        kmeans = faiss.Kmeans(DIM, centroids, niter=25, seed=seed, verbose=False)
-        kmeans.train(real)
-        _, assign = kmeans.index.search(real, 1)
-        assign = assign[:, 0]
-        residuals = (real - kmeans.centroids[assign]).astype(np.float64)
-        sizes = np.bincount(assign, minlength=centroids).astype(np.float64)
-        sq = np.bincount(assign, weights=(residuals**2).sum(1), minlength=centroids)
-        scales = np.sqrt(sq / np.maximum(sizes, 1))
-        scales[sizes < 2] = np.median(scales[sizes >= 2])
-        unit = residuals / scales[assign][:, None]
-        cov = unit.T @ unit / len(unit)
-        cov += np.eye(DIM) * 1e-6 * np.trace(cov) / DIM
-        return cls(kmeans.centroids.copy(), sizes / sizes.sum(), scales, np.linalg.cholesky(cov))
-
-    def sample(self, rng: np.random.Generator, n: int) -> Matrix:
-        """``n`` unit vectors, drawn in chunks so memory stays small."""
-        out = np.empty((n, DIM), dtype=np.float32)
-        for start in range(0, n, GEN_CHUNK):
-            m = min(GEN_CHUNK, n - start)
-            cluster = rng.choice(len(self.weights), size=m, p=self.weights)
-            z = rng.standard_normal((m, DIM))
-            x = self.centroids[cluster] + self.scales[cluster][:, None] * (z @ self.chol.T)
-            out[start : start + m] = normalize(x.astype(np.float32))
-        return out
-
-    def summary(self) -> dict[str, Any]:
-        """What was fitted, for the report."""
-        eig = np.linalg.eigvalsh(self.chol @ self.chol.T)
-        return {
-            "centroids": len(self.weights),
-            "residual_rms_norm_median": round(float(np.median(self.scales)), 4),
-            "residual_rms_norm_range": [
-                round(float(self.scales.min()), 4),
-                round(float(self.scales.max()), 4),
-            ],
-            "residual_covariance_participation_ratio": round(
-                float(eig.sum() ** 2 / (eig**2).sum()), 1
-            ),
-        }
 
 
 def streams(seed: int) -> tuple[np.random.Generator, np.random.Generator, np.random.Generator]:

@@ -15,13 +15,14 @@ from typing import Any
 import numpy as np
 import psycopg
 import pytest
-from conftest import RAGSTORE_BIN, unit_vectors
+from conftest import RAGSTORE_BIN, SAMPLE_DOCS, unit_vectors
 from prometheus_client.parser import text_string_to_metric_families
 from server_helpers import serving
 from test_cache import RedisServer
 
 import ragstore
 from ragstore.embed import Embedder
+from ragstore.engine import plan
 from ragstore.engine.doctor import Diagnosis
 from ragstore.engine.store import Collection, Store
 from ragstore.index.segments import VECTORS_FILE
@@ -508,3 +509,97 @@ def test_the_cli_reports_and_removes_stale_cache_entries(store: Store) -> None:
     repaired = doctor("--repair")
     assert repaired.returncode == 0, repaired.stdout + repaired.stderr
     assert json.loads(repaired.stdout)["repairs"] == [STALE_REPAIR]
+
+
+# -- queries drifting away, and the index kind for the size ----------------------------
+
+ITEMS = (
+    "headphones",
+    "a laptop",
+    "a phone",
+    "a camera",
+    "a monitor",
+    "a keyboard",
+    "a speaker",
+    "a tablet",
+    "a charger",
+    "a watch",
+    "a printer",
+    "a router",
+    "a drone",
+    "a blender",
+    "a kettle",
+    "a toaster",
+    "a vacuum",
+    "a microwave",
+    "a fridge",
+    "a television",
+    "earbuds",
+    "a projector",
+    "a scanner",
+    "a smart lock",
+    "a doorbell",
+    "a thermostat",
+    "a hair dryer",
+    "a fan",
+    "a heater",
+    "a webcam",
+)
+ON_TOPIC = [f"how long do I have to return {item}?" for item in ITEMS]
+"""Distinct questions (one item each, so the semantic cache level serves none of them
+for another) about what the sample documents hold."""
+OFF_TOPIC = [
+    "sourdough starter hydration ratio", "migration routes of arctic terns",
+    "Bach's well-tempered clavier fugues", "plate tectonics subduction zones",
+    "knitting a cable stitch scarf", "rules of cricket leg before wicket",
+    "Byzantine empire iconoclasm", "how do coral reefs bleach", "tuning a ukulele",
+    "origami crane folding steps",
+]  # fmt: skip
+
+
+def test_recent_queries_far_from_the_documents_are_drift(sqlite_store: Store) -> None:
+    col = sqlite_store.collection("docs")
+    col.ingest(SAMPLE_DOCS)
+    assert finding(sqlite_store.doctor(), "drift.queries")["queries"] == 0
+    for query in ON_TOPIC:
+        col.search(query, mode="dense", cache=True)
+    for query in OFF_TOPIC:
+        col.search(query, mode="dense", cache=True)
+
+    found = sqlite_store.doctor()
+    drift = finding(found, "drift.queries")
+    assert statuses(found).get("drift.queries") == "warn", drift
+    assert drift["recent"] == (len(ON_TOPIC) + len(OFF_TOPIC)) // 4
+    assert drift["best_match_cosine_before"] - drift["best_match_cosine_recent"] > 0.1
+
+
+def test_queries_like_the_earlier_ones_are_no_drift(sqlite_store: Store) -> None:
+    col = sqlite_store.collection("docs")
+    col.ingest(SAMPLE_DOCS)
+    more = [f"how long does shipping {item} take?" for item in ITEMS[:10]]
+    for query in ON_TOPIC + more:
+        col.search(query, mode="dense", cache=True)
+    found = sqlite_store.doctor()
+    assert statuses(found) == {}, found.findings
+    drift = finding(found, "drift.queries")
+    assert drift["recent"] == 10 and drift["best_match_cosine_recent"] > 0.2
+
+
+def test_an_index_kind_far_costlier_than_the_planned_one_warns(sqlite_store: Store) -> None:
+    col = vectors_collection(sqlite_store, name="flat")
+    col.rebuild_index({"kind": "flat"})
+    calibration = plan.shipped_calibration()
+    for point in calibration["kinds"]["flat"]:  # a machine where exact search is very slow
+        point["sweep"] = [row | {"ms": row["ms"] * 1_000_000} for row in point["sweep"]]
+    assert sqlite_store.path is not None
+    (sqlite_store.path / plan.CALIBRATION_FILE).write_text(json.dumps(calibration))
+
+    found = sqlite_store.doctor()
+    kind = finding(found, "quality.index_kind")
+    assert statuses(found) == {"quality.index_kind": "warn"}
+    assert kind["kind"] == "flat" and kind["recommended"] != "flat"
+    assert kind["calibration"] == str(sqlite_store.path / plan.CALIBRATION_FILE)
+    (sqlite_store.path / plan.CALIBRATION_FILE).unlink()
+    shipped = sqlite_store.doctor()
+    assert statuses(shipped) == {}
+    assert finding(shipped, "quality.index_kind")["calibration"] == "shipped with ragstore"

@@ -30,7 +30,9 @@ from ragstore.answer.types import Answer
 from ragstore.cache import QueryCache
 from ragstore.config import DEFAULT_EMBEDDER, config_error
 from ragstore.embed.local import MiniLMEmbedder
+from ragstore.engine import plan
 from ragstore.engine import snapshot as snapshots
+from ragstore.engine.calibrate import MIN_SIZE, SIZES, calibrate_store
 from ragstore.engine.store import DEFAULT_PAGE, MAX_PAGE, Collection, Store
 from ragstore.errors import (
     InvalidConfig,
@@ -707,6 +709,144 @@ def doctor(obj: Context, only: tuple[str, ...], repair: bool, as_json: bool) -> 
             advice = f"  -> {finding.advice}" if finding.advice else ""
             click.echo(f"{finding.status:<4}  {where}{finding.check}  {figures}{advice}")
     sys.exit(diagnosis.exit_code)
+
+
+@cli.command(name="plan")
+@click.option("--vectors", type=click.IntRange(min=1), help="Vectors (chunks) to plan for.")
+@click.option("--dim", type=click.IntRange(1, 65_536), default=384, show_default=True)
+@click.option("--qps", type=click.FloatRange(min=0, min_open=True), default=10.0,
+              show_default=True, help="Queries per second to serve.")  # fmt: skip
+@click.option("--recall", type=click.FloatRange(0, 1, min_open=True), default=0.95,
+              show_default=True, help="Recall@10 the index must reach.")  # fmt: skip
+@click.option("--filter-share", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+              help="Share of queries that carry a metadata filter.")  # fmt: skip
+@click.option("--selectivity", type=click.FloatRange(0, 1, min_open=True), default=0.01,
+              show_default=True, help="Share of the vectors a filter lets through.")  # fmt: skip
+@click.option("--metadata-bytes", type=click.IntRange(min=0), default=200, show_default=True)
+@click.option("--growth", type=click.FloatRange(min=1), default=1.0, show_default=True,
+              help="Plan for the vectors times this.")  # fmt: skip
+@click.option("--prices", type=click.Path(path_type=Path, dir_okay=False, exists=True),
+              help="JSON list of machine types: name, vcpus, ram_gib, price_per_hour.")  # fmt: skip
+@click.option("--calibration", "calibration_file", type=click.Path(path_type=Path, dir_okay=False),
+              help="Calibration file to read (or, with --calibrate, to write).")  # fmt: skip
+@click.option("--calibrate", is_flag=True, help="Measure this machine first, and keep the figures.")
+@click.option("--sizes", default=",".join(str(n) for n in SIZES), show_default=True,
+              help="With --calibrate: the vector counts measured, comma-separated.")  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+@store_option
+@collection_option
+@pass_context
+def plan_command(
+    obj: Context,
+    vectors: int | None,
+    calibration_file: Path | None,
+    calibrate: bool,
+    sizes: str,
+    prices: Path | None,
+    as_json: bool,
+    dim: int,
+    qps: float,
+    recall: float,
+    filter_share: float,
+    selectivity: float,
+    metadata_bytes: int,
+    growth: float,
+) -> None:
+    """RAM, disk, cores and index kind for a collection of --vectors, with the arithmetic.
+
+    Its costs come from a calibration: --calibration FILE, else the store's own (made by
+    `ragstore plan --calibrate`, which measures this machine on vectors shaped like the
+    store's largest collection), else the one ragstore ships.
+    """
+    if vectors is None and not calibrate:
+        raise click.UsageError("give --vectors N (or --calibrate)")
+    with _failures():
+        if calibrate:
+            steps = _sizes_option(sizes)
+            calibration_file = _calibrate_store(obj, calibration_file, steps, quiet=as_json)
+        calibration, source = _calibration(obj, calibration_file)
+        if vectors is None:
+            return
+        machines = plan.load_machines(prices) if prices else []
+        target = plan.Target(vectors, dim, qps, recall, filter_share, selectivity,
+                             metadata_bytes, growth)  # fmt: skip
+        result = plan.plan(target, calibration, machines)
+    if as_json:
+        _print_json(result.to_dict() | {"calibration_file": source})
+        return
+    _print_plan(result, source)
+
+
+def _sizes_option(raw: str) -> list[int]:
+    try:
+        sizes = sorted({int(part) for part in raw.split(",") if part.strip()})
+    except ValueError:
+        raise InvalidInput(f"--sizes: not whole numbers: {raw!r}", field="sizes") from None
+    if len(sizes) < 2 or sizes[0] < MIN_SIZE:
+        raise InvalidInput(f"--sizes: give two sizes or more, each {MIN_SIZE:,} or more",
+                           field="sizes")  # fmt: skip
+    return sizes
+
+
+def _calibrate_store(obj: Context, into: Path | None, sizes: list[int], *, quiet: bool) -> Path:
+    store = obj.store
+    if into is None:
+        if store.path is None:
+            raise InvalidInput("a PostgreSQL store keeps no files: give --calibration FILE",
+                               field="calibration")  # fmt: skip
+        into = store.path / plan.CALIBRATION_FILE
+    names = {info.name for info in store.list_collections()}
+    collection = obj.collection_name if obj.collection_name in names else None
+    say = (lambda _: None) if quiet else (lambda line: click.echo(f"measuring {line}", err=True))
+    measured = calibrate_store(store, collection, sizes=sizes, progress=say)
+    into.write_text(json.dumps(measured, indent=1) + "\n")
+    if not quiet:
+        click.echo(f"calibration written to {into}", err=True)
+    return into
+
+
+def _calibration(obj: Context, given: Path | None) -> tuple[dict[str, Any], str]:
+    """The calibration to plan with, and where it came from."""
+    if given is not None:
+        return plan.load_calibration(given), str(given)
+    return plan.calibration_for(None if is_url(obj.store_path) else Path(obj.store_path))
+
+
+def _print_plan(result: plan.Plan, source: str) -> None:
+    about = result.calibration
+    machine = about.get("machine") or {}
+    click.echo(f"calibration: {source} ({machine.get('cpu')}, {machine.get('cores')} cores, "
+               f"{about.get('measured_at')})")  # fmt: skip
+    t = result.target
+    click.echo(f"target: {t.planned:,} vectors of {t.dim} dimensions, {t.qps:g} queries/s, "
+               f"recall@10 {t.recall}")  # fmt: skip
+    for kind in result.kinds:
+        mark = "*" if kind.kind == result.recommended else " "
+        if not kind.viable:
+            click.echo(f"{mark} {kind.kind:<7} not viable: {kind.reason}")
+            continue
+        setting = " ".join(f"{k}={v}" for k, v in kind.setting.items())
+        fleet = kind.machine
+        where = f"  {fleet['nodes']} x {fleet['name']} ${fleet['cost_per_hour']}/h" if fleet else ""
+        line = (
+            f"{mark} {kind.kind:<7} RAM {_gib(kind.ram_bytes)}  disk {_gib(kind.disk_bytes)}  "
+            f"cores {kind.cores}  {kind.qps_per_core:,} q/s/core  build {kind.build_s:,} s  "
+            f"{setting}{where}"
+        )
+        click.echo(line.rstrip())
+    recommended = next((k for k in result.kinds if k.kind == result.recommended), None)
+    if recommended is None:
+        click.echo("no kind reaches the target on the calibrated figures")
+    else:
+        click.echo(f"\nrecommended: {recommended.kind}")
+        for line in recommended.arithmetic:
+            click.echo(f"  {line}")
+    for note in result.notes:
+        click.echo(f"note: {note}")
+
+
+def _gib(value: int | None) -> str:
+    return f"{(value or 0) / (1 << 30):,.2f} GiB"
 
 
 @cli.command(name="index")

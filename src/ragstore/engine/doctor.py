@@ -11,11 +11,14 @@ not ok, advice. The checks of a collection:
 - **segments**: each sealed segment's files loaded afresh (checksums verified), sampled
   vectors compared with the stored ones, and the backlog of deleted vectors it still
   holds;
-- **quality**: recall@10 of the index against exact search on sampled stored vectors;
+- **quality**: recall@10 of the index against exact search on sampled stored vectors,
+  and the index kind the capacity planner (:mod:`ragstore.engine.plan`) recommends for
+  the collection's size;
 - **model**: the embedding model this process loads against the name, version and
   dimension the collection recorded;
 - **drift**: the newest tenth of the vectors against the older ones (mean direction,
-  norm spread, nearest-neighbour similarity);
+  norm spread, nearest-neighbour similarity), and the recent queries the query cache
+  holds against the earlier ones (how close the best document each finds is);
 - **cache**: query cache entries citing documents the collection no longer holds.
 
 And of the store: the SQLite write-ahead log's size, and the query cache's rates.
@@ -32,6 +35,7 @@ import hashlib
 import itertools
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -39,6 +43,7 @@ import numpy.typing as npt
 
 from ragstore.cache import cache_for
 from ragstore.cache.base import CacheBackend, Entry
+from ragstore.engine import plan
 from ragstore.errors import RagstoreError, StoreError
 from ragstore.index.vectors import SegmentedIndex, SegmentHealth
 from ragstore.store.base import Anomaly, Reader
@@ -69,6 +74,11 @@ times the distance sampling alone gives, if more) …"""
 DRIFT_NEIGHBOUR_DROP = 0.1
 """… or when their nearest older neighbours are this much less similar than usual."""
 DRIFT_MIN_VECTORS = 100
+QUERY_DRIFT_MIN = 20
+"""Earlier queries needed to compare the recent ones with (and half as many recent)."""
+KIND_WEIGHT_RATIO = 2.0
+"""Warn when the collection's index kind needs this many times the cores and RAM of the
+kind the planner recommends."""
 WAL_WARN_BYTES = 1 << 30
 CACHE_BATCH = 500
 """Cache entries checked against the store at a time."""
@@ -134,12 +144,12 @@ def diagnose(store: Store, collections: Sequence[Collection], *, repair: bool) -
 
 
 def _examine(store: Store, collections: Sequence[Collection]) -> list[Finding]:
-    findings = [f for col in collections for f in examine_collection(col)]
+    findings = [f for col in collections for f in examine_collection(col, store.path)]
     return findings + _store_findings(store)
 
 
-def examine_collection(col: Collection) -> list[Finding]:
-    """Every check of one collection."""
+def examine_collection(col: Collection, store_path: Path | None = None) -> list[Finding]:
+    """Every check of one collection (``store_path``: where a calibration may lie)."""
     with col.backend.read() as reader:
         anomalies = reader.anomalies(col.id, col.config.dim)
         findings = _consistency(anomalies)
@@ -154,7 +164,9 @@ def examine_collection(col: Collection) -> list[Finding]:
             findings += _segment_findings(index.examine(reader), col.config.index.deleted_threshold)
     if not blocking:
         findings.append(_quality(col))
+        findings.append(_index_kind(col, store_path))
     findings.append(_model(col))
+    findings.append(_query_drift(col))
     findings.append(_stale_citations(col))
     for finding in findings:
         finding.collection = col.name
@@ -466,6 +478,65 @@ _RECALL_ADVICE = {
     "sq8": "raise rerank (index --rebuild '{\"rerank\": 64}')",
     "binary": "raise rerank (index --rebuild '{\"rerank\": 100}')",
 }
+
+
+def _index_kind(col: Collection, store_path: Path | None) -> Finding:
+    """The index kind the capacity planner recommends for the collection's size (at the
+    recall doctor recommends for, 10 queries/s), against the kind it has."""
+    kind, n = col.config.index.kind, max(col.info().chunks, 1)
+    if kind == "pgvector":
+        return Finding("quality.index_kind", "ok", {"kind": kind, "note": "in the database"})
+    calibration, source = plan.calibration_for(store_path)
+    result = plan.plan(plan.Target(vectors=n, dim=col.config.dim, recall=RECOMMEND_RECALL),
+                       calibration)  # fmt: skip
+    weights = {k.kind: plan.weight(k) for k in result.kinds if k.viable}
+    figures = {"kind": kind, "vectors": n, "recommended": result.recommended,
+               "calibration": source}  # fmt: skip
+    best = result.recommended
+    planned = {k.kind for k in result.kinds}
+    if best is None or kind == best or kind not in planned:
+        return Finding("quality.index_kind", "ok", figures)
+    costly = kind not in weights or weights[kind] > KIND_WEIGHT_RATIO * weights[best]
+    if not costly:
+        return Finding("quality.index_kind", "ok", figures)
+    advice = f'index --rebuild \'{{"kind": "{best}"}}\' (ragstore plan shows the figures)'
+    return Finding("quality.index_kind", "warn", figures, advice)
+
+
+def _query_drift(col: Collection) -> Finding:
+    """Recent queries (the query cache's entries, which hold their embeddings) against
+    the earlier ones: how close the best document each finds is."""
+    backend = cache_for(col.backend).backend
+    try:
+        entries = [e for e in backend.entries(col.id) if e.vector is not None]
+    except _cache_errors(backend) as exc:
+        return Finding("drift.queries", "warn", {"error": str(exc)}, _UNREADABLE)
+    entries.sort(key=lambda entry: entry.created_at)
+    recent = max(len(entries) // 4, 1)
+    if len(entries) - recent < QUERY_DRIFT_MIN or recent < QUERY_DRIFT_MIN // 2:
+        note = "too few recent queries in the query cache to compare (searches with cache on)"
+        return Finding("drift.queries", "ok", {"queries": len(entries), "note": note})
+    before = _best_match(col, entries[:-recent][-SAMPLE:])
+    after = _best_match(col, entries[-recent:][-SAMPLE:])
+    figures = {"queries": len(entries), "recent": recent,
+               "best_match_cosine_before": round(before, 4),
+               "best_match_cosine_recent": round(after, 4)}  # fmt: skip
+    if before - after <= DRIFT_NEIGHBOUR_DROP:
+        return Finding("drift.queries", "ok", figures)
+    advice = ("recent queries find less close documents than earlier ones: people ask about "
+              "what the collection does not hold; add documents on it")  # fmt: skip
+    return Finding("drift.queries", "warn", figures, advice)
+
+
+def _best_match(col: Collection, entries: Sequence[Entry]) -> float:
+    """Mean cosine of each query's best document."""
+    best = []
+    for entry in entries:
+        assert entry.vector is not None
+        _, scores = col.search_vectors(np.frombuffer(entry.vector, dtype=np.float32), 1)
+        if len(scores):
+            best.append(float(scores[0]))
+    return float(np.mean(best)) if best else 0.0
 
 
 # -- the query cache ------------------------------------------------------------------
