@@ -184,6 +184,7 @@ def test_plan_prints_the_arithmetic_from_the_shipped_calibration(tmp_path: Path)
     assert result.exit_code == 0, result.output
     assert "shipped with ragstore" in result.output
     assert "recommended:" in result.output and "cores = ceil(50" in result.output
+    assert "may be underestimated" in result.output  # 10 times the largest calibrated size
 
 
 def test_plan_json_uses_the_stores_own_calibration(

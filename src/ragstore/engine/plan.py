@@ -55,6 +55,8 @@ FILTER_COLUMN_BYTES = 4
 FILTER_PATHS = 2
 """Filter columns assumed when queries filter (a tenant and one more, typically)."""
 GIB = 1 << 30
+FAR = 3
+"""Past this many times the largest calibrated size, the plan warns about the breadth."""
 
 
 @dataclass(frozen=True)
@@ -542,9 +544,12 @@ def _notes(target: Target, calibration: Mapping[str, Any]) -> list[str]:
         scaled = f"search and build times scaled by {target.dim}/{dim}"
         notes.append(f"calibrated at {dim} dimensions: {scaled}; calibrate at {target.dim}")
     largest = max(p["n"] for points in calibration["kinds"].values() for p in points)
-    if target.planned > 20 * largest:
-        notes.append(f"{target.planned:,} vectors is over 20 times the largest calibrated size "
-                     f"({largest:,}): the further out, the less the fit is worth")  # fmt: skip
+    if target.planned > FAR * largest:
+        notes.append(f"{target.planned:,} vectors is over {FAR} times the largest calibrated "
+                     f"size ({largest:,}): the search breadth a recall needs may be "
+                     "underestimated (benchmarks/plan.py: 2.7 times at 10 times the size); "
+                     "calibrate nearer the target with --sizes, and check the built index "
+                     "with `ragstore index --check-recall`")  # fmt: skip
     return notes
 
 
