@@ -24,6 +24,7 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI
 
+from ragstore.answer.llm import LIMITER_PATH_VAR
 from ragstore.errors import InvalidConfig
 from ragstore.server.app import create_app
 from ragstore.server.auth import load_keys
@@ -76,6 +77,8 @@ def serve(settings: ServerSettings) -> None:
         os.environ[SETTINGS_ENV] = settings.model_dump_json()
         os.environ[RUN_DIR_ENV] = run_dir
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+        # the language model's rate limiter is shared by the workers through one file
+        os.environ.setdefault(LIMITER_PATH_VAR, str(Path(run_dir, "llm-limits.sqlite")))
         extra = {"workers": settings.workers, "run_dir": run_dir}
         log.info("starting worker processes", extra=extra)
         options["http"] = "ragstore.server.balance:BalancedHttpProtocol"  # see there
