@@ -22,6 +22,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from server_helpers import Server, check_error_body, serving
+from test_server import wait_for_job
 
 KEYS = {"k-admin": {"id": "admin", "role": "admin", "tenants": ["acme"]}}
 BASE = "/v1/tenants/acme/collections"
@@ -112,6 +113,8 @@ class Watch:
     def check(self, response: httpx.Response) -> None:
         """Below 500; an error has the one shape; a rejected request changed nothing."""
         assert response.status_code < 500, response.text
+        if response.status_code == 202:  # a batch became a job: what it writes comes later
+            wait_for_job(self.client, response.json()["job"]["id"])
         after = self.snapshot()
         if response.status_code < 400:
             if after != self.before:
