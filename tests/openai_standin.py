@@ -324,9 +324,10 @@ class _Handler(BaseHTTPRequestHandler):
         if answer.usage and (seen.body.get("stream_options") or {}).get("include_usage"):
             usage = _usage(seen.body, text)
             self._event({**_chunk(model, {}, None), "choices": [], "usage": usage})
+        # recorded before [DONE]: a client that has read [DONE] finds it there
+        seen.answered = {"text": text, "usage": usage}
         self._write_chunk(b"data: [DONE]\n\n")
         self._write_chunk(b"")
-        seen.answered = {"text": text, "usage": usage}
 
     def _event(self, data: dict[str, Any]) -> None:
         self._write_chunk(f"data: {json.dumps(data)}\n\n".encode())
