@@ -17,6 +17,7 @@ import ragstore
 from ragstore import terms
 from ragstore.index import bm25
 from ragstore.index.bm25 import BM25Index
+from ragstore.index.payload import IdSet
 from ragstore.store.sqlite.db import DB_FILENAME
 
 FTS_TOKENIZE = "porter unicode61 remove_diacritics 2 tokenchars '._-'"
@@ -131,7 +132,7 @@ def test_a_mask_keeps_only_allowed_chunks_and_still_fills_k() -> None:
     allowed = np.zeros(1001, dtype=bool)
     allowed[::3] = True
     everything, _ = index.search(terms.query_terms("cell protein"), 1000)
-    ids, _ = index.search(terms.query_terms("cell protein"), 10, allowed)
+    ids, _ = index.search(terms.query_terms("cell protein"), 10, IdSet(np.flatnonzero(allowed)))
     assert len(ids) == 10 and allowed[ids].all()
     assert ids.tolist() == [i for i in everything.tolist() if allowed[i]][:10]
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 from conftest import unit_vectors
 
-from ragstore.index import id_mask
 from ragstore.index.flat import FlatIndex, top_k
+from ragstore.index.payload import IdSet
 
 
 def reference_top_k(
@@ -47,8 +47,8 @@ def test_allowed_ids_are_searched_exactly() -> None:
     allowed = np.array([3, 77, 140, 141, 499, 10_000], dtype=np.int64)  # 10_000 is not indexed
     query = vectors[0]
 
-    ids, _ = index.search(query, 10, id_mask(allowed))
-    assert index.search(query, 10, id_mask(np.array([3, 77])))[0].tolist() in ([3, 77], [77, 3])
+    ids, _ = index.search(query, 10, IdSet(allowed))
+    assert index.search(query, 10, IdSet(np.array([3, 77])))[0].tolist() in ([3, 77], [77, 3])
 
     live = dict(enumerate(vectors))
     assert ids.tolist() == reference_top_k(live, query, 10, {3, 77, 140, 141, 499})

@@ -1,4 +1,5 @@
-"""The in-memory metadata columns select exactly the chunks the SQL filter selects."""
+"""The payload indexes select exactly the chunks the SQL filter selects: asked per chunk
+id (the growing segment and the keyword side) and per sealed segment (bitmaps)."""
 
 from __future__ import annotations
 
@@ -21,10 +22,22 @@ _names = itertools.count()
 
 
 def column_and_sql_ids(col: Collection, raw: object) -> tuple[list[int], list[int]]:
+    """The chunk ids the payload indexes let through, and those SQL lets through; where
+    chunks are sealed, each sealed segment's matches must agree with the per-id answer."""
     where = parse_filter(raw)
     assert where is not None
     with col._index.lock, col._db.read() as reader:
-        from_columns = np.flatnonzero(col._index.allowed(reader, where)).tolist()
+        col._index.catch_up(reader)
+        selection = col._index.allowed(reader, where)
+        live, _ = reader.chunk_metadata(col.id, 0, 2**63 - 1)
+        from_columns = live[selection.contains(live)].tolist()
+        for segment in col._index._sealed.values():
+            matching = selection.matching(segment)
+            sealed = set(segment.ids[matching.positions()].tolist())
+            assert sealed == set(from_columns) & set(segment.ids.tolist()), raw
+            assert np.flatnonzero(np.unpackbits(matching.bits(), bitorder="little")).tolist() == (
+                matching.positions().tolist()
+            )
         from_sql = sorted(reader.allowed_chunk_ids(col.id, where).tolist())
     return from_columns, from_sql
 
@@ -39,7 +52,13 @@ def test_columns_agree_with_sql_on_random_filters(
         records = [{"id": str(i), "vector": [1.0, i], "metadata": m} for i, m in enumerate(docs)]
         col.upsert(records)
         paths, scalars = paths_and_values(docs)
-        for _ in range(3):
+        for _ in range(2):
+            raw = data.draw(filters(paths, scalars), label="filter")
+            from_columns, from_sql = column_and_sql_ids(col, raw)
+            assert from_columns == from_sql, raw
+        col.optimize()  # every chunk sealed: filters now run on the segment's bitmaps
+        col.delete([str(i) for i in range(0, len(docs), 3)])
+        for _ in range(2):
             raw = data.draw(filters(paths, scalars), label="filter")
             from_columns, from_sql = column_and_sql_ids(col, raw)
             assert from_columns == from_sql, raw
@@ -81,3 +100,47 @@ def test_a_path_first_filtered_after_a_delete_lines_up_with_the_chunks(tmp_path:
         col.delete("a")
         found = col.search(vector=[1, 0], where={"y": 1})  # a new column, after the delete
         assert sorted(hit.doc_id for hit in found) == ["b", "c"]
+
+
+def sealed_matching(col: Collection, raw: object) -> list[payload.Matching]:
+    where = parse_filter(raw)
+    assert where is not None
+    with col._index.lock, col._db.read() as reader:
+        col._index.catch_up(reader)
+        selection = col._index.allowed(reader, where)
+        return [selection.matching(segment) for segment in col._index._sealed.values()]
+
+
+def test_a_sealed_segments_matches_are_kept_until_it_loses_chunks(tmp_path: Path) -> None:
+    with ragstore.open(tmp_path / "s") as store:
+        col = store.create_collection("k", embedder=None, dim=2)
+        records = [{"id": str(i), "vector": [1, i], "metadata": {"n": i % 10}} for i in range(100)]
+        col.upsert(records)
+        col.optimize()
+        where = {"n": {"$in": [1, 2]}}
+        first = sealed_matching(col, where)
+        assert [m.count for m in first] == [20]
+        assert sealed_matching(col, where)[0] is first[0]  # kept: nothing changed
+        col.upsert([{"id": "new", "vector": [1.0, 0.0], "metadata": {"n": 1}}])  # growing only
+        assert sealed_matching(col, where)[0] is first[0]
+        col.delete(["1"])  # the sealed segment loses a match: made again without it
+        again = sealed_matching(col, where)[0]
+        assert again is not first[0] and again.count == 19
+        ids, _ = col.search_vectors([1.0, 0.0], 30, where=where)
+        assert "1" not in ids and "new" in ids and len(ids) == 20
+
+
+def test_automatic_columns_beyond_the_bound_are_dropped_least_recent_first(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    monkeypatch.setattr(payload, "MAX_AUTOMATIC", 2)
+    with ragstore.open(tmp_path / "s") as store:
+        col = store.create_collection("a", embedder=None, dim=2)
+        meta = {"a": 1, "b": 2, "c": 3}
+        col.upsert([{"id": str(i), "vector": [1.0, i], "metadata": meta} for i in range(5)])
+        for field in ["a", "b", "a", "c"]:
+            assert col.count({field: meta[field]}) == 5
+            assert len(col.search_vectors([1.0, 0.0], 5, where={field: meta[field]})[0]) == 5
+        with col._index.lock:
+            kept = [entry["path"] for entry in col._index.payload_stats()]
+        assert kept == ["a", "c"]  # "b" was the least recently used

@@ -324,7 +324,8 @@ def test_the_remote_interface_matches_the_embedded_one() -> None:
     local_only = {"self", "reranker", "tenant", "llm", "stream"}
     search_options = set(SearchOptions.__annotations__)
     for method in ("upsert", "upsert_vectors", "search", "search_batch", "search_vectors",
-                   "get", "peek", "count", "delete", "info", "index_stats", "answer"):  # fmt: skip
+                   "get", "peek", "count", "delete", "info", "index_stats", "answer",
+                   "create_payload_index", "drop_payload_index", "payload_indexes"):  # fmt: skip
         mine = inspect.signature(getattr(Collection, method)).parameters
         theirs = inspect.signature(getattr(RemoteCollection, method)).parameters
         assert set(theirs) - {"options"} <= set(mine), method

@@ -18,6 +18,7 @@ from ragstore.cli import cli
 from ragstore.embed import Embedder
 from ragstore.engine.store import Collection, Store
 from ragstore.errors import InvalidConfig, InvalidInput
+from ragstore.index import segments
 from ragstore.index.segments import INDEX_FILE
 from ragstore.store.sqlite.backend import INDEX_DIRNAME
 from ragstore.store.sqlite.db import DB_FILENAME
@@ -141,6 +142,31 @@ def test_both_filter_plans_return_k_matching_hits(vector_store: Store, kind: str
             recalls.append(recall([h.doc_id for h in hits], exact_top(vectors, allowed, query, 10)))
         assert min(recalls) >= (1.0 if plan == "exact" else 0.5)
         assert np.mean(recalls) >= (1.0 if plan == "exact" else MIN_RECALL.get(kind, 0.9))
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "ivf"])
+def test_a_selective_filter_scans_sign_bits_and_reranks(
+    vector_store: Store, kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # At this size the scan's thresholds are never reached; lower them to run the plan.
+    monkeypatch.setattr(segments, "EXACT_DEPTH", 5)
+    monkeypatch.setattr(segments, "SCAN_SHARE", 0.2)
+    vectors = clustered(4000, seed=6)
+    col = vector_store.create_collection(
+        "scan", embedder=None, dim=DIM, index={"kind": kind, **SMALL_INDEX}
+    )
+    load(col, vectors)
+    col.optimize()
+    col.delete([str(i) for i in range(0, 4000, 200)])  # deleted matches never come back
+    allowed = [i for i in range(4000) if i % 100 < 10 and i % 200]
+    recalls = []
+    for query in clustered(20, seed=7):
+        hits = col.search(vector=query, k=10, where={"bucket": {"$lt": 10}}, explain=True)
+        assert hits.plan is not None
+        assert hits.plan["dense"][0]["plan"] == "sign-bit scan + re-rank"
+        assert len(hits) == 10 and all(int(h.doc_id) in set(allowed) for h in hits)
+        recalls.append(recall([h.doc_id for h in hits], exact_top(vectors, allowed, query, 10)))
+    assert np.mean(recalls) >= 0.95
 
 
 def test_a_filter_matching_fewer_than_k_returns_them_all(vector_store: Store) -> None:

@@ -518,8 +518,12 @@ def collections(obj: Context, as_json: bool) -> None:
             f"{info.name}: {info.documents} documents, {info.chunks} chunks; "
             f"embedder {config.embedder or '(vectors supplied)'} dim {config.dim}, "
             f"chunks {config.chunking.chunk_size}/{config.chunking.chunk_overlap} tokens, "
-            f"index {config.index.kind}"
+            f"index {config.index.kind}{_payload_indexes_shown(config.payload_indexes)}"
         )
+
+
+def _payload_indexes_shown(paths: tuple[str, ...]) -> str:
+    return f", payload indexes {', '.join(paths)}" if paths else ""
 
 
 @cli.command()
@@ -1020,6 +1024,62 @@ def alias_rollback(obj: Context, alias: str) -> None:
 def _alias_line(alias: dict[str, str | None]) -> str:
     previous = f" (previously {alias['previous']})" if alias["previous"] else ""
     return f"{alias['name']} -> {alias['collection']}{previous}"
+
+
+@cli.group(name="payload-index")
+def payload_index_group() -> None:
+    """Metadata fields indexed for filters: one made here is built at once and always
+    kept; the others are built when a filter first uses them."""
+
+
+@payload_index_group.command(name="create")
+@click.argument("path")
+@store_option
+@collection_option
+@pass_context
+def payload_index_create(obj: Context, path: str) -> None:
+    """Index the metadata field PATH (a filter field name, e.g. author.name) now and keep it."""
+    with _failures():
+        obj.collection().create_payload_index(path)
+    click.echo(f"payload index on {path}")
+
+
+@payload_index_group.command(name="drop")
+@click.argument("path")
+@store_option
+@collection_option
+@pass_context
+def payload_index_drop(obj: Context, path: str) -> None:
+    """Stop indexing PATH explicitly (exit 2 when no index was made on it)."""
+    with _failures():
+        obj.collection().drop_payload_index(path)
+    click.echo(f"dropped payload index on {path}")
+
+
+@payload_index_group.command(name="list")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@store_option
+@collection_option
+@pass_context
+def payload_index_list(obj: Context, as_json: bool) -> None:
+    """List the indexed metadata fields: made here (pinned) or built for filters."""
+    with _failures():
+        found = obj.collection().payload_indexes()
+    if as_json:
+        _print_json(found)
+        return
+    for entry in found:
+        click.echo(_payload_index_line(entry))
+
+
+def _payload_index_line(entry: dict[str, Any]) -> str:
+    kind = "pinned" if entry["pinned"] else "automatic"
+    if entry["served_by"] == "sql":
+        return f"{entry['path']}: {kind}, filtered in SQL"
+    if entry["values"] is None:
+        return f"{entry['path']}: {kind}, not built yet"
+    varied = ", too varied: the store filters it" if entry["too_varied"] else ""
+    return f"{entry['path']}: {kind}, {entry['values']} values, {entry['bytes']} bytes{varied}"
 
 
 @cli.group(name="cache")

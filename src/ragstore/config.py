@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ragstore.errors import InvalidConfig
+from ragstore.errors import InvalidConfig, InvalidInput
+from ragstore.filters import Compare, parse_filter
 
 DEFAULT_EMBEDDER = "sentence-transformers/all-MiniLM-L6-v2"
+MAX_PAYLOAD_INDEXES = 64
+"""Metadata paths a collection may declare payload indexes on."""
 
 
 class ChunkingConfig(BaseModel):
@@ -85,6 +88,10 @@ class CollectionConfig(BaseModel):
     vectors. ``embedder_version`` and ``dim`` are recorded when the collection is
     created, so a changed model is refused rather than silently mixed. Where a remote
     service is reached and with which key is never recorded.
+
+    ``payload_indexes`` are the metadata paths (filter field names, such as
+    ``author.name``) indexed explicitly: built at once and always kept, beside the ones
+    built for the paths filters use (see :mod:`ragstore.index.payload`).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -94,6 +101,17 @@ class CollectionConfig(BaseModel):
     dim: int = Field(gt=0, le=65536)
     chunking: ChunkingConfig = ChunkingConfig()
     index: IndexConfig = IndexConfig()
+    payload_indexes: tuple[str, ...] = Field(default=(), max_length=MAX_PAYLOAD_INDEXES)
+
+    @field_validator("payload_indexes")
+    @classmethod
+    def _valid_unique_paths(cls, paths: tuple[str, ...]) -> tuple[str, ...]:
+        for path in paths:
+            check_payload_path(path)
+        if len(set(paths)) < len(paths):
+            repeated = next(p for p in paths if paths.count(p) > 1)
+            raise ValueError(f"payload index path {repeated!r} is listed twice")
+        return paths
 
     @model_validator(mode="after")
     def _pq_divides_dim(self) -> CollectionConfig:
@@ -110,8 +128,27 @@ class CollectionConfig(BaseModel):
             raise config_error(exc, "collection config") from None
 
     def to_json(self) -> str:
-        """Canonical JSON form, as stored in the collection row."""
-        return self.model_dump_json()
+        """Canonical JSON form, as stored in the collection row. Without payload indexes
+        it leaves their field out, so such a config reads as it did before they existed
+        (and keys the query cache as it did)."""
+        return self.model_dump_json(exclude=None if self.payload_indexes else {"payload_indexes"})
+
+
+def check_payload_path(path: object, field: str = "payload_indexes") -> tuple[str, ...]:
+    """``path``, a filter field name such as ``author.name``, as its segments;
+    :class:`InvalidInput` naming ``field`` when a filter could not name it."""
+    if not isinstance(path, str):
+        raise InvalidInput(
+            f"a payload index path is a string, not {type(path).__name__}", field=field
+        )
+    if path.startswith("$"):  # filters read such a key as an operator
+        raise InvalidInput(f"payload index path {path!r} is an operator, not a field", field=field)
+    try:
+        parsed = parse_filter({path: {"$exists": True}})
+    except InvalidInput as bad:
+        raise InvalidInput(f"payload index path {path!r}: {bad}", field=field) from None
+    assert isinstance(parsed, Compare)
+    return parsed.path
 
 
 def config_error(exc: ValidationError, what: str) -> InvalidConfig:

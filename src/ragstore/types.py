@@ -15,8 +15,6 @@ Ids = npt.NDArray[np.int64]
 Scores = npt.NDArray[np.float32]
 Matrix = npt.NDArray[np.float32]
 """Vectors, one per row."""
-AllowedMask = npt.NDArray[np.bool_]
-"""Which chunk ids a search may return: ``mask[chunk_id]``; ids past its end may not."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -246,6 +246,21 @@ class AsyncRemoteCollection:
         found = await self.store.run(calls.get_collection(self.store.tenant, self.name))
         return found[0]
 
+    async def create_payload_index(self, path: str) -> None:
+        """Index the metadata field ``path`` explicitly (see
+        :meth:`ragstore.Collection.create_payload_index`)."""
+        await self.store.run(calls.create_payload_index(self._path, path))
+
+    async def drop_payload_index(self, path: str) -> None:
+        """Stop indexing ``path`` explicitly (see
+        :meth:`ragstore.Collection.drop_payload_index`)."""
+        await self.store.run(calls.drop_payload_index(self._path, path))
+
+    async def payload_indexes(self) -> list[dict[str, Any]]:
+        """The metadata fields indexed for filters (see
+        :meth:`ragstore.Collection.payload_indexes`)."""
+        return await self.store.run(calls.payload_indexes(self._path))
+
     async def index_stats(self) -> dict[str, Any]:
         """The index's segments: kind, vectors, deleted, bytes and bytes per vector."""
         found = await self.store.run(calls.get_collection(self.store.tenant, self.name))

@@ -19,7 +19,13 @@ import numpy.typing as npt
 
 from ragstore import errors
 from ragstore.answer import types as answers
-from ragstore.config import DEFAULT_EMBEDDER, ChunkingConfig, CollectionConfig, IndexConfig
+from ragstore.config import (
+    DEFAULT_EMBEDDER,
+    ChunkingConfig,
+    CollectionConfig,
+    IndexConfig,
+    check_payload_path,
+)
 from ragstore.engine.store import CollectionInfo
 from ragstore.errors import (
     AccessDenied,
@@ -342,6 +348,31 @@ def delete(path: str, ids: Any, where: Mapping[str, Any] | None, all: bool) -> S
     if where is not None:
         body["filter"] = where
     return int(checked((yield Call("POST", path + "/delete", body)))["deleted"])
+
+
+# ----------------------------------------------------------- payload indexes
+
+
+def _payload_index_path(path: str, field_path: str) -> str:
+    check_payload_path(field_path, "path")  # refused here as the embedded store does
+    return f"{path}/payload-indexes/{quote(field_path, safe='')}"
+
+
+def create_payload_index(path: str, field_path: str) -> Steps[None]:
+    """Index the metadata field ``field_path`` explicitly."""
+    checked((yield Call("PUT", _payload_index_path(path, field_path))))
+
+
+def drop_payload_index(path: str, field_path: str) -> Steps[None]:
+    """Stop indexing ``field_path`` explicitly."""
+    checked((yield Call("DELETE", _payload_index_path(path, field_path))))
+
+
+def payload_indexes(path: str) -> Steps[list[dict[str, Any]]]:
+    """The metadata fields indexed for filters."""
+    body = checked((yield Call("GET", path + "/payload-indexes")))
+    found: list[dict[str, Any]] = body["payload_indexes"]
+    return found
 
 
 # -------------------------------------------------------------------- reads

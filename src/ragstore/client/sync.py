@@ -243,6 +243,21 @@ class RemoteCollection:
         """Config and counts of this collection."""
         return self.store.run(calls.get_collection(self.store.tenant, self.name))[0]
 
+    def create_payload_index(self, path: str) -> None:
+        """Index the metadata field ``path`` explicitly (see
+        :meth:`ragstore.Collection.create_payload_index`)."""
+        self.store.run(calls.create_payload_index(self._path, path))
+
+    def drop_payload_index(self, path: str) -> None:
+        """Stop indexing ``path`` explicitly (see
+        :meth:`ragstore.Collection.drop_payload_index`)."""
+        self.store.run(calls.drop_payload_index(self._path, path))
+
+    def payload_indexes(self) -> list[dict[str, Any]]:
+        """The metadata fields indexed for filters (see
+        :meth:`ragstore.Collection.payload_indexes`)."""
+        return self.store.run(calls.payload_indexes(self._path))
+
     def index_stats(self) -> dict[str, Any]:
         """The index's segments: kind, vectors, deleted, bytes and bytes per vector."""
         return self.store.run(calls.get_collection(self.store.tenant, self.name))[1]

@@ -38,7 +38,13 @@ from ragstore.cache import (
 )
 from ragstore.cache import configure as use_cache
 from ragstore.cache.keys import check_tenant
-from ragstore.config import DEFAULT_EMBEDDER, CollectionConfig, IndexConfig
+from ragstore.config import (
+    DEFAULT_EMBEDDER,
+    MAX_PAYLOAD_INDEXES,
+    CollectionConfig,
+    IndexConfig,
+    check_payload_path,
+)
 from ragstore.embed import Embedder, get_embedder, is_known
 from ragstore.engine import doctor, pipeline
 from ragstore.engine import reindex as reindexing
@@ -377,14 +383,15 @@ class Store:
         chunk_overlap: int | None,
         index: Mapping[str, Any] | IndexConfig | None,
     ) -> Collection:
-        """The empty collection a re-index fills: ``old``'s config with what changes."""
+        """The empty collection a re-index fills: ``old``'s config (payload indexes
+        included) with what changes."""
         if old.embedder is None and embedder is not None:
             raise InvalidInput("a vector collection has no embedder to change", field="embedder")
         size = old.chunking.chunk_size if chunk_size is None else chunk_size
         if chunk_overlap is None:  # the old overlap, unless the new size is too small for it
             kept = old.chunking.chunk_overlap
             chunk_overlap = kept if 2 * kept < size else size // 8
-        return self.create_collection(
+        created = self.create_collection(
             name,
             embedder=embedder or old.embedder,
             dim=old.dim if old.embedder is None else None,
@@ -392,6 +399,9 @@ class Store:
             chunk_overlap=chunk_overlap,
             index=old.index if index is None else index,
         )
+        if old.payload_indexes:
+            created._declare_payloads(lambda _: old.payload_indexes)
+        return created
 
     @property
     def cache(self) -> QueryCache:
@@ -930,6 +940,86 @@ class Collection:
                 self._index.catch_up(reader)
                 return self._index.stats()
 
+    def create_payload_index(self, path: str) -> None:
+        """Index the metadata field ``path`` (a filter field name, such as
+        ``author.name``) explicitly: built now, kept whatever filters use, recorded in
+        the collection's config so that every process opening it builds it too. Asking
+        again changes nothing. Where filters run inside PostgreSQL (index kind
+        ``pgvector``) the path is recorded and listed, and the database serves it."""
+        check_payload_path(path, "path")
+        self._declare_payloads(lambda paths: paths if path in paths else (*paths, path))
+
+    def drop_payload_index(self, path: str) -> None:
+        """Stop indexing ``path`` explicitly (a filter using it may still build it for a
+        while, as for any path); :class:`InvalidInput` when no index was made on it."""
+        check_payload_path(path, "path")
+
+        def without(paths: tuple[str, ...]) -> tuple[str, ...]:
+            if path not in paths:
+                raise InvalidInput(
+                    f"collection {self.name!r} has no payload index on {path!r}", field="path"
+                )
+            return tuple(p for p in paths if p != path)
+
+        self._declare_payloads(without)
+
+    def payload_indexes(self) -> list[dict[str, Any]]:
+        """The metadata paths indexed for filters, by path: those made with
+        :meth:`create_payload_index` (``pinned``) and those built for the filters that
+        used them lately. Each has its distinct ``values``, whether it is ``too_varied``
+        to index (the store then filters on it), the ``bytes`` it holds, and
+        ``served_by``: ``"payload_index"``, or ``"sql"`` where filters run inside
+        PostgreSQL (those list only the declared paths, with ``values`` ``None``)."""
+        declared = self.config.payload_indexes
+        built: list[dict[str, Any]] = []
+        if isinstance(self._index, SegmentedIndex):
+            with self._index.lock, self._db.read() as reader:
+                self._index.catch_up(reader)
+                built = [s | {"served_by": "payload_index"} for s in self._index.payload_stats()]
+        served_by = "sql" if isinstance(self._index, DatabaseIndex) else "payload_index"
+        listed = {str(entry["path"]) for entry in built}
+        built += [
+            {"path": path, "pinned": True, "values": None, "too_varied": None, "bytes": 0,
+             "served_by": served_by}
+            for path in declared
+            if path not in listed
+        ]  # fmt: skip
+        return sorted(built, key=lambda entry: str(entry["path"]))
+
+    def _declare_payloads(self, change: Callable[[tuple[str, ...]], tuple[str, ...]]) -> None:
+        """Store the config with its payload index paths changed by ``change`` (read and
+        written in one transaction), then index those paths in this process."""
+        with self._db.write() as writer:
+            row = writer.find_collection(self.name)
+            if row is None or row.id != self.id:
+                raise NotFound(f"no collection named {self.name!r}")
+            config = CollectionConfig.parse(json.loads(row.config))
+            paths = change(config.payload_indexes)
+            stored_config = row.config
+            if paths != config.payload_indexes:
+                if len(paths) > MAX_PAYLOAD_INDEXES:
+                    raise InvalidInput(
+                        f"a collection has at most {MAX_PAYLOAD_INDEXES} payload indexes",
+                        field="path",
+                    )
+                config = CollectionConfig.parse(config.model_dump() | {"payload_indexes": paths})
+                stored_config = config.to_json()
+                writer.set_config(self.id, stored_config)
+        # Had another process changed the config, the store opens the collection afresh.
+        if row.config == self._stored_config:
+            self.config = config
+            self._stored_config = stored_config
+            self._pin_payloads()
+
+    def _pin_payloads(self) -> None:
+        """Index the declared payload paths now (where this process holds the index)."""
+        index = self._index
+        if isinstance(index, SegmentedIndex):
+            paths = _payload_paths(self.config)
+            with index.lock, self._db.read() as reader:
+                index.catch_up(reader)
+                index.pin_payload(reader, paths)
+
     def get(
         self,
         ids: str | Sequence[str] | None = None,
@@ -1253,6 +1343,9 @@ class AliasedCollection(Collection):
     info = _follow(Collection.info)
     index_stats = _follow(Collection.index_stats)
     check_recall = _follow(Collection.check_recall)
+    create_payload_index = _follow(Collection.create_payload_index)
+    drop_payload_index = _follow(Collection.drop_payload_index)
+    payload_indexes = _follow(Collection.payload_indexes)
     wait_for_index = _follow(Collection.wait_for_index)
     optimize = _follow(Collection.optimize)
     rebuild_index = _follow(Collection.rebuild_index)
@@ -1372,7 +1465,13 @@ def _index_for(
     else segments in memory derived from the store."""
     if config.index.kind == "pgvector":
         return DatabaseIndex(collection_id, config.dim, config.index)
-    return SegmentedIndex(backend, collection_id, config.dim, config.index)
+    paths = _payload_paths(config)
+    return SegmentedIndex(backend, collection_id, config.dim, config.index, paths)
+
+
+def _payload_paths(config: CollectionConfig) -> list[tuple[str, ...]]:
+    """The metadata paths the collection declares payload indexes on."""
+    return [check_payload_path(path) for path in config.payload_indexes]
 
 
 def _check_index_kind(backend: StorageBackend, index: IndexConfig) -> None:

@@ -78,6 +78,13 @@ def binary_codes(vectors: Matrix) -> Codes:
     return codes
 
 
+def hamming_nearest(codes: Codes, query_code: Codes, k: int) -> Positions:
+    """Rows of ``codes`` with the ``k`` smallest Hamming distances to ``query_code``."""
+    _, rows = faiss.knn_hamming(query_code.reshape(1, -1), codes, min(k, len(codes)))
+    found: Positions = rows[0]
+    return found[found >= 0]
+
+
 def _empty(kind: IndexKind, n: int, dim: int, config: IndexConfig) -> FaissIndex:
     metric = faiss.METRIC_INNER_PRODUCT
     if kind == "flat":

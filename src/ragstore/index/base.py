@@ -1,4 +1,4 @@
-"""Types shared by the index code: ids, scores, vectors and allowed-id masks.
+"""Types shared by the index code: ids, scores and vectors.
 
 Indexes are derived data: they can always be rebuilt from the vectors the store keeps.
 Vectors are unit length, so inner product is cosine similarity.
@@ -10,32 +10,11 @@ import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import numpy as np
-import numpy.typing as npt
 from threadpoolctl import ThreadpoolController
 
-from ragstore.types import AllowedMask, Ids, Matrix, Scores
+from ragstore.types import Ids, Matrix, Scores
 
-__all__ = ["AllowedMask", "Ids", "Matrix", "Scores", "id_mask", "lookup", "one_blas_thread"]
-
-
-def id_mask(ids: Ids, size: int = 0) -> AllowedMask:
-    """An :data:`AllowedMask` that lets exactly ``ids`` through."""
-    length = max(size, int(ids.max()) + 1 if len(ids) else 0)
-    mask = np.zeros(length, dtype=bool)
-    mask[ids] = True
-    return mask
-
-
-def lookup(mask: AllowedMask, ids: Ids) -> npt.NDArray[np.bool_]:
-    """``mask[ids]``, with ids past the mask's end not allowed."""
-    inside = ids < len(mask)
-    if inside.all():
-        result: npt.NDArray[np.bool_] = mask[ids]
-        return result
-    result = np.zeros(len(ids), dtype=bool)
-    result[inside] = mask[ids[inside]]
-    return result
+__all__ = ["Ids", "Matrix", "Scores", "one_blas_thread"]
 
 
 @contextmanager

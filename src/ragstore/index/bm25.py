@@ -22,8 +22,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from ragstore.index.base import AllowedMask, Ids, lookup
+from ragstore.index.base import Ids
 from ragstore.index.flat import top_k
+from ragstore.index.matching import Allowed
 from ragstore.terms import TERM_DTYPE
 
 K1 = 1.2
@@ -135,7 +136,7 @@ class BM25Index:
                 self._total_length -= float(run.lengths[hit].sum())
         self._runs = [_compact(r) if _mostly_dead(r) else r for r in self._runs if r.live.any()]
 
-    def search(self, terms: Ids, k: int, allowed: AllowedMask | None = None) -> tuple[Ids, Floats]:
+    def search(self, terms: Ids, k: int, allowed: Allowed | None = None) -> tuple[Ids, Floats]:
         """The ``k`` best live chunks for a query's distinct term hashes, best first (ties
         by ascending chunk id), only ``allowed`` ones if given; chunks that contain none
         of the terms are never returned."""
@@ -192,7 +193,7 @@ def _score_run(
     idf: Floats,
     average_length: float,
     k: int,
-    allowed: AllowedMask | None,
+    allowed: Allowed | None,
     floor: float,
 ) -> tuple[Ids, Floats]:
     """The run's ``k`` best live (and ``allowed``) chunks scoring at least ``floor``;
@@ -210,7 +211,7 @@ def _score_run(
     if run.dead:
         matched = matched[run.live[matched]]
     if allowed is not None:
-        matched = matched[lookup(allowed, run.ids[matched])]
+        matched = matched[allowed.contains(run.ids[matched])]
     if not len(matched):
         return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float64)
     best = matched[top_k(scores[matched], min(k, len(matched)))]

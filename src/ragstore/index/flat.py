@@ -7,7 +7,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from ragstore.index.base import AllowedMask, Ids, Matrix, Scores, lookup
+from ragstore.index.base import Ids, Matrix, Scores
+from ragstore.index.matching import Allowed
 
 _INITIAL_CAPACITY = 1024
 
@@ -83,16 +84,14 @@ class FlatIndex:
         self._vectors = vectors
         self._row_of = {chunk_id: row for row, chunk_id in enumerate(ids.tolist())}
 
-    def search(
-        self, query: Matrix, k: int, allowed: AllowedMask | None = None
-    ) -> tuple[Ids, Scores]:
+    def search(self, query: Matrix, k: int, allowed: Allowed | None = None) -> tuple[Ids, Scores]:
         """Exact top-k by inner product, over all vectors or only the allowed ids."""
         size = len(self._row_of)
         rows: Ids | None = None
         if allowed is None:
             scores = self._vectors[:size] @ query
         else:
-            rows = np.flatnonzero(lookup(allowed, self._ids[:size]))
+            rows = np.flatnonzero(allowed.contains(self._ids[:size]))
             scores = self._vectors[rows] @ query
         if k <= 0 or scores.size == 0:
             return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)

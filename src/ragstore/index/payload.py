@@ -1,35 +1,59 @@
-"""In-memory metadata columns that answer a filter for the dense side in milliseconds.
+"""Payload indexes: metadata paths as columns and bitmaps, so a filter costs microseconds.
 
-Evaluating a filter in SQL reads and parses every document's metadata JSON on every
-query. Here each metadata path a filter uses becomes a column, one entry per chunk: the
-JSON value at that path, dictionary-encoded. A comparison is decided once per distinct
-value with :func:`ragstore.filters.matches` itself (so the semantics are the filter
-language's, not a second implementation of them) and spread to all chunks with one
-array lookup. Columns are built on first use and extended as new chunks arrive.
+Each metadata path a filter uses becomes a column: the JSON value at that path for every
+chunk, dictionary-encoded. A comparison is decided once per distinct value with
+:func:`ragstore.filters.matches` itself, so the semantics are the filter language's, not a
+second implementation of them; which values hold is kept per comparison.
 
-A chunk's metadata never changes: updating a document replaces its chunks with new ones.
-Deleted chunks stay in the columns; the vector segments no longer hold them, so they can
-never be returned. A path with more than :data:`MAX_DISTINCT` distinct values is left to
-the store, which then evaluates the whole filter.
+Within a sealed segment each path also keeps, per distinct value, a compressed bitmap of
+the positions holding it (``pyroaring``), built once: a chunk's metadata never changes (an
+update replaces the chunk). A comparison that few positions satisfy is the union of its
+values' bitmaps; one that many satisfy is read off the column as a boolean per position.
+``$and``, ``$or`` and ``$not`` combine those (:mod:`ragstore.index.matching`), the
+segment's deletions are taken out, and the result is kept for the next query with the
+same filter (:data:`CACHED_FILTERS` of them): it stays right until the segment loses more
+chunks, since nothing else about a sealed segment changes. Chunks not sealed yet, and the
+keyword side, ask the columns directly for the chunk ids they hold.
+
+Which paths are indexed: those named explicitly (:meth:`PayloadIndex.pin`, a collection's
+``payload_indexes``), built at once and kept; and any path a filter uses, built on first
+use, of which the :data:`MAX_AUTOMATIC` most recently used are kept. A path with more than
+:data:`MAX_DISTINCT` distinct values is left to the store, which then evaluates the whole
+filter.
 """
 
 from __future__ import annotations
 
 import json
+import weakref
+from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
+from pyroaring import BitMap
 
 from ragstore.filters import MISSING, And, Compare, Filter, Not, Or, lookup, matches
-from ragstore.index.base import AllowedMask, Ids, id_mask
+from ragstore.index.base import Ids
+from ragstore.index.matching import Mask, Matching
+from ragstore.index.segments import SealedSegment
 from ragstore.store.base import Reader
 
 MAX_DISTINCT = 65_536
 """Paths with more distinct values than this are filtered by the store instead."""
+CACHED_FILTERS = 64
+"""Filters whose matches in each sealed segment are kept for the next query."""
+CACHED_COMPARISONS = 256
+"""Comparisons per path whose verdict on each distinct value is kept."""
+MAX_AUTOMATIC = 32
+"""Columns built for paths that filters use, beyond the pinned ones, kept at most."""
+SPARSE_SHARE = 0.25
+"""Within a segment, a comparison matching at most this share is built as a bitmap of
+positions, a broader one as a boolean per position."""
 
-Mask = npt.NDArray[np.bool_]
 _MISSING_KEY = "\0missing"
+_LAST_ID = 2**63 - 1
 
 
 @dataclass
@@ -40,6 +64,7 @@ class _Column:
     codes: npt.NDArray[np.int32]
     values: list[object] = field(default_factory=list)
     code_of: dict[str, int] = field(default_factory=dict)
+    _holds: OrderedDict[Compare, Mask] = field(default_factory=OrderedDict)
 
     @property
     def too_varied(self) -> bool:
@@ -57,17 +82,39 @@ class _Column:
         self.codes = np.full(len(held), self._code({}), dtype=np.int32)
         self.codes[np.searchsorted(held, ids)] = self._codes(metadata)
 
+    def codes_of(self, held: Ids, ids: Ids) -> npt.NDArray[np.int32]:
+        """The codes of chunk ids ``ids``, given the ids ``held`` (ascending) the codes
+        line up with; ids not held (deleted before this process first read them) read as
+        missing."""
+        rows = np.minimum(np.searchsorted(held, ids), max(len(held) - 1, 0))
+        codes = np.full(len(ids), self._code({}), dtype=np.int32)
+        if len(held):
+            known = held[rows] == ids
+            codes[known] = self.codes[rows[known]]
+        return codes
+
+    def holds(self, compare: Compare) -> Mask:
+        """Per distinct value: whether it satisfies ``compare`` (a comparison on this
+        column's path)."""
+        known = self._holds.get(compare)
+        if known is not None:
+            self._holds.move_to_end(compare)
+            if len(known) == len(self.values):
+                return known
+        start = 0 if known is None else len(known)
+        fresh = np.fromiter(
+            (matches(compare, _rebuilt(self.path, v)) for v in self.values[start:]),
+            dtype=bool,
+            count=len(self.values) - start,
+        )
+        held = fresh if known is None else np.concatenate([known, fresh])
+        self._holds[compare] = held
+        if len(self._holds) > CACHED_COMPARISONS:
+            self._holds.popitem(last=False)
+        return held
+
     def _codes(self, metadata: list[dict[str, object]]) -> npt.NDArray[np.int32]:
         return np.fromiter((self._code(m) for m in metadata), dtype=np.int32, count=len(metadata))
-
-    def mask(self, compare: Compare) -> Mask:
-        """Which chunks satisfy ``compare`` (a comparison on this column's path)."""
-        holds = np.fromiter(
-            (matches(compare, _rebuilt(self.path, value)) for value in self.values),
-            dtype=bool,
-            count=len(self.values),
-        )
-        return holds[self.codes]
 
     def _code(self, metadata: dict[str, object]) -> int:
         node = lookup(metadata, self.path)
@@ -79,38 +126,188 @@ class _Column:
         return code
 
 
+class _SegmentColumn:
+    """One path within one sealed segment: a code per position, how many positions hold
+    each code, and (built on first use) each code's bitmap of positions."""
+
+    def __init__(self, codes: npt.NDArray[np.int32]) -> None:
+        self.codes = codes
+        self.counts = np.bincount(codes)
+        self._bitmaps: list[BitMap] | None = None
+
+    def select(self, holds: Mask, size: int) -> BitMap | Mask:
+        """The positions whose value satisfies the comparison that ``holds`` decides."""
+        here = holds[: len(self.counts)]  # values first seen after sealing are not here
+        if int(self.counts[here].sum()) > SPARSE_SHARE * size:
+            dense: Mask = here[self.codes]
+            return dense
+        bitmaps = self.value_bitmaps()
+        return _union_of([bitmaps[c] for c in np.flatnonzero(here & (self.counts > 0))])
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held: the codes, and the bitmaps once built."""
+        bitmaps = sum(_bitmap_bytes(b) for b in self._bitmaps or ())
+        return int(self.codes.nbytes + self.counts.nbytes + bitmaps)
+
+    def value_bitmaps(self) -> list[BitMap]:
+        """Each code's bitmap of the positions holding it (built on first use)."""
+        if self._bitmaps is None:
+            order = np.argsort(self.codes, kind="stable").astype(np.uint32)
+            bounds = np.concatenate([[0], np.cumsum(self.counts)])
+            self._bitmaps = [
+                BitMap(order[bounds[code] : bounds[code + 1]]) for code in range(len(self.counts))
+            ]
+        return self._bitmaps
+
+
 class PayloadIndex:
-    """One collection's metadata columns, caught up with the store on each use."""
+    """One collection's payload indexes, caught up with the store on each use."""
 
     def __init__(self, collection_id: int) -> None:
         self._collection_id = collection_id
         self._chunk_ids: Ids = np.empty(0, dtype=np.int64)
         self._columns: dict[tuple[str, ...], _Column] = {}
         self._last_chunk = 0
+        self._in_segments: weakref.WeakKeyDictionary[
+            SealedSegment, dict[tuple[str, ...], _SegmentColumn]
+        ] = weakref.WeakKeyDictionary()
+        self._cache: OrderedDict[Filter, weakref.WeakKeyDictionary[SealedSegment, Matching]]
+        self._cache = OrderedDict()
+        self._pinned: frozenset[tuple[str, ...]] = frozenset()
+        self._recent: OrderedDict[tuple[str, ...], None] = OrderedDict()
+        self._newest: int | None = None
 
-    def allowed(self, reader: Reader, where: Filter) -> AllowedMask:
-        """The chunks whose documents match ``where``, as of ``reader``'s snapshot (deleted
-        chunks may be among them). Callers serialise access."""
+    def allowed(self, reader: Reader, where: Filter, newest: int | None = None) -> Filtered:
+        """What ``where`` lets through, as of ``reader``'s snapshot (deleted chunks may be
+        among it). ``newest``, when given, is the newest chunk id the snapshot holds: the
+        store is not read again while it is unchanged. Callers serialise access."""
+        if newest is None or newest != self._newest:
+            self._catch_up(reader)
+            self._newest = newest
+        paths = _paths(where)
+        varied = any(self._column(reader, path).too_varied for path in paths)
+        self._used(paths)
+        if varied:
+            return IdSet(reader.allowed_chunk_ids(self._collection_id, where))
+        return Selection(self, where)
+
+    def pin(
+        self, reader: Reader, paths: Iterable[tuple[str, ...]], segments: Iterable[SealedSegment]
+    ) -> None:
+        """Index exactly ``paths`` explicitly: build their columns and their bitmaps in
+        ``segments`` now, and keep them whatever filters use. Callers serialise access."""
+        for path in self._pinned:  # no longer pinned: kept while filters use it
+            self._recent[path] = None
+        self._pinned = frozenset(paths)
         self._catch_up(reader)
-        if any(self._column(reader, path).too_varied for path in _paths(where)):
-            return id_mask(reader.allowed_chunk_ids(self._collection_id, where))
-        mask = np.zeros(self._last_chunk + 1, dtype=bool)
-        mask[self._chunk_ids] = self._mask(where)
-        return mask
+        for path in self._pinned:
+            if not self._column(reader, path).too_varied:
+                for segment in segments:
+                    self._segment_column(segment, path).value_bitmaps()
+        self._used(())
 
-    def _mask(self, where: Filter) -> Mask:
+    def stats(self) -> list[dict[str, object]]:
+        """Per indexed path: whether it is pinned, its distinct values, whether it is too
+        varied to be indexed (the store filters it), and the bytes its columns hold."""
+        listed: list[dict[str, object]] = []
+        for path, column in self._columns.items():
+            held = column.codes.nbytes + sum(
+                columns[path].nbytes for columns in self._in_segments.values() if path in columns
+            )
+            listed.append(
+                {
+                    "path": ".".join(path),
+                    "pinned": path in self._pinned,
+                    "values": len(column.values),
+                    "too_varied": column.too_varied,
+                    "bytes": held,
+                }
+            )
+        return sorted(listed, key=lambda entry: str(entry["path"]))
+
+    def _used(self, paths: Iterable[tuple[str, ...]]) -> None:
+        """Note ``paths`` as just used, and drop the least recently used automatic columns
+        past :data:`MAX_AUTOMATIC` (never one of ``paths``)."""
+        for path in paths:
+            self._recent[path] = None
+            self._recent.move_to_end(path)
+        automatic = [path for path in self._recent if path not in self._pinned]
+        for path in automatic[: max(0, len(automatic) - MAX_AUTOMATIC)]:
+            del self._recent[path]
+            self._columns.pop(path, None)
+            for columns in self._in_segments.values():
+                columns.pop(path, None)
+
+    # -- used by Selection
+
+    def contains(self, where: Filter, ids: Ids) -> Mask:
+        """Per chunk id of ``ids`` (known to the columns): whether ``where`` holds."""
+        rows = np.searchsorted(self._chunk_ids, ids)
+        known = rows < len(self._chunk_ids)
+        known[known] = self._chunk_ids[rows[known]] == ids[known]
+        found = np.zeros(len(ids), dtype=bool)
+        found[known] = self._rows_hold(where, rows[known])
+        return found
+
+    def matching(self, where: Filter, segment: SealedSegment) -> Matching:
+        """The live positions of ``segment`` that ``where`` lets through (kept)."""
+        kept = self._cache.get(where)
+        if kept is None:
+            kept = self._cache[where] = weakref.WeakKeyDictionary()
+            if len(self._cache) > CACHED_FILTERS:
+                self._cache.popitem(last=False)
+        else:
+            self._cache.move_to_end(where)
+        found = kept.get(segment)
+        if found is None or found.deleted != segment.deleted:
+            found = kept[segment] = self._matching(where, segment)
+        return found
+
+    def _matching(self, where: Filter, segment: SealedSegment) -> Matching:
+        selected = self._select(where, segment)
+        if isinstance(selected, BitMap):
+            if segment.deleted:
+                selected = selected - BitMap(segment.dead_positions().astype(np.uint32))
+            return Matching(segment.size, sparse=selected, deleted=segment.deleted)
+        return Matching(segment.size, dense=selected & segment.live, deleted=segment.deleted)
+
+    def _select(self, where: Filter, segment: SealedSegment) -> BitMap | Mask:
         match where:
             case Compare():
-                return self._columns[where.path].mask(where)
+                column = self._segment_column(segment, where.path)
+                return column.select(self._columns[where.path].holds(where), segment.size)
             case And(items):
-                mask: Mask = np.logical_and.reduce([self._mask(item) for item in items])
-                return mask
+                return _intersection([self._select(item, segment) for item in items])
             case Or(items):
-                mask = np.logical_or.reduce([self._mask(item) for item in items])
-                return mask
+                return _union([self._select(item, segment) for item in items], segment.size)
             case Not(item):
-                return ~self._mask(item)
+                return ~_dense(self._select(item, segment), segment.size)
         raise AssertionError(f"unknown filter node {where!r}")
+
+    def _rows_hold(self, where: Filter, rows: Ids) -> Mask:
+        match where:
+            case Compare():
+                column = self._columns[where.path]
+                held: Mask = column.holds(where)[column.codes[rows]]
+                return held
+            case And(items):
+                both: Mask = np.logical_and.reduce([self._rows_hold(i, rows) for i in items])
+                return both
+            case Or(items):
+                either: Mask = np.logical_or.reduce([self._rows_hold(i, rows) for i in items])
+                return either
+            case Not(item):
+                return ~self._rows_hold(item, rows)
+        raise AssertionError(f"unknown filter node {where!r}")
+
+    def _segment_column(self, segment: SealedSegment, path: tuple[str, ...]) -> _SegmentColumn:
+        columns = self._in_segments.setdefault(segment, {})
+        column = columns.get(path)
+        if column is None:
+            codes = self._columns[path].codes_of(self._chunk_ids, segment.ids)
+            column = columns[path] = _SegmentColumn(codes)
+        return column
 
     def _column(self, reader: Reader, path: tuple[str, ...]) -> _Column:
         column = self._columns.get(path)
@@ -133,7 +330,91 @@ class PayloadIndex:
         self._last_chunk = int(ids[-1])
 
 
-_LAST_ID = 2**63 - 1
+class Selection:
+    """What one filter lets through, from the payload indexes: asked per chunk id, or
+    per sealed segment."""
+
+    def __init__(self, index: PayloadIndex, where: Filter) -> None:
+        self._index = index
+        self.where = where
+
+    def contains(self, ids: Ids) -> Mask:
+        """Per chunk id of ``ids``: whether the filter lets that chunk through."""
+        return self._index.contains(self.where, ids)
+
+    def matching(self, segment: SealedSegment) -> Matching:
+        """The live positions of ``segment`` the filter lets through."""
+        return self._index.matching(self.where, segment)
+
+
+class IdSet:
+    """What a filter lets through, given as the chunk ids it allows (the store's answer
+    for a filter on a path too varied for a column)."""
+
+    def __init__(self, ids: Ids) -> None:
+        self.ids = np.unique(np.asarray(ids, dtype=np.int64))
+
+    def contains(self, ids: Ids) -> Mask:
+        """Per id of ``ids``: whether it is one of the set's."""
+        at = np.minimum(np.searchsorted(self.ids, ids), max(len(self.ids) - 1, 0))
+        if not len(self.ids):
+            return np.zeros(len(ids), dtype=bool)
+        found: Mask = self.ids[at] == ids
+        return found
+
+    def matching(self, segment: SealedSegment) -> Matching:
+        """The live positions of ``segment`` among the set's chunks."""
+        return Matching.of_positions(segment.size, segment.positions(self.ids), segment.deleted)
+
+
+Filtered = Selection | IdSet
+"""What a filter lets through, asked per chunk id (``contains``) or per sealed segment
+(``matching``)."""
+
+
+def _union_of(bitmaps: list[BitMap]) -> BitMap:
+    if len(bitmaps) > 1:
+        return BitMap.union(*bitmaps)
+    return BitMap(bitmaps[0]) if bitmaps else BitMap()
+
+
+def _intersection(parts: list[BitMap | Mask]) -> BitMap | Mask:
+    sparse = sorted((p for p in parts if isinstance(p, BitMap)), key=len)
+    dense = [p for p in parts if not isinstance(p, BitMap)]
+    if not sparse:
+        mask: Mask = np.logical_and.reduce(dense)
+        return mask
+    result = BitMap.intersection(*sparse) if len(sparse) > 1 else sparse[0]
+    if dense:
+        positions = np.frombuffer(result.to_array(), dtype=np.uint32)
+        keep = np.logical_and.reduce([d[positions] for d in dense])
+        result = BitMap(positions[keep])
+    return result
+
+
+def _union(parts: list[BitMap | Mask], size: int) -> BitMap | Mask:
+    sparse = [p for p in parts if isinstance(p, BitMap)]
+    if len(sparse) == len(parts):
+        return _union_of(sparse)
+    mask: Mask = np.logical_or.reduce([_dense(p, size) for p in parts])
+    return mask
+
+
+def _dense(part: BitMap | Mask, size: int) -> Mask:
+    if not isinstance(part, BitMap):
+        return part
+    mask = np.zeros(size, dtype=bool)
+    mask[np.frombuffer(part.to_array(), dtype=np.uint32)] = True
+    return mask
+
+
+def _bitmap_bytes(bitmap: BitMap) -> int:
+    stats = bitmap.get_statistics()
+    return int(
+        stats["n_bytes_array_containers"]
+        + stats["n_bytes_run_containers"]
+        + stats["n_bytes_bitset_containers"]
+    )
 
 
 def _rebuilt(path: tuple[str, ...], value: object) -> dict[str, object]:
@@ -156,3 +437,6 @@ def _paths(where: Filter) -> set[tuple[str, ...]]:
         case Not(item):
             return _paths(item)
     raise AssertionError(f"unknown filter node {where!r}")
+
+
+__all__ = ["Filtered", "IdSet", "PayloadIndex", "Selection"]

@@ -33,8 +33,9 @@ from isal import isal_zlib
 
 from ragstore.config import IndexConfig, IndexKind
 from ragstore.index import ann
-from ragstore.index.base import AllowedMask, Ids, Matrix, Scores, lookup, one_blas_thread
+from ragstore.index.base import Ids, Matrix, Scores, one_blas_thread
 from ragstore.index.flat import top_k
+from ragstore.index.matching import Matching
 
 INDEX_FILE = "index.faiss"
 IDS_FILE = "ids.npy"
@@ -43,8 +44,20 @@ DOC_IDS_FILE = "doc_ids.npy"
 DOC_OFFSETS_FILE = "doc_offsets.npy"
 _FILES = (INDEX_FILE, IDS_FILE, VECTORS_FILE, DOC_IDS_FILE, DOC_OFFSETS_FILE)
 
-EXACT_FRACTION = 0.03
-"""A filter matching at most this share of a segment is searched exactly over its matches."""
+EXACT_DEPTH = 100
+"""A filter matching at most ``k`` times this many vectors of a segment is searched exactly
+over its matches."""
+SCAN_SHARE = 0.05
+"""Below this matching share, a ``hnsw``, ``ivf``, ``ivfpq`` or ``sq8`` segment scans the
+matches' sign bits rather than search its index with a bitmap."""
+SCAN_RERANK = 30
+"""The sign-bit scan re-ranks ``k`` times this many candidates with the exact vectors."""
+_SCANNED = frozenset({"hnsw", "ivf", "ivfpq", "sq8"})
+_CODE_BLOCK = 65_536
+HNSW_WIDENING = 0.25
+"""An ``hnsw`` search under a filter matching ``share`` of a segment widens ``ef_search``
+by ``1 / share ** HNSW_WIDENING``: the graph search already walks on past the vectors the
+bitmap rejects, so it needs far less than the inverse share."""
 MAX_WIDENED = 2048
 """Cap on ``ef_search`` / ``nprobe`` widened for a selective filter."""
 
@@ -96,6 +109,8 @@ class SealedSegment:
     live: np.ndarray = field(init=False)
     deleted: int = field(default=0, init=False)
     _live_bits: np.ndarray | None = field(default=None, init=False)
+    _dead: Ids | None = field(default=None, init=False)
+    _codes: npt.NDArray[np.uint8] | None = field(default=None, init=False)
 
     _offsets: memoryview = field(init=False, repr=False)
 
@@ -122,10 +137,11 @@ class SealedSegment:
         live: Ids = found[self.live[found]].astype(np.int64)
         return live
 
-    def allowed_here(self, allowed: AllowedMask) -> npt.NDArray[np.bool_]:
-        """Per position: live and let through by ``allowed``."""
-        here: npt.NDArray[np.bool_] = lookup(allowed, self.ids) & self.live
-        return here
+    def dead_positions(self) -> Ids:
+        """Positions of the deleted vectors, ascending."""
+        if self._dead is None or len(self._dead) != self.deleted:
+            self._dead = np.flatnonzero(~self.live).astype(np.int64)
+        return self._dead
 
     def mark_deleted(self, chunk_ids: Ids) -> None:
         """Mask out chunks that were deleted or replaced; absent ids are ignored."""
@@ -148,36 +164,37 @@ class SealedSegment:
         self,
         query: Matrix,
         k: int,
-        allowed: AllowedMask | None,
+        matching: Matching | None,
         knobs: ann.Knobs,
         config: IndexConfig,
     ) -> SegmentSearch:
-        """Best ``k`` live chunks, restricted to the ``allowed`` ones if given.
+        """Best ``k`` live chunks, restricted to the ``matching`` positions if given.
 
-        A filter that matches few vectors is searched exactly over them; otherwise the
-        index searches with a bitmap of the allowed positions and a search breadth
-        widened by the inverse of the matching share. If the index still finds fewer
-        than ``k`` while more exist, the segment falls back to exact search.
+        A filter that matches few vectors is searched exactly over them. One that matches
+        less than :data:`SCAN_SHARE` of a graph or inverted-list index is scanned over the
+        matching vectors' sign bits (1 bit a dimension), and the :data:`SCAN_RERANK`
+        times ``k`` nearest by Hamming distance are re-ranked with the exact vectors.
+        Otherwise the index searches with a bitmap of the matching positions and a search
+        breadth widened for the matching share; if it still finds fewer than ``k`` while more
+        exist, the segment falls back to exact search.
         """
         kind = self.row.kind
         plan: dict[str, Any] = {"segment": self.row.id, "kind": kind, "vectors": self.size}
-        positions: Ids | None = None
-        here: npt.NDArray[np.bool_] | None = None
-        if allowed is not None:
-            here = self.allowed_here(allowed)
-            positions = np.flatnonzero(here)
-            matching = len(positions)
-            plan["matching"] = matching
+        if matching is not None:
+            count = matching.count
+            plan["matching"] = count
         else:
-            matching = self.size - self.deleted
-        if matching == 0:
+            count = self.size - self.deleted
+        if count == 0:
             return SegmentSearch(_NO_IDS, _NO_SCORES, [], plan | {"plan": "none match"})
         depth = config.rerank_for(kind)
-        exact_limit = max(k * depth, EXACT_FRACTION * self.size)
-        if positions is not None and matching <= exact_limit:
-            return self._exact(query, k, positions, plan | {"plan": "exact"})
-        share = matching / self.size
-        bits = self._bitmap(here)
+        if matching is not None:
+            if count <= k * EXACT_DEPTH:
+                return self._ranked(query, k, matching.positions(), plan | {"plan": "exact"})
+            if kind in _SCANNED and matching.share < SCAN_SHARE:
+                return self._scanned(query, k, matching.positions(), plan)
+        share = count / self.size
+        bits = matching.bits() if matching is not None else self._live_bitmap()
         fetch = k * depth if kind in ann.COMPRESSED else k
         widened = _widen(kind, knobs, config, share)
         found, scores = ann.search(self.index, kind, query, fetch, widened, bits)
@@ -186,12 +203,34 @@ class SealedSegment:
         plan |= {"plan": _ANN_PLANS[kind == "flat", bits is not None]}
         plan |= {"ef_search": widened.ef_search} if widened.ef_search else {}
         plan |= {"nprobe": widened.nprobe} if widened.nprobe else {}
-        if len(found) < min(k, matching):
+        if len(found) < min(k, count):
+            positions = matching.positions() if matching is not None else None
             return self._exact(query, k, positions, plan | {"plan": "exact (ann found too few)"})
         if kind in ann.COMPRESSED:
             plan["reranked"] = len(found)
             return self._ranked(query, k, np.sort(found), plan)
         return self._result(found, scores[: len(found)], plan)
+
+    def _scanned(
+        self, query: Matrix, k: int, positions: Ids, plan: dict[str, Any]
+    ) -> SegmentSearch:
+        """Hamming scan over the sign bits of ``positions``, re-ranked exactly."""
+        codes = np.take(self.sign_codes(), positions, axis=0)
+        query_code = ann.binary_codes(query.reshape(1, -1))[0]
+        nearest = ann.hamming_nearest(codes, query_code, k * SCAN_RERANK)
+        plan |= {"plan": "sign-bit scan + re-rank", "reranked": len(nearest)}
+        return self._ranked(query, k, np.sort(positions[nearest]), plan)
+
+    def sign_codes(self) -> npt.NDArray[np.uint8]:
+        """Every position's sign bits, packed (``dim / 8`` bytes a vector); made from the
+        vectors on first use and kept (a thirty-second of their size)."""
+        if self._codes is None:
+            codes = np.empty((self.size, (self.vectors.shape[1] + 7) // 8), dtype=np.uint8)
+            for start in range(0, self.size, _CODE_BLOCK):
+                block = self.vectors[start : start + _CODE_BLOCK]
+                codes[start : start + len(block)] = ann.binary_codes(np.asarray(block))
+            self._codes = codes
+        return self._codes
 
     def _exact(
         self, query: Matrix, k: int, positions: Ids | None, plan: dict[str, Any]
@@ -212,9 +251,7 @@ class SealedSegment:
     def _result(self, positions: Ids, scores: Scores, plan: dict[str, Any]) -> SegmentSearch:
         return SegmentSearch(self.ids[positions], scores, self.doc_ids(positions), plan)
 
-    def _bitmap(self, here: npt.NDArray[np.bool_] | None) -> npt.NDArray[np.uint8] | None:
-        if here is not None:
-            return np.packbits(here, bitorder="little")
+    def _live_bitmap(self) -> npt.NDArray[np.uint8] | None:
         if self.deleted == 0:
             return None
         if self._live_bits is None:
@@ -222,8 +259,9 @@ class SealedSegment:
         return self._live_bits
 
 
-_SMALL_PRODUCT = 8192
-"""Rows below which a vector-matrix product is left to BLAS as it is."""
+_SMALL_PRODUCT = 512
+"""Rows below which a vector-matrix product is left to BLAS as it is (it runs on one
+thread anyway; above, a second thread costs milliseconds when the other core is busy)."""
 _ANN_PLANS = {
     (False, False): "ann",
     (False, True): "ann + filter bitmap",
@@ -240,7 +278,7 @@ def _widen(kind: IndexKind, knobs: ann.Knobs, config: IndexConfig, share: float)
         return knobs  # nothing to widen, and the breadth is given
     if kind == "hnsw":
         ef = knobs.ef_search or config.ef_search
-        return ann.Knobs(ef_search=_scaled(ef, share))
+        return ann.Knobs(ef_search=_scaled(ef, share**HNSW_WIDENING))
     if kind in ("ivf", "ivfpq"):
         nprobe = knobs.nprobe or config.nprobe
         return ann.Knobs(nprobe=_scaled(nprobe, share))

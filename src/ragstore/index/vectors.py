@@ -31,9 +31,9 @@ import numpy as np
 from ragstore.config import IndexConfig
 from ragstore.filters import Filter
 from ragstore.index import FlatIndex, ann, segments
-from ragstore.index.base import AllowedMask, Ids, Matrix, Scores, one_blas_thread
+from ragstore.index.base import Ids, Matrix, Scores, one_blas_thread
 from ragstore.index.bm25 import BM25Index, Floats
-from ragstore.index.payload import PayloadIndex
+from ragstore.index.payload import Filtered, PayloadIndex
 from ragstore.index.segments import SealedSegment, SegmentDamaged, SegmentRow, SegmentSearch
 from ragstore.store.base import Reader, StorageBackend
 
@@ -78,7 +78,12 @@ class SegmentedIndex:
     """One collection's growing and sealed segments, kept in step with the store."""
 
     def __init__(
-        self, backend: StorageBackend, collection_id: int, dim: int, config: IndexConfig
+        self,
+        backend: StorageBackend,
+        collection_id: int,
+        dim: int,
+        config: IndexConfig,
+        payload_paths: Sequence[tuple[str, ...]] = (),
     ) -> None:
         self._backend = backend
         self._root = backend.index_root
@@ -96,6 +101,7 @@ class SegmentedIndex:
         self._last_removal = 0
         self._repairs: list[tuple[SegmentRow, str]] = []
         self._payload = PayloadIndex(collection_id)
+        self._payload_paths = tuple(payload_paths)
         self._keywords: BM25Index | None = None  # built at the first keyword search
         self._synced_at: dict[object, Hashable] = {}
 
@@ -134,15 +140,30 @@ class SegmentedIndex:
         self._synced_at[_stamp_key(stamp)] = stamp
         self._start_background_work()
 
-    def allowed(self, reader: Reader, where: Filter) -> AllowedMask:
-        """The chunks a filter lets through, from in-memory metadata columns."""
-        return self._payload.allowed(reader, where)
+    def allowed(self, reader: Reader, where: Filter) -> Filtered:
+        """What a filter lets through, from the payload indexes; the caller holds
+        :attr:`lock` and has caught up in ``reader``'s snapshot."""
+        return self._payload.allowed(reader, where, self._last_chunk)
+
+    def pin_payload(self, reader: Reader, paths: Sequence[tuple[str, ...]]) -> None:
+        """Index exactly these metadata paths explicitly, now and whenever the index
+        loads afresh (see :meth:`~ragstore.index.payload.PayloadIndex.pin`); the caller
+        holds :attr:`lock` and has caught up in ``reader``'s snapshot."""
+        self._payload_paths = tuple(paths)
+        self._payload.pin(reader, self._payload_paths, list(self._sealed.values()))
+
+    def payload_stats(self) -> list[dict[str, Any]]:
+        """The indexed metadata paths and what they hold; call under :attr:`lock`."""
+        return self._payload.stats()
 
     def search(
-        self, query: Matrix, k: int, allowed: AllowedMask | None, knobs: ann.Knobs
+        self, query: Matrix, k: int, allowed: Filtered | None, knobs: ann.Knobs
     ) -> DenseResult:
         """The ``k`` best live chunks over every segment, only ``allowed`` ones if given."""
-        results = [s.search(query, k, allowed, knobs, self.config) for s in self._sealed.values()]
+        results = [
+            s.search(query, k, allowed.matching(s) if allowed else None, knobs, self.config)
+            for s in self._sealed.values()
+        ]
         if len(self._growing):
             with one_blas_thread():
                 ids, scores = self._growing.search(query, k, allowed)
@@ -153,7 +174,7 @@ class SegmentedIndex:
         return DenseResult(ids, scores, docs, [r.plan for r in results])
 
     def keyword_search(
-        self, reader: Reader, terms: Ids, k: int, allowed: AllowedMask | None
+        self, reader: Reader, terms: Ids, k: int, allowed: Filtered | None
     ) -> tuple[Ids, Floats]:
         """BM25 top-``k`` chunk ids and scores for a query's term hashes.
 
@@ -244,6 +265,8 @@ class SegmentedIndex:
         self._last_removal = reader.last_removal()
         self._apply_manifest(reader, rebuild)
         self._add_new_chunks(reader)
+        if self._payload_paths:
+            self._payload.pin(reader, self._payload_paths, list(self._sealed.values()))
         self._loaded = True
 
     def _apply_manifest(self, reader: Reader, rebuild: Collection[int] = ()) -> None:

@@ -22,11 +22,12 @@ from ragstore import terms
 from ragstore.errors import InvalidInput
 from ragstore.filters import Filter, parse_filter, to_json
 from ragstore.index.ann import Knobs
-from ragstore.index.base import AllowedMask, Matrix
+from ragstore.index.base import Matrix
 from ragstore.index.database import DatabaseIndex
+from ragstore.index.payload import Filtered
 from ragstore.index.vectors import SegmentedIndex
 from ragstore.search import fusion, scores
-from ragstore.store.base import Reader
+from ragstore.store.base import HitBody, Reader
 from ragstore.types import Hit
 
 Mode = Literal["dense", "keyword", "hybrid"]
@@ -362,7 +363,7 @@ def best_per_document(
 def _dense(
     index: SegmentedIndex,
     vector: Matrix | None,
-    allowed: AllowedMask | None,
+    allowed: Filtered | None,
     params: SearchParams,
     depth: int,
 ) -> Side | None:
@@ -376,7 +377,7 @@ def _keyword(
     reader: Reader,
     index: SegmentedIndex,
     text: str | None,
-    allowed: AllowedMask | None,
+    allowed: Filtered | None,
     depth: int,
     mode: Mode,
 ) -> Side | None:
@@ -409,29 +410,41 @@ def _hits(
     dense: Side | None,
     lexical: Side | None,
 ) -> list[Hit]:
-    found = reader.hits_by_chunk([chunk_id for chunk_id, _ in ranked])
+    """The hits of ``ranked`` that this read transaction sees, in its order, each built
+    once with its score and each side's score and rank."""
+    bodies = reader.hit_bodies([chunk_id for chunk_id, _ in ranked])
     by_dense = dense.explain() if dense else {}
     by_keyword = lexical.explain() if lexical else {}
-    return [
-        _explained(found[cid], score, by_dense.get(cid), by_keyword.get(cid))
-        for cid, score in ranked
-        if cid in found
-    ]
+    hits = []
+    for chunk_id, score in ranked:
+        body = bodies.get(chunk_id)
+        if body is not None:
+            hits.append(_hit(body, score, by_dense.get(chunk_id), by_keyword.get(chunk_id)))
+    return hits
 
 
-def _explained(
-    hit: Hit,
+def _hit(
+    body: HitBody,
     score: float,
     dense: tuple[float, int] | None,
     lexical: tuple[float, int] | None,
 ) -> Hit:
-    return dataclasses.replace(
-        hit,
+    doc_id, chunk_id, text, source, metadata, start, end = body
+    dense_score, dense_rank = dense or (None, None)
+    keyword_score, keyword_rank = lexical or (None, None)
+    return Hit(
+        doc_id=doc_id,
+        chunk_id=chunk_id,
         score=score,
-        dense_score=dense[0] if dense else None,
-        dense_rank=dense[1] if dense else None,
-        keyword_score=lexical[0] if lexical else None,
-        keyword_rank=lexical[1] if lexical else None,
+        text=text,
+        source=source,
+        metadata=metadata,
+        start=start,
+        end=end,
+        dense_score=dense_score,
+        dense_rank=dense_rank,
+        keyword_score=keyword_score,
+        keyword_rank=keyword_rank,
     )
 
 

@@ -52,6 +52,9 @@ Tenant = Annotated[str, Path(pattern=TENANT_PATTERN, description="The tenant tha
 Name = Annotated[str, Path(pattern=NAME_PATTERN, description="The collection's name.")]
 DocId = Annotated[str, Path(min_length=1, max_length=1024, description="A document id.")]
 AliasName = Annotated[str, Path(pattern=NAME_PATTERN, description="The alias's name.")]
+FieldPath = Annotated[
+    str, Path(min_length=1, max_length=1024, description="A metadata field, e.g. author.name.")
+]
 COLLECTION = "/tenants/{tenant}/collections/{collection}"
 ALIAS = "/tenants/{tenant}/aliases/{alias}"
 _INDEX_DEPTH = 2
@@ -129,6 +132,44 @@ async def delete_collection(tenant: Tenant, collection: Name, rt: Rt, who: Who) 
     who.require("admin", tenant, collection)
     await rt.write_pool.run(lambda: rt.collections.delete(tenant, collection))
     return JSON({"deleted": collection})
+
+
+@router.get(COLLECTION + "/payload-indexes", summary="List payload indexes")
+async def list_payload_indexes(tenant: Tenant, collection: Name, rt: Rt, who: Who) -> JSON:
+    """The metadata fields indexed for filters: those made explicitly (``pinned``) and
+    those built for filters, with distinct ``values`` and ``bytes`` (see
+    ``Collection.payload_indexes``)."""
+    who.require("read", tenant, collection)
+    found = await rt.search_pool.run(
+        lambda: rt.collections.get(tenant, collection).payload_indexes()
+    )
+    return JSON({"payload_indexes": found})
+
+
+@router.put(COLLECTION + "/payload-indexes/{path:path}", summary="Create a payload index")
+async def create_payload_index(
+    tenant: Tenant, collection: Name, path: FieldPath, rt: Rt, who: Who
+) -> JSON:
+    """Index the metadata field ``path`` explicitly: built now and always kept; doing it
+    again changes nothing. Answers with every payload index."""
+    who.require("write", tenant, collection)
+
+    def work() -> list[dict[str, Any]]:
+        col = rt.collections.get(tenant, collection)
+        col.create_payload_index(path)
+        return col.payload_indexes()
+
+    return JSON({"payload_indexes": await rt.write_pool.run(work)})
+
+
+@router.delete(COLLECTION + "/payload-indexes/{path:path}", summary="Drop a payload index")
+async def drop_payload_index(
+    tenant: Tenant, collection: Name, path: FieldPath, rt: Rt, who: Who
+) -> JSON:
+    """Stop indexing ``path`` explicitly; 422 naming ``path`` when none was made on it."""
+    who.require("write", tenant, collection)
+    await rt.write_pool.run(lambda: rt.collections.get(tenant, collection).drop_payload_index(path))
+    return JSON({"deleted": path})
 
 
 # --------------------------------------------------------------------- aliases

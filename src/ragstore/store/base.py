@@ -43,6 +43,11 @@ SegmentRecord = tuple[int, str, int, int, int, str]
 """A segment manifest row as stored: id, kind, vectors, first chunk, last chunk, files
 (JSON text)."""
 
+HitBody = tuple[str, str, str, str | None, dict[str, Any], int, int]
+"""What a hit shows of its chunk, in :class:`~ragstore.types.Hit`'s field order less the
+score: document id, chunk id (``doc_id#ordinal``), text, source, metadata (parsed
+afresh for each call), start, end."""
+
 
 ANOMALY_EXAMPLES = 5
 """Rows named per kind of anomaly."""
@@ -61,6 +66,23 @@ class Anomaly:
     def of(cls, found: Sequence[object]) -> Anomaly:
         """The anomaly made of the rows ``found``."""
         return cls(len(found), [str(row) for row in found[:ANOMALY_EXAMPLES]])
+
+
+def unscored_hits(bodies: dict[int, HitBody]) -> dict[int, Hit]:
+    """:meth:`Reader.hits_by_chunk` from :meth:`Reader.hit_bodies`: hits scored 0."""
+    return {
+        chunk_id: Hit(
+            doc_id=doc_id,
+            chunk_id=chunk,
+            score=0.0,
+            text=text,
+            source=source,
+            metadata=metadata,
+            start=start,
+            end=end,
+        )
+        for chunk_id, (doc_id, chunk, text, source, metadata, start, end) in bodies.items()
+    }
 
 
 def missing_terms(rows: Sequence[tuple[int, str, str]]) -> list[tuple[int, bytes]]:
@@ -244,6 +266,11 @@ class Reader(Protocol):
 
     def hits_by_chunk(self, chunk_ids: Sequence[int]) -> dict[int, Hit]:
         """Hits (score 0, to be set by the caller) for the chunk ids that still exist."""
+        ...
+
+    def hit_bodies(self, chunk_ids: Sequence[int]) -> dict[int, HitBody]:
+        """chunk id -> what its hit shows, for the chunk ids that still exist: the
+        search builds each hit once, with its scores, from these."""
         ...
 
     def documents_of(self, chunk_ids: Sequence[int]) -> dict[int, int]:

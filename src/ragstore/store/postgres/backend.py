@@ -56,11 +56,13 @@ from ragstore.store.base import (
     DatabaseIndexes,
     DatabaseSearch,
     DocumentRow,
+    HitBody,
     SegmentRecord,
     SegmentValues,
     StorageBackend,
     Writer,
     missing_terms,
+    unscored_hits,
 )
 from ragstore.store.postgres import schema, search
 from ragstore.store.postgres.where import compile_where, stored_json
@@ -525,13 +527,17 @@ class PostgresSession:
 
     def hits_by_chunk(self, chunk_ids: Sequence[int]) -> dict[int, Hit]:
         """Hits (score 0, to be set by the caller) for the chunk ids that still exist."""
+        return unscored_hits(self.hit_bodies(chunk_ids))
+
+    def hit_bodies(self, chunk_ids: Sequence[int]) -> dict[int, HitBody]:
+        """chunk id -> what its hit shows, for the chunk ids that still exist."""
         rows = self._all(
             "SELECT c.id, d.doc_id, c.ordinal, c.text, d.source, d.metadata_text, "
             "c.start_char, c.end_char FROM chunks c JOIN documents d ON d.id = c.document_id "
             "WHERE c.id = ANY(%s::bigint[])",
             (_ints(chunk_ids),),
         )
-        return {int(row[0]): _hit(row) for row in rows}
+        return {int(row[0]): _hit_body(row) for row in rows}
 
     def documents_of(self, chunk_ids: Sequence[int]) -> dict[int, int]:
         """chunk id -> row id of its document, for the chunks that still exist."""
@@ -1028,18 +1034,9 @@ def _stored_document(row: tuple[Any, ...]) -> StoredDocument:
     )
 
 
-def _hit(row: tuple[Any, ...]) -> Hit:
+def _hit_body(row: tuple[Any, ...]) -> HitBody:
     _, doc_id, ordinal, text, source, metadata, start, end = row
-    return Hit(
-        doc_id=doc_id,
-        chunk_id=f"{doc_id}#{ordinal}",
-        score=0.0,
-        text=text,
-        source=source,
-        metadata=json.loads(metadata),
-        start=int(start),
-        end=int(end),
-    )
+    return (doc_id, f"{doc_id}#{ordinal}", text, source, json.loads(metadata), int(start), int(end))
 
 
 def _files(files: dict[str, Any]) -> str:

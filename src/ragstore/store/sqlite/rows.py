@@ -21,9 +21,11 @@ from ragstore.store.base import (
     Clock,
     CollectionRow,
     DocumentRow,
+    HitBody,
     SegmentRecord,
     SegmentValues,
     missing_terms,
+    unscored_hits,
 )
 from ragstore.store.sqlite import packed
 from ragstore.store.sqlite.db import Database
@@ -31,6 +33,19 @@ from ragstore.types import Hit, Ids, Matrix, StoredDocument
 
 # SQLite's default limit on bound parameters is 32766; stay well below it.
 _MAX_PARAMS = 900
+
+_JSON = json.JSONDecoder()
+
+
+def _loaded(text: str) -> Any:
+    """``json.loads(text)``, in half the time for JSON as stored (no whitespace around
+    the value): the decoder's checks for whitespace run only when the value does not
+    span the whole text."""
+    try:
+        value, end = _JSON.raw_decode(text)
+    except json.JSONDecodeError:
+        return json.loads(text)  # leading whitespace, or raise as json.loads does
+    return value if end == len(text) else json.loads(text)
 
 
 def batched(items: Sequence[Any], size: int = _MAX_PARAMS) -> Iterable[Sequence[Any]]:
@@ -78,20 +93,6 @@ def _chunk_values(
 
 def _concatenated(parts: list[Ids]) -> Ids:
     return np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
-
-
-def _hit(row: tuple[Any, ...]) -> Hit:
-    _, doc_id, ordinal, text, source, metadata, start, end = row
-    return Hit(
-        doc_id=doc_id,
-        chunk_id=f"{doc_id}#{ordinal}",
-        score=0.0,
-        text=text,
-        source=source,
-        metadata=json.loads(metadata),
-        start=start,
-        end=end,
-    )
 
 
 def _document_filter(collection_id: int, where: Filter | None) -> tuple[str, list[object]]:
@@ -433,15 +434,21 @@ class SqliteSession:
 
     def hits_by_chunk(self, chunk_ids: Sequence[int]) -> dict[int, Hit]:
         """Hits (score 0, to be set by the caller) for the chunk ids that still exist."""
-        found: dict[int, Hit] = {}
-        for part in batched(list(chunk_ids)):
-            for row in self.conn.execute(
+        return unscored_hits(self.hit_bodies(chunk_ids))
+
+    def hit_bodies(self, chunk_ids: Sequence[int]) -> dict[int, HitBody]:
+        """chunk id -> what its hit shows, for the chunk ids that still exist."""
+        found: dict[int, HitBody] = {}
+        for part in batched(chunk_ids):
+            rows = self.conn.execute(
                 "SELECT c.id, d.doc_id, c.ordinal, c.text, d.source, d.metadata, c.start_char, "
                 "c.end_char FROM chunks c JOIN documents d ON d.id = c.document_id "
                 f"WHERE c.id IN ({placeholders(len(part))})",
                 part,
-            ):
-                found[row[0]] = _hit(row)
+            )
+            for chunk_id, doc_id, ordinal, text, source, metadata, start, end in rows:
+                chunk = f"{doc_id}#{ordinal}"
+                found[chunk_id] = (doc_id, chunk, text, source, _loaded(metadata), start, end)
         return found
 
     def documents_of(self, chunk_ids: Sequence[int]) -> dict[int, int]:
@@ -458,7 +465,11 @@ class SqliteSession:
         for part in batched(list(chunk_ids)):
             query = f"SELECT id, vector FROM chunks WHERE id IN ({placeholders(len(part))})"
             found.update(self.conn.execute(query, part).fetchall())
-        return np.stack([np.frombuffer(found[i], dtype=np.float32) for i in chunk_ids])
+        blobs = [found[i] for i in chunk_ids]
+        if not blobs or len(set(map(len, blobs))) != 1:
+            raise ValueError("vectors_for needs chunk ids whose stored vectors share one size")
+        # one buffer for all rows: far cheaper than an array per row stacked
+        return np.frombuffer(bytearray().join(blobs), dtype=np.float32).reshape(len(blobs), -1)
 
     def document_vectors(
         self, collection_id: int, doc_ids: Sequence[str], dim: int
