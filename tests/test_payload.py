@@ -144,3 +144,25 @@ def test_automatic_columns_beyond_the_bound_are_dropped_least_recent_first(
         with col._index.lock:
             kept = [entry["path"] for entry in col._index.payload_stats()]
         assert kept == ["a", "c"]  # "b" was the least recently used
+
+
+def test_a_selection_outlives_its_columns_being_dropped(tmp_path: Path, monkeypatch: Any) -> None:
+    # A search evaluates its filter, lets go of the lock, and uses it again: another
+    # search may drop a column in between.
+    monkeypatch.setattr(payload, "MAX_AUTOMATIC", 1)
+    with ragstore.open(tmp_path / "s") as store:
+        col = store.create_collection("o", embedder=None, dim=2)
+        meta = [{"a": i % 3, "b": i % 5} for i in range(30)]
+        col.upsert([{"id": str(i), "vector": [1.0, i], "metadata": m} for i, m in enumerate(meta)])
+        col.optimize()
+        index = col._index
+        with index.lock, col._db.read() as reader:
+            index.catch_up(reader)
+            on_a = index.allowed(reader, parse_filter({"a": 2}))
+            index.allowed(reader, parse_filter({"b": 1}))  # drops the column of "a"
+            (segment,) = index._sealed.values()
+            live, _ = reader.chunk_metadata(col.id, 0, 2**63 - 1)
+            assert sorted(segment.ids[on_a.matching(segment).positions()].tolist()) == sorted(
+                live[on_a.contains(live)].tolist()
+            )
+            assert len(on_a.matching(segment).positions()) == 10

@@ -65,6 +65,9 @@ class _Column:
     values: list[object] = field(default_factory=list)
     code_of: dict[str, int] = field(default_factory=dict)
     _holds: OrderedDict[Compare, Mask] = field(default_factory=OrderedDict)
+    _in_segments: weakref.WeakKeyDictionary[SealedSegment, _SegmentColumn] = field(
+        default_factory=weakref.WeakKeyDictionary
+    )
 
     @property
     def too_varied(self) -> bool:
@@ -92,6 +95,19 @@ class _Column:
             known = held[rows] == ids
             codes[known] = self.codes[rows[known]]
         return codes
+
+    def in_segment(self, segment: SealedSegment, held: Ids) -> _SegmentColumn:
+        """This path within ``segment`` (made on first use and kept with the column);
+        ``held`` are the chunk ids the codes line up with."""
+        column = self._in_segments.get(segment)
+        if column is None:
+            column = self._in_segments[segment] = _SegmentColumn(self.codes_of(held, segment.ids))
+        return column
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held: the codes, here and in each segment."""
+        return self.codes.nbytes + sum(c.nbytes for c in self._in_segments.values())
 
     def holds(self, compare: Compare) -> Mask:
         """Per distinct value: whether it satisfies ``compare`` (a comparison on this
@@ -161,6 +177,10 @@ class _SegmentColumn:
         return self._bitmaps
 
 
+Columns = dict[tuple[str, ...], _Column]
+"""A filter's paths and their columns."""
+
+
 class PayloadIndex:
     """One collection's payload indexes, caught up with the store on each use."""
 
@@ -169,9 +189,6 @@ class PayloadIndex:
         self._chunk_ids: Ids = np.empty(0, dtype=np.int64)
         self._columns: dict[tuple[str, ...], _Column] = {}
         self._last_chunk = 0
-        self._in_segments: weakref.WeakKeyDictionary[
-            SealedSegment, dict[tuple[str, ...], _SegmentColumn]
-        ] = weakref.WeakKeyDictionary()
         self._cache: OrderedDict[Filter, weakref.WeakKeyDictionary[SealedSegment, Matching]]
         self._cache = OrderedDict()
         self._pinned: frozenset[tuple[str, ...]] = frozenset()
@@ -190,7 +207,7 @@ class PayloadIndex:
         self._used(paths)
         if varied:
             return IdSet(reader.allowed_chunk_ids(self._collection_id, where))
-        return Selection(self, where)
+        return Selection(self, where, {path: self._columns[path] for path in paths})
 
     def pin(
         self, reader: Reader, paths: Iterable[tuple[str, ...]], segments: Iterable[SealedSegment]
@@ -202,9 +219,10 @@ class PayloadIndex:
         self._pinned = frozenset(paths)
         self._catch_up(reader)
         for path in self._pinned:
-            if not self._column(reader, path).too_varied:
+            column = self._column(reader, path)
+            if not column.too_varied:
                 for segment in segments:
-                    self._segment_column(segment, path).value_bitmaps()
+                    column.in_segment(segment, self._chunk_ids).value_bitmaps()
         self._used(())
 
     def stats(self) -> list[dict[str, object]]:
@@ -212,16 +230,13 @@ class PayloadIndex:
         varied to be indexed (the store filters it), and the bytes its columns hold."""
         listed: list[dict[str, object]] = []
         for path, column in self._columns.items():
-            held = column.codes.nbytes + sum(
-                columns[path].nbytes for columns in self._in_segments.values() if path in columns
-            )
             listed.append(
                 {
                     "path": ".".join(path),
                     "pinned": path in self._pinned,
                     "values": len(column.values),
                     "too_varied": column.too_varied,
-                    "bytes": held,
+                    "bytes": column.nbytes,
                 }
             )
         return sorted(listed, key=lambda entry: str(entry["path"]))
@@ -236,22 +251,22 @@ class PayloadIndex:
         for path in automatic[: max(0, len(automatic) - MAX_AUTOMATIC)]:
             del self._recent[path]
             self._columns.pop(path, None)
-            for columns in self._in_segments.values():
-                columns.pop(path, None)
 
     # -- used by Selection
 
-    def contains(self, where: Filter, ids: Ids) -> Mask:
-        """Per chunk id of ``ids`` (known to the columns): whether ``where`` holds."""
+    def contains(self, where: Filter, columns: Columns, ids: Ids) -> Mask:
+        """Per chunk id of ``ids`` (known to the columns): whether ``where`` holds, read
+        from ``columns`` (its paths' columns)."""
         rows = np.searchsorted(self._chunk_ids, ids)
         known = rows < len(self._chunk_ids)
         known[known] = self._chunk_ids[rows[known]] == ids[known]
         found = np.zeros(len(ids), dtype=bool)
-        found[known] = self._rows_hold(where, rows[known])
+        found[known] = _rows_hold(where, columns, rows[known])
         return found
 
-    def matching(self, where: Filter, segment: SealedSegment) -> Matching:
-        """The live positions of ``segment`` that ``where`` lets through (kept)."""
+    def matching(self, where: Filter, columns: Columns, segment: SealedSegment) -> Matching:
+        """The live positions of ``segment`` that ``where`` lets through (kept), read
+        from ``columns`` (its paths' columns)."""
         kept = self._cache.get(where)
         if kept is None:
             kept = self._cache[where] = weakref.WeakKeyDictionary()
@@ -261,53 +276,31 @@ class PayloadIndex:
             self._cache.move_to_end(where)
         found = kept.get(segment)
         if found is None or found.deleted != segment.deleted:
-            found = kept[segment] = self._matching(where, segment)
+            found = kept[segment] = self._matching(where, columns, segment)
         return found
 
-    def _matching(self, where: Filter, segment: SealedSegment) -> Matching:
-        selected = self._select(where, segment)
+    def _matching(self, where: Filter, columns: Columns, segment: SealedSegment) -> Matching:
+        selected = self._select(where, columns, segment)
         if isinstance(selected, BitMap):
             if segment.deleted:
                 selected = selected - BitMap(segment.dead_positions().astype(np.uint32))
             return Matching(segment.size, sparse=selected, deleted=segment.deleted)
         return Matching(segment.size, dense=selected & segment.live, deleted=segment.deleted)
 
-    def _select(self, where: Filter, segment: SealedSegment) -> BitMap | Mask:
+    def _select(self, where: Filter, columns: Columns, segment: SealedSegment) -> BitMap | Mask:
         match where:
             case Compare():
-                column = self._segment_column(segment, where.path)
-                return column.select(self._columns[where.path].holds(where), segment.size)
+                column = columns[where.path]
+                here = column.in_segment(segment, self._chunk_ids)
+                return here.select(column.holds(where), segment.size)
             case And(items):
-                return _intersection([self._select(item, segment) for item in items])
+                return _intersection([self._select(i, columns, segment) for i in items])
             case Or(items):
-                return _union([self._select(item, segment) for item in items], segment.size)
+                parts = [self._select(i, columns, segment) for i in items]
+                return _union(parts, segment.size)
             case Not(item):
-                return ~_dense(self._select(item, segment), segment.size)
+                return ~_dense(self._select(item, columns, segment), segment.size)
         raise AssertionError(f"unknown filter node {where!r}")
-
-    def _rows_hold(self, where: Filter, rows: Ids) -> Mask:
-        match where:
-            case Compare():
-                column = self._columns[where.path]
-                held: Mask = column.holds(where)[column.codes[rows]]
-                return held
-            case And(items):
-                both: Mask = np.logical_and.reduce([self._rows_hold(i, rows) for i in items])
-                return both
-            case Or(items):
-                either: Mask = np.logical_or.reduce([self._rows_hold(i, rows) for i in items])
-                return either
-            case Not(item):
-                return ~self._rows_hold(item, rows)
-        raise AssertionError(f"unknown filter node {where!r}")
-
-    def _segment_column(self, segment: SealedSegment, path: tuple[str, ...]) -> _SegmentColumn:
-        columns = self._in_segments.setdefault(segment, {})
-        column = columns.get(path)
-        if column is None:
-            codes = self._columns[path].codes_of(self._chunk_ids, segment.ids)
-            column = columns[path] = _SegmentColumn(codes)
-        return column
 
     def _column(self, reader: Reader, path: tuple[str, ...]) -> _Column:
         column = self._columns.get(path)
@@ -334,17 +327,18 @@ class Selection:
     """What one filter lets through, from the payload indexes: asked per chunk id, or
     per sealed segment."""
 
-    def __init__(self, index: PayloadIndex, where: Filter) -> None:
+    def __init__(self, index: PayloadIndex, where: Filter, columns: Columns) -> None:
         self._index = index
         self.where = where
+        self._columns = columns  # its own: the index may drop a column meanwhile
 
     def contains(self, ids: Ids) -> Mask:
         """Per chunk id of ``ids``: whether the filter lets that chunk through."""
-        return self._index.contains(self.where, ids)
+        return self._index.contains(self.where, self._columns, ids)
 
     def matching(self, segment: SealedSegment) -> Matching:
         """The live positions of ``segment`` the filter lets through."""
-        return self._index.matching(self.where, segment)
+        return self._index.matching(self.where, self._columns, segment)
 
 
 class IdSet:
@@ -376,6 +370,23 @@ def _union_of(bitmaps: list[BitMap]) -> BitMap:
     if len(bitmaps) > 1:
         return BitMap.union(*bitmaps)
     return BitMap(bitmaps[0]) if bitmaps else BitMap()
+
+
+def _rows_hold(where: Filter, columns: Columns, rows: Ids) -> Mask:
+    match where:
+        case Compare():
+            column = columns[where.path]
+            held: Mask = column.holds(where)[column.codes[rows]]
+            return held
+        case And(items):
+            both: Mask = np.logical_and.reduce([_rows_hold(i, columns, rows) for i in items])
+            return both
+        case Or(items):
+            either: Mask = np.logical_or.reduce([_rows_hold(i, columns, rows) for i in items])
+            return either
+        case Not(item):
+            return ~_rows_hold(item, columns, rows)
+    raise AssertionError(f"unknown filter node {where!r}")
 
 
 def _intersection(parts: list[BitMap | Mask]) -> BitMap | Mask:
