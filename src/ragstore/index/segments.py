@@ -54,7 +54,7 @@ SCAN_RERANK = 30
 """The sign-bit scan re-ranks ``k`` times this many candidates with the exact vectors."""
 _SCANNED = frozenset({"hnsw", "ivf", "ivfpq", "sq8"})
 _CODE_BLOCK = 65_536
-HNSW_WIDENING = 0.25
+HNSW_WIDENING = 0.35
 """An ``hnsw`` search under a filter matching ``share`` of a segment widens ``ef_search``
 by ``1 / share ** HNSW_WIDENING``: the graph search already walks on past the vectors the
 bitmap rejects, so it needs far less than the inverse share."""
