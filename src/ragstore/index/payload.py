@@ -40,6 +40,8 @@ from ragstore.index.matching import Mask, Matching
 from ragstore.index.segments import SealedSegment
 from ragstore.store.base import Reader
 
+__all__ = ["Filtered", "IdSet", "PayloadIndex", "Selection"]
+
 MAX_DISTINCT = 65_536
 """Paths with more distinct values than this are filtered by the store instead."""
 CACHED_FILTERS = 64
@@ -448,6 +450,3 @@ def _paths(where: Filter) -> set[tuple[str, ...]]:
         case Not(item):
             return _paths(item)
     raise AssertionError(f"unknown filter node {where!r}")
-
-
-__all__ = ["Filtered", "IdSet", "PayloadIndex", "Selection"]
