@@ -120,6 +120,13 @@ def test_a_healthy_store_is_all_ok(store: Store) -> None:
     assert finding(diagnosis, "segments.files")["segments"] >= 1
 
 
+def test_a_collection_name_no_collection_can_have_is_refused(store: Store) -> None:
+    # PostgreSQL refuses a NUL in a text parameter: checked before any statement runs
+    with pytest.raises(ragstore.InvalidInput) as bad:
+        store.doctor(collections=["a\x00b"])
+    assert bad.value.field == "name"
+
+
 def test_empty_tiny_and_emptied_collections_are_ok(store: Store) -> None:
     store.create_collection("empty", embedder=None, dim=DIM)
     store.create_collection("one", embedder=None, dim=DIM).upsert_vectors(

@@ -36,6 +36,7 @@ from ragstore.engine.shape import VectorShape
 from ragstore.errors import InvalidInput
 from ragstore.index import ann, segments
 from ragstore.index.base import one_blas_thread
+from ragstore.index.matching import Matching
 from ragstore.store.sqlite.db import DB_FILENAME
 from ragstore.types import Ids, Matrix
 
@@ -121,7 +122,7 @@ def measure_segment(job: SegmentJob) -> dict[str, Any]:
 
 
 def _search_call(
-    segment: segments.SealedSegment, job: SegmentJob, setting: int | None, allowed: Any
+    segment: segments.SealedSegment, job: SegmentJob, setting: int | None, allowed: Matching | None
 ) -> Callable[[Matrix], Ids]:
     kind = job.row.kind
     knobs = ann.Knobs(
@@ -170,7 +171,8 @@ def _timed_sweep(
 def _timed_filtered(
     segment: segments.SealedSegment, job: SegmentJob, share: float
 ) -> dict[str, Any]:
-    allowed = np.random.default_rng(7).random(segment.size) < share
+    chosen = np.random.default_rng(7).random(segment.size) < share
+    allowed = Matching(segment.size, dense=chosen & segment.live)
     default = job.settings[len(job.settings) // 2]
     _, seconds = _time_queries(_search_call(segment, job, default, allowed), job.queries)
     return {"share": share, "setting": default, "ms": round(seconds * 1e3, 4)}

@@ -444,6 +444,8 @@ class Store:
         first fix what is safe to fix. See :mod:`ragstore.engine.doctor`."""
         if collections is None:
             collections = [info.name for info in self.list_collections()]
+        for name in collections:  # before any reaches the database (PostgreSQL refuses NUL)
+            _check_name(name)
         opened = [self.get_collection(self.alias_target(name) or name) for name in collections]
         return doctor.diagnose(self, opened, repair=repair)
 
