@@ -161,7 +161,7 @@ class SegmentedIndex:
     ) -> DenseResult:
         """The ``k`` best live chunks over every segment, only ``allowed`` ones if given."""
         results = [
-            s.search(query, k, allowed.matching(s) if allowed else None, knobs, self.config)
+            s.search(query, k, None if allowed is None else allowed.matching(s), knobs, self.config)
             for s in self._sealed.values()
         ]
         if len(self._growing):
