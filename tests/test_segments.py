@@ -369,3 +369,43 @@ def test_query_explain_prints_the_plan(store_location: str | Path, embedder: Emb
     plan = json.loads(result.output)["plan"]
     assert plan["mode"] == "hybrid" and plan["dense"][0]["plan"] == "exact"
     assert plan["keyword"] == "bm25 postings"
+
+
+@pytest.mark.parametrize("kind", ["flat", "sq8", "binary"])
+def test_a_search_runs_faiss_on_one_openmp_thread_and_gives_it_back(
+    kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FAISS scans one query in an OpenMP region whose barrier waits for the other core;
+    a search takes one thread in the calling thread only, and restores its setting."""
+    from ragstore.config import IndexConfig
+    from ragstore.index import ann
+
+    vectors = clustered(2000, 11)
+    index = ann.build(kind, vectors, IndexConfig(**SMALL_INDEX))
+    seen: list[tuple[int, int]] = []  # (this thread's setting, another thread's), per call
+
+    def threads_now() -> tuple[int, int]:
+        other: list[int] = []
+        reader = threading.Thread(target=lambda: other.append(ann.faiss.omp_get_max_threads()))
+        reader.start()
+        reader.join()
+        return ann.faiss.omp_get_max_threads(), other[0]
+
+    def watched(call: object) -> object:
+        def run(*args: object, **kwargs: object) -> object:
+            seen.append(threads_now())
+            return call(*args, **kwargs)  # type: ignore[operator]
+
+        return run
+
+    search = type(index).search
+    monkeypatch.setattr(
+        type(index), "search", lambda self, *a, **kw: watched(search)(self, *a, **kw)
+    )
+    monkeypatch.setattr(ann.faiss, "knn_hamming", watched(ann.faiss.knn_hamming))
+    ann.faiss.omp_set_num_threads(2)
+    positions, _ = ann.search(index, kind, vectors[0], 5, ann.Knobs())
+    nearest = ann.hamming_nearest(ann.binary_codes(vectors), ann.binary_codes(vectors[:1])[0], 5)
+    assert seen == [(1, 2), (1, 2)]
+    assert positions[0] == 0 and nearest[0] == 0
+    assert ann.faiss.omp_get_max_threads() == 2
