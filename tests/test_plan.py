@@ -13,6 +13,7 @@ from click.testing import CliRunner
 
 import ragstore
 from ragstore.cli import cli
+from ragstore.config import IndexConfig
 from ragstore.engine import calibrate as cal
 from ragstore.engine import plan
 from ragstore.engine.shape import VectorShape, normalize
@@ -49,12 +50,26 @@ def calibration(store_path: Path) -> dict[str, Any]:
 # -- the fits -------------------------------------------------------------------------
 
 
-def test_linear_and_power_fits_recover_their_parameters() -> None:
+def test_the_linear_fit_recovers_its_parameters() -> None:
     x = [1_000.0, 2_000.0, 4_000.0]
     assert plan.fit_linear(x, [500 + 3 * v for v in x]) == pytest.approx((500, 3))
-    c, b = plan.fit_power(x, [0.002 * v**1.2 for v in x])
-    assert (c, b) == pytest.approx((0.002, 1.2), rel=1e-6)
-    assert plan.fit_power([5.0], [7.0]) == pytest.approx((7.0, 0.0))
+
+
+def test_the_breadth_line_interpolates_in_log_log_and_never_falls_past_the_last_point() -> None:
+    points = [(1_000.0, 10.0), (4_000.0, 20.0), (16_000.0, 40.0)]
+    assert plan.loglog_line(points, 500) == pytest.approx(10)  # below the first: its value
+    assert plan.loglog_line(points, 2_000) == pytest.approx(10 * 2**0.5)
+    assert plan.loglog_line(points, 64_000) == pytest.approx(80)  # the last slope, 1/2
+    falling = [(1_000.0, 30.0), (4_000.0, 20.0)]
+    assert plan.loglog_line(falling, 64_000) == pytest.approx(20)
+
+
+def test_build_time_is_per_vector_cost_growing_with_log_n() -> None:
+    sizes = [25_000, 50_000, 100_000]
+    points = [{"n": n, "build_s": n * (1e-4 + 2e-5 * math.log(n))} for n in sizes]
+    model = plan.KindModel("hnsw", IndexConfig(), 384, points)
+    assert model.build() == pytest.approx((1e-4, 2e-5), rel=1e-6)
+    assert model.build_s(1_000_000) == pytest.approx(1e6 * (1e-4 + 2e-5 * math.log(1e6)))
 
 
 def test_a_term_fitted_negative_is_dropped() -> None:
@@ -115,6 +130,47 @@ def test_calibration_measures_every_kind_at_every_size(calibration: dict[str, An
     assert hnsw[-1]["recall"] >= hnsw[0]["recall"]  # wider search, no lower recall
     assert calibration["costs"]["process_bytes"] > 10 << 20
     assert calibration["costs"]["store_bytes_per_chunk"] > 4 * DIM
+
+
+def test_calibration_measures_patches_for_the_kinds_with_a_breadth(
+    calibration: dict[str, Any],
+) -> None:
+    assert set(calibration["patches"]) == {"hnsw"}  # flat and binary have no breadth
+    points = calibration["patches"]["hnsw"]
+    assert [p["n"] for p in points] == [SIZES[-1] * d for d in cal.PATCH_DENSITIES]
+    for point in points:
+        assert [row["setting"] for row in point["sweep"]] == list(cal.SWEEPS["hnsw"])
+        assert all(0 < row["recall"] <= 1 for row in point["sweep"])
+        assert point["sweep"][-1]["recall"] >= point["sweep"][0]["recall"]
+
+
+def test_a_patch_is_the_share_of_components_nearest_one() -> None:
+    shape = VectorShape.fit(clustered(1_000), 20, seed=0)
+    region, inner = shape.patch(4, np.random.default_rng(3))
+    assert len(region.weights) == 5 and len(inner.weights) == 1
+    assert region.weights.sum() == pytest.approx(1) and inner.weights.sum() == pytest.approx(1)
+    seed = inner.centroids[0]
+    similarity = shape.centroids @ seed
+    assert sorted(region.centroids @ seed) == pytest.approx(sorted(similarity)[-5:])
+    drawn = region.sample(np.random.default_rng(4), 50)
+    assert drawn.shape == (50, DIM)
+
+
+def test_patches_carry_the_breadth_to_the_sizes_they_stand_for() -> None:
+    def point(n: int, reached: dict[int, float]) -> dict[str, Any]:
+        return {"n": n, "sweep": [{"setting": s, "recall": r} for s, r in reached.items()]}
+
+    sizes = [point(10_000, {10: 0.96, 20: 0.99}), point(40_000, {10: 0.9, 20: 0.95})]
+    patches = [point(100_000, {20: 0.9, 40: 0.95}), point(400_000, {40: 0.9, 80: 0.95})]
+    model = plan.KindModel("hnsw", IndexConfig(), DIM, sizes, patches)
+    assert model.breadth(40_000, 0.95)[0] == pytest.approx(20)
+    assert model.breadth(100_000, 0.95)[0] == pytest.approx(40)
+    assert model.breadth(1_600_000, 0.95)[0] == pytest.approx(160)  # the last slope, 1/2
+    assert "on patches" in model.breadth(100_000, 0.95)[1]
+    unreachable = [*patches, point(1_200_000, {40: 0.8, 80: 0.9})]
+    model = plan.KindModel("hnsw", IndexConfig(), DIM, sizes, unreachable)
+    assert model.breadth(400_000, 0.95)[0] == pytest.approx(80)
+    assert model.breadth(2_000_000, 0.95)[0] is None
 
 
 def test_flat_memory_is_its_vectors(calibration: dict[str, Any]) -> None:
@@ -180,11 +236,11 @@ def run(*args: str) -> Any:
 
 
 def test_plan_prints_the_arithmetic_from_the_shipped_calibration(tmp_path: Path) -> None:
-    result = run("--store", str(tmp_path / "none"), "plan", "--vectors", "1000000", "--qps", "50")
+    result = run("--store", str(tmp_path / "none"), "plan", "--vectors", "100000000", "--qps", "50")
     assert result.exit_code == 0, result.output
     assert "shipped with ragstore" in result.output
     assert "recommended:" in result.output and "cores = ceil(50" in result.output
-    assert "may be underestimated" in result.output  # 10 times the largest calibrated size
+    assert "is extrapolated" in result.output  # far past the largest size calibrated
 
 
 def test_plan_json_uses_the_stores_own_calibration(

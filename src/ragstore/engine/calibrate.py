@@ -9,6 +9,17 @@ the recall@10 against exact search and the mean latency. The same process times
 filtered searches at 1 % and 10 % of the vectors allowed. From the collection itself
 come the query embedding time, the passages embedded per second on one core and the
 cost of reading hits. :mod:`ragstore.engine.plan` fits its models to these points.
+
+How far a graph or list search must reach for a recall grows with how crowded the
+space around a query is, and a small sample of a collection is not crowded like the
+whole. So the kinds with a search breadth are also measured on **patches**
+(:func:`measure_patches`): at the largest size, vectors drawn from only the mixture
+components nearest one component (a ``1 / density`` share of them), with the queries
+from the inner quarter of those, so every query's neighbourhood is as crowded as in a
+collection ``density`` times larger. The recall an index reaches on a patch stands for
+that larger collection's (``benchmarks/plan.py``: patches put the ``ef_search`` for
+recall 0.95 at 20 and 42 where 300k and 1M vectors needed 23.6 and 46; the sample sizes
+alone said 22 and 37, and left IVF-PQ's ``nprobe`` at 1 where 1M vectors needed 2.7).
 """
 
 from __future__ import annotations
@@ -45,24 +56,29 @@ if TYPE_CHECKING:
 
 faiss: Any = _faiss
 
-CALIBRATION_VERSION = 1
+CALIBRATION_VERSION = 2
 K = 10
 SIZES = (25_000, 50_000, 100_000)
 MIN_SIZE = 1_000
 """The smallest size step measured."""
 KINDS: tuple[IndexKind, ...] = ("flat", "hnsw", "ivf", "ivfpq", "sq8", "binary")
 SWEEPS: dict[str, tuple[int, ...]] = {
-    "hnsw": (16, 24, 32, 48, 64, 96, 128, 192, 256),
+    "hnsw": (10, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256),
     "ivf": (1, 2, 3, 4, 6, 8, 12, 16, 24, 32),
     "ivfpq": (1, 2, 3, 4, 6, 8, 12, 16, 24, 32),
 }
 """Search breadths timed per kind (``ef_search`` for hnsw, ``nprobe`` for the IVF kinds)."""
+PATCH_DENSITIES = (3, 10, 30)
+"""How many times more crowded than the largest size each patch is: it stands for a
+collection that many times larger."""
+PATCHES = 2
+"""Patches drawn per density, around different components: regions differ."""
 SELECTIVITIES = (0.01, 0.1)
 """Shares of the vectors a timed filtered search may return."""
 QUERIES = 200
 WARMUP = 20
 REPEATS = 5
-QUICK_BUILD_S = 5.0
+QUICK_BUILD_S = 15.0
 QUICK_BUILD_REPEATS = 3
 """A build quicker than ``QUICK_BUILD_S`` is timed this many times, the fastest kept."""
 MIN_REAL_VECTORS = 1_000
@@ -70,6 +86,7 @@ MIN_REAL_VECTORS = 1_000
 SHAPE_CENTROIDS = 800
 EMBED_PASSAGES = 32
 EMBED_QUERIES = 30
+HIT_READ_PASSES = 5
 QUERY_WORDS = 12
 """Words of a document's opening timed as a query: queries are short."""
 
@@ -110,11 +127,13 @@ def measure_segment(job: SegmentJob) -> dict[str, Any]:
     segment = segments.load(Path(job.root), job.row, job.dim)
     loaded = rss()
     sweep = [_timed_sweep(segment, job, setting) for setting in job.settings]
+    searched = rss()
     filtered = [_timed_filtered(segment, job, share) for share in SELECTIVITIES]
     after = rss()
     return {
         "anon_bytes": loaded["anon"] - before["anon"],
-        "anon_bytes_after_search": after["anon"] - before["anon"],
+        "anon_bytes_after_search": searched["anon"] - before["anon"],
+        "anon_bytes_after_filtered": after["anon"] - before["anon"],
         "file_resident_after_search": after["file"] - before["file"],
         "sweep": sweep,
         "filtered": filtered,
@@ -122,16 +141,19 @@ def measure_segment(job: SegmentJob) -> dict[str, Any]:
 
 
 def _search_call(
-    segment: segments.SealedSegment, job: SegmentJob, setting: int | None, allowed: Matching | None
+    segment: segments.SealedSegment,
+    kind: IndexKind,
+    config: IndexConfig,
+    setting: int | None,
+    allowed: Matching | None,
 ) -> Callable[[Matrix], Ids]:
-    kind = job.row.kind
     knobs = ann.Knobs(
         ef_search=setting if kind == "hnsw" else None,
         nprobe=setting if kind in ("ivf", "ivfpq") else None,
     )
 
     def search(query: Matrix) -> Ids:
-        return segment.search(query, K, allowed, knobs, job.config).ids
+        return segment.search(query, K, allowed, knobs, config).ids
 
     return search
 
@@ -158,14 +180,9 @@ def _time_queries(search: Callable[[Matrix], Ids], queries: Matrix) -> tuple[lis
 def _timed_sweep(
     segment: segments.SealedSegment, job: SegmentJob, setting: int | None
 ) -> dict[str, Any]:
-    found, seconds = _time_queries(_search_call(segment, job, setting, None), job.queries)
-    recall = np.mean(
-        [
-            len(set(f.tolist()) & set(t[:K].tolist())) / K
-            for f, t in zip(found, job.truth, strict=True)
-        ]
-    )
-    return {"setting": setting, "recall": round(float(recall), 4), "ms": round(seconds * 1e3, 4)}
+    search = _search_call(segment, job.row.kind, job.config, setting, None)
+    found, seconds = _time_queries(search, job.queries)
+    return {"setting": setting, "recall": _recall(found, job.truth), "ms": round(seconds * 1e3, 4)}
 
 
 def _timed_filtered(
@@ -174,8 +191,64 @@ def _timed_filtered(
     chosen = np.random.default_rng(7).random(segment.size) < share
     allowed = Matching(segment.size, dense=chosen & segment.live)
     default = job.settings[len(job.settings) // 2]
-    _, seconds = _time_queries(_search_call(segment, job, default, allowed), job.queries)
+    search = _search_call(segment, job.row.kind, job.config, default, allowed)
+    _, seconds = _time_queries(search, job.queries)
     return {"share": share, "setting": default, "ms": round(seconds * 1e3, 4)}
+
+
+def measure_patches(
+    kind: IndexKind,
+    shape: VectorShape,
+    n: int,
+    config: IndexConfig,
+    workdir: Path,
+    rng: np.random.Generator,
+) -> list[dict[str, Any]]:
+    """Recall of ``kind`` at each breadth on :data:`PATCHES` patches of ``n`` vectors per
+    density in :data:`PATCH_DENSITIES`: one point per density, for the collection of
+    ``n * density`` vectors it stands for. An IVF patch gets ``1 / density`` of that
+    collection's lists, so its lists are as full."""
+    points = []
+    for density in PATCH_DENSITIES:
+        emulated = n * density
+        lists = max(1, round(ann.nlist_for(emulated, config) / density))
+        patch_config = config.model_copy(update={"nlist": lists})
+        found: list[list[Ids]] = []  # per query, per breadth
+        truths: list[Ids] = []
+        for _ in range(PATCHES):
+            region, inner = shape.patch(density, rng)
+            base, queries = region.sample(rng, n), inner.sample(rng, QUERIES)
+            truth = exact_truth(base, queries)
+            found.extend(_patch_search(kind, base, queries, patch_config, workdir))
+            truths.append(truth)
+        sweep = [
+            {"setting": setting, "recall": _recall([f[i] for f in found], np.concatenate(truths))}
+            for i, setting in enumerate(SWEEPS[kind])
+        ]
+        points.append({"n": emulated, "vectors": n, "density": density, "patches": PATCHES,
+                       "queries": PATCHES * QUERIES, "sweep": sweep})  # fmt: skip
+    return points
+
+
+def _patch_search(
+    kind: IndexKind, base: Matrix, queries: Matrix, config: IndexConfig, workdir: Path
+) -> list[list[Ids]]:
+    """Per query, the ids found at each breadth of the kind's sweep (untimed)."""
+    n = len(base)
+    root = workdir / f"patch-{kind}-{n}"
+    ids = np.arange(n, dtype=np.int64)
+    built, files = segments.build_files(root, kind, ids, base, ["patch"] * n, config)
+    segment = segments.load(root, segments.SegmentRow(0, built, n, 0, n - 1, files), base.shape[1])
+    calls = [_search_call(segment, kind, config, setting, None) for setting in SWEEPS[kind]]
+    try:
+        return [[search(query) for search in calls] for query in queries]
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _recall(found: Sequence[Ids], truth: Ids) -> float:
+    hits = [len(set(f.tolist()) & set(t[:K].tolist())) for f, t in zip(found, truth, strict=True)]
+    return round(float(np.mean(hits)) / K, 4)
 
 
 def exact_truth(base: Matrix, queries: Matrix, k: int = K) -> Ids:
@@ -282,13 +355,11 @@ def costs_of_collection(col: Collection) -> dict[str, Any]:
         passages_per_s = len(texts) / (time.perf_counter() - started)
     finally:
         torch.set_num_threads(threads)
-    full = _median_s(lambda v: col.search(vector=v, k=K, mode="dense"), list(vectors))
-    lean = _median_s(lambda v: col.search_vectors(v, K), list(vectors))
     return {
         "embedder": col.config.embedder,
         "query_embed_ms": round(query_s * 1e3, 3),
         "passages_per_s_per_core": round(passages_per_s, 2),
-        "hit_read_ms": round(max(full - lean, 0.0) * 1e3, 4),
+        "hit_read_ms": round(_hit_read_s(col, vectors) * 1e3, 4),
         "chunk_text_bytes": _chunk_text_bytes(col, vectors),
     }
 
@@ -326,6 +397,24 @@ def _chunk_text_bytes(col: Collection, vectors: Matrix) -> float:
     return round(statistics.mean(sizes), 1) if sizes else 0.0
 
 
+def _hit_read_s(col: Collection, vectors: Matrix) -> float:
+    """What a full search (hits with text and metadata) costs beyond the lean one (ids
+    and scores): the median of the two timed back to back on the same vector, over
+    :data:`HIT_READ_PASSES` passes. A difference of two separate medians drowns in the
+    search's own noise."""
+    extra = []
+    with one_blas_thread():
+        for _ in range(HIT_READ_PASSES):
+            for vector in vectors:
+                started = time.perf_counter()
+                col.search_vectors(vector, K)
+                lean = time.perf_counter() - started
+                started = time.perf_counter()
+                col.search(vector=vector, k=K, mode="dense")
+                extra.append(time.perf_counter() - started - lean)
+    return max(statistics.median(extra), 0.0) if extra else 0.0
+
+
 def _median_s(call: Callable[[Any], Any], items: Sequence[Any]) -> float:
     times = []
     with one_blas_thread():
@@ -352,7 +441,8 @@ def calibrate(
     config = config or IndexConfig()
     say = progress or (lambda _: None)
     shape = VectorShape.fit(real, SHAPE_CENTROIDS, seed)
-    data_rng, query_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
+    streams = np.random.SeedSequence(seed).spawn(3)
+    data_rng, query_rng, patch_rng = (np.random.default_rng(s) for s in streams)
     largest = shape.sample(data_rng, max(sizes))
     queries = shape.sample(query_rng, QUERIES)
     points: dict[str, list[dict[str, Any]]] = {kind: [] for kind in kinds}
@@ -363,6 +453,10 @@ def calibrate(
             for kind in kinds:
                 say(f"{kind} at {n:,} vectors")
                 points[kind].append(measure_kind(kind, base, queries, truth, config, Path(tmp)))
+        patches = {}
+        for kind in (kind for kind in kinds if kind in SWEEPS):
+            say(f"{kind} on patches of {max(sizes):,} vectors")
+            patches[kind] = measure_patches(kind, shape, max(sizes), config, Path(tmp), patch_rng)
     return {
         "version": CALIBRATION_VERSION,
         "measured_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -375,6 +469,7 @@ def calibrate(
         "shape": shape.summary(),
         "index": config.model_dump(),
         "kinds": points,
+        "patches": patches,
         "costs": costs or {},
     }
 

@@ -6,11 +6,12 @@ latency at each search breadth. The planner fits one small model per figure and 
 it at the target size:
 
 - **memory** and **files**: bytes = fixed + per-vector * n (least squares);
-- **build time**: seconds = c * n^b (a straight line in log-log, b >= 1);
-- **search breadth** for the target recall (``ef_search``, ``nprobe``): the share of
-  true neighbours missed, fitted over every size and breadth (:meth:`KindModel.breadth`),
-  solved for the breadth at the target size; kinds without a breadth must reach the
-  recall as measured;
+- **build time**: seconds = n * (a + b * ln n), a and b >= 0;
+- **search breadth** for the target recall (``ef_search``, ``nprobe``): the smallest
+  breadth reaching it at each measured size and on each patch (a region as crowded as a
+  larger collection: :func:`ragstore.engine.calibrate.measure_patches`), read off at the
+  target size on a broken line in log-log (:meth:`KindModel.breadth`); kinds without a
+  breadth must reach the recall as measured;
 - **latency** at that breadth: hnsw a power law in ef and n; the others a linear model
   in the terms that drive their work — ivf/ivfpq: 1, nlist (the coarse search),
   nprobe·n/nlist (the lists scanned); flat/sq8/binary: 1, n — with coefficients kept
@@ -19,8 +20,8 @@ it at the target size:
 Then per query: embedding the question + the index search + reading the hits; cores =
 queries/s * seconds per query / :data:`UTILISATION`; RAM = a serving process + the
 index + the exact vectors' pages (re-ranking and exact filtered scans read them) + the
-filter columns, * :data:`HEADROOM`. ``benchmarks/plan.py`` checks the predictions
-against builds at 300k and 1M vectors.
+filter columns and sign bits, * :data:`HEADROOM`. ``benchmarks/plan.py`` checks the
+predictions against builds at 300k and 1M vectors.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ import numpy as np
 from ragstore.config import IndexConfig
 from ragstore.errors import InvalidConfig, InvalidInput
 from ragstore.index import ann
+from ragstore.index.segments import SCANNED_KINDS
 
 CALIBRATION_FILE = "calibration.json"
 """Where ``plan --calibrate`` keeps its figures, in the store's directory."""
@@ -203,15 +205,6 @@ def fit_linear(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
     return float(coef[0]), float(coef[1])
 
 
-def fit_power(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
-    """``y = c·x^b`` by least squares in log-log; one point gives ``b = 0``."""
-    lx, ly = np.log(np.asarray(x, float)), np.log(np.asarray(y, float))
-    if len(set(lx.tolist())) < 2:
-        return float(np.exp(ly.mean())), 0.0
-    b, log_c = np.polyfit(lx, ly, 1)
-    return float(np.exp(log_c)), float(b)
-
-
 def nonnegative_fit(features: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Least squares with every coefficient >= 0: a term fitted negative is dropped and
     the rest refitted (a negative cost would make large sizes look cheaper)."""
@@ -251,6 +244,18 @@ def breadth_for(sweep: Sequence[Mapping[str, Any]], recall: float) -> float | No
     return None
 
 
+def loglog_line(points: Sequence[tuple[float, float]], x: float) -> float:
+    """``y`` at ``x`` on the broken line through ``points`` (x ascending) in log-log:
+    the first ``y`` below the first point, the last segment's slope (at 0 or more) past
+    the last."""
+    xs, ys = np.log([p[0] for p in points]), np.log([p[1] for p in points])
+    at = math.log(x)
+    if len(points) == 1 or at <= xs[-1]:
+        return float(np.exp(np.interp(at, xs, ys)))
+    slope = max((ys[-1] - ys[-2]) / (xs[-1] - xs[-2]), 0.0)
+    return float(np.exp(ys[-1] + slope * (at - xs[-1])))
+
+
 @dataclass
 class KindModel:
     """The fitted models of one index kind."""
@@ -259,8 +264,8 @@ class KindModel:
     config: IndexConfig
     dim: int
     points: list[dict[str, Any]]
-    resolution: float = 0.001
-    """The smallest missed share worth fitting: two neighbours of all the queries'."""
+    patches: list[dict[str, Any]] = field(default_factory=list)
+    """Recall sweeps on patches (:func:`ragstore.engine.calibrate.measure_patches`)."""
 
     @property
     def knob(self) -> str | None:
@@ -278,59 +283,44 @@ class KindModel:
                           [sum(p["files"].values()) for p in self.points])  # fmt: skip
 
     def build(self) -> tuple[float, float]:
-        """(c, b) of build seconds = c·n^b, with b at least 1: every vector is added, so
-        a build never grows slower than the vectors (a smaller b fitted at small sizes
-        is fixed costs, and would make large builds look cheap)."""
-        ns = [p["n"] for p in self.points]
-        c, b = fit_power(ns, [p["build_s"] for p in self.points])
-        if b >= 1:
-            return c, b
-        mean_rate = float(np.mean([p["build_s"] / p["n"] for p in self.points]))
-        return mean_rate, 1.0
+        """(a, b) of build seconds = n·(a + b·ln n), both at least 0: every vector is
+        added (``a``), and adding one costs more the larger the index it joins (``b``: a
+        graph's search for its neighbours grows with its depth). A power law fitted at
+        small sizes bends too steeply: the caches the smallest indexes fit in make them
+        look cheap per vector."""
+        ns = np.array([p["n"] for p in self.points], float)
+        seconds = np.array([p["build_s"] for p in self.points], float)
+        a, b = nonnegative_fit(np.column_stack([ns, ns * np.log(ns)]), seconds)
+        return float(a), float(b)
+
+    def build_s(self, n: int) -> float:
+        """Build seconds at ``n`` vectors."""
+        a, b = self.build()
+        return n * (a + b * math.log(n))
 
     def breadth(self, n: int, recall: float) -> tuple[float | None, str]:
         """The breadth reaching ``recall`` at ``n`` vectors (and how it was found).
 
-        The share of true neighbours missed is fitted over every measured size and
-        breadth as ``e^a * n^g * breadth^d`` (a plane in logs; ``g`` kept at 0
-        or more, more vectors never making a recall easier), then solved for the
-        breadth at ``n``. Points missing fewer than two neighbours in all are noise
-        and left out. Too few points for that: the smallest breadth reaching the
-        recall at each size, as ``c * n^b``.
+        Each measured size, and each patch for the collection it stands for, gives the
+        smallest breadth reaching the recall (:func:`breadth_for`); between those sizes
+        the breadth is read off a straight line in log-log, past the largest it follows
+        the last segment's slope (at 0 or more: more vectors never make a recall
+        easier). A size where no breadth measured reached the recall makes every
+        larger target unreachable.
         """
-        rows = [(p["n"], r["setting"], 1 - r["recall"]) for p in self.points
-                for r in p["sweep"] if 1 - r["recall"] >= self.resolution]  # fmt: skip
-        if len({size for size, *_ in rows}) >= 2 and len(rows) >= 4:
-            solved = self._solve_deficit(rows, n, 1 - recall)
-            if solved is not None:
-                return solved
-        return self._breadth_by_size(n, recall)
-
-    def _solve_deficit(
-        self, rows: list[tuple[int, int, float]], n: int, deficit: float
-    ) -> tuple[float, str] | None:
-        ln_n = np.log([r[0] for r in rows])
-        ln_s = np.log([r[1] for r in rows])
-        y = np.log([r[2] for r in rows])
-        (a, g, d), *_ = np.linalg.lstsq(np.column_stack([np.ones_like(y), ln_n, ln_s]), y)
-        if g < 0:
-            g = 0.0
-            (a, d), *_ = np.linalg.lstsq(np.column_stack([np.ones_like(y), ln_s]), y)
-        if d >= 0:
-            return None
-        wanted = math.exp((math.log(deficit) - a - g * math.log(n)) / d)
-        how = f"missed share = e^{a:.3g} * n^{g:.3f} * {self.knob}^{d:.3f}"
-        return max(wanted, 1.0), how
-
-    def _breadth_by_size(self, n: int, recall: float) -> tuple[float | None, str]:
-        reached = [(p["n"], breadth_for(p["sweep"], recall)) for p in self.points]
-        sizes = [(size, b) for size, b in reached if b is not None]
-        if len(sizes) < len(reached) or not sizes:
+        measured = sorted((p["n"], breadth_for(p["sweep"], recall))
+                          for p in [*self.points, *self.patches])  # fmt: skip
+        unreached = [size for size, found in measured if found is None]
+        if unreached and n >= min(unreached):
+            return None, f"recall {recall} not reached at {min(unreached):,} vectors"
+        known = [(size, found) for size, found in measured if found is not None]
+        if not known:
             return None, f"recall {recall} not reached at {_sizes(self.points)} vectors"
-        c, b = fit_power([s for s, _ in sizes], [v for _, v in sizes])
-        if b < 0:  # more vectors never make a recall easier to reach
-            c, b = max(v for _, v in sizes), 0.0
-        return max(c * n**b, 1.0), f"{self.knob} = {c:.3g} * n^{b:.3f}"
+        wanted = max(loglog_line(known, n), 1.0)
+        how = (f"{self.knob} reaching recall {recall}: "
+               + ", ".join(f"{found:.1f} at {size:,}" for size, found in known)
+               + (" (the larger sizes measured on patches)" if self.patches else ""))  # fmt: skip
+        return wanted, how
 
     def recall_without_knob(self, n: int) -> float:
         """Recall of a kind without a breadth, extrapolated linearly in ln n."""
@@ -393,8 +383,8 @@ def models(calibration: Mapping[str, Any]) -> dict[str, KindModel]:
     for kind, points in calibration["kinds"].items():
         usable = [p for p in points if p.get("kind", kind) == kind]
         if len(usable) >= 2:
-            misses = 2 / (int(calibration.get("queries", 200)) * int(calibration.get("k", 10)))
-            found[kind] = KindModel(kind, config, int(calibration["dim"]), usable, misses)
+            patches = calibration.get("patches", {}).get(kind, [])
+            found[kind] = KindModel(kind, config, int(calibration["dim"]), usable, patches)
     return found
 
 
@@ -452,10 +442,10 @@ def plan_kind(model: KindModel, target: Target, calibration: Mapping[str, Any]) 
     say(f"cores = ceil({target.qps:g} q/s * {query_ms:.3f} ms / {UTILISATION}) = {out.cores}")
     out.ram_bytes = _ram(model, target, calibration, say)
     out.disk_bytes = _disk(model, target, calibration, say)
-    c, b = model.build()
-    out.build_s = round(c * n**b * scale, 1)
+    a, b = model.build()
+    out.build_s = round(model.build_s(n) * scale, 1)
     threads = calibration.get("build_threads")
-    say(f"build {c:.3g} * n^{b:.3f} = {out.build_s:,} s on {threads} threads")
+    say(f"build n * ({a:.3g} + {b:.3g} * ln n) = {out.build_s:,} s on {threads} threads")
     return out
 
 
@@ -468,11 +458,13 @@ def _ram(model: KindModel, target: Target, cal: Mapping[str, Any], say: Any) -> 
     index = fixed + per_vector * n
     exact = 4 * dim * n
     columns = FILTER_PATHS * FILTER_COLUMN_BYTES * n if target.filter_share else 0
+    if target.filter_share and model.kind in SCANNED_KINDS:
+        columns += math.ceil(dim / 8) * n  # the sign bits a selective filter scans
     base = cal.get("costs", {}).get("process_bytes", 0)
     total = int((base + index + exact + columns) * HEADROOM)
     say(f"RAM = ({_gib(base)} serving process + {per_vector:,.0f} B * {n:,} index "
         f"+ {_gib(fixed)} fixed + 4 * {dim} B * {n:,} exact vectors "
-        f"+ {_gib(columns)} filter columns) * {HEADROOM} = {_gib(total)}")  # fmt: skip
+        f"+ {_gib(columns)} filters) * {HEADROOM} = {_gib(total)}")  # fmt: skip
     return total
 
 
@@ -543,13 +535,13 @@ def _notes(target: Target, calibration: Mapping[str, Any]) -> list[str]:
     if target.dim != dim:
         scaled = f"search and build times scaled by {target.dim}/{dim}"
         notes.append(f"calibrated at {dim} dimensions: {scaled}; calibrate at {target.dim}")
-    largest = max(p["n"] for points in calibration["kinds"].values() for p in points)
+    measured = [*calibration["kinds"].values(), *calibration.get("patches", {}).values()]
+    largest = max(p["n"] for points in measured for p in points)
     if target.planned > FAR * largest:
-        notes.append(f"{target.planned:,} vectors is over {FAR} times the largest calibrated "
-                     f"size ({largest:,}): the search breadth a recall needs may be "
-                     "underestimated (benchmarks/plan.py: 2.7 times at 10 times the size); "
-                     "calibrate nearer the target with --sizes, and check the built index "
-                     "with `ragstore index --check-recall`")  # fmt: skip
+        notes.append(f"{target.planned:,} vectors is over {FAR} times the largest size "
+                     f"calibrated ({largest:,}, patches included): the search breadth a "
+                     "recall needs is extrapolated; check the built index with "
+                     "`ragstore index --check-recall`")  # fmt: skip
     return notes
 
 

@@ -75,6 +75,21 @@ class VectorShape:
             out[start : start + m] = normalize(x.astype(np.float32))
         return out
 
+    def patch(self, density: float, rng: np.random.Generator) -> tuple[VectorShape, VectorShape]:
+        """A region of the space as crowded as a collection ``density`` times larger: the
+        ``1 / density`` share of the components nearest one (drawn by weight), and the
+        inner quarter of those, where the region's queries come from (their neighbours
+        lie inside it)."""
+        count = max(1, round(len(self.weights) / density))
+        seed = rng.choice(len(self.weights), p=self.weights)
+        nearest = np.argsort(-(self.centroids @ self.centroids[seed]), kind="stable")
+        return self._part(nearest[:count]), self._part(nearest[: max(1, count // 4)])
+
+    def _part(self, components: npt.NDArray[np.intp]) -> VectorShape:
+        weights = self.weights[components]
+        return VectorShape(self.centroids[components], weights / weights.sum(),
+                           self.scales[components], self.chol)  # fmt: skip
+
     def summary(self) -> dict[str, Any]:
         """What was fitted, for reports."""
         eig = np.linalg.eigvalsh(self.chol @ self.chol.T)

@@ -52,7 +52,9 @@ SCAN_SHARE = 0.05
 matches' sign bits rather than search its index with a bitmap."""
 SCAN_RERANK = 30
 """The sign-bit scan re-ranks ``k`` times this many candidates with the exact vectors."""
-_SCANNED = frozenset({"hnsw", "ivf", "ivfpq", "sq8"})
+SCANNED_KINDS = frozenset({"hnsw", "ivf", "ivfpq", "sq8"})
+"""The kinds whose filtered searches may scan sign bits (kept per segment: `dim / 8` bytes
+a vector, made on the first such search)."""
 _CODE_BLOCK = 65_536
 HNSW_WIDENING = 0.35
 """An ``hnsw`` search under a filter matching ``share`` of a segment widens ``ef_search``
@@ -191,7 +193,7 @@ class SealedSegment:
         if matching is not None:
             if count <= k * EXACT_DEPTH:
                 return self._ranked(query, k, matching.positions(), plan | {"plan": "exact"})
-            if kind in _SCANNED and matching.share < SCAN_SHARE:
+            if kind in SCANNED_KINDS and matching.share < SCAN_SHARE:
                 return self._scanned(query, k, matching.positions(), plan)
         share = count / self.size
         bits = matching.bits() if matching is not None else self._live_bitmap()
