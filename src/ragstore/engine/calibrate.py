@@ -221,8 +221,9 @@ def measure_patches(
             truth = exact_truth(base, queries)
             found.extend(_patch_search(kind, base, queries, patch_config, workdir))
             truths.append(truth)
+        truth = np.concatenate(truths)
         sweep = [
-            {"setting": setting, "recall": _recall([f[i] for f in found], np.concatenate(truths))}
+            {"setting": setting, "recall": _recall([f[i] for f in found], truth)}
             for i, setting in enumerate(SWEEPS[kind])
         ]
         points.append({"n": emulated, "vectors": n, "density": density, "patches": PATCHES,

@@ -53,8 +53,8 @@ matches' sign bits rather than search its index with a bitmap."""
 SCAN_RERANK = 30
 """The sign-bit scan re-ranks ``k`` times this many candidates with the exact vectors."""
 SCANNED_KINDS = frozenset({"hnsw", "ivf", "ivfpq", "sq8"})
-"""The kinds whose filtered searches may scan sign bits (kept per segment: `dim / 8` bytes
-a vector, made on the first such search)."""
+"""The kinds whose filtered searches may scan sign bits (kept per segment: ``dim / 8``
+bytes a vector, made on the first such search)."""
 _CODE_BLOCK = 65_536
 HNSW_WIDENING = 0.35
 """An ``hnsw`` search under a filter matching ``share`` of a segment widens ``ef_search``
